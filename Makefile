@@ -1,0 +1,52 @@
+# BioVL aligner. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv test test-fast run bench bench-quick gpu-check lint format loadtest clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c constraints.txt -e '.[service,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create/update the virtual environment (.venv)
+
+test: $(STAMP) ## install what is needed, then run the whole test suite
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+
+test-fast: $(STAMP) ## the suite without the slow service/browser tests
+	$(PY) -m pytest -q -m "not slow"
+
+run: $(STAMP) ## start the service locally, submit a sample recording, print its alignment
+	$(PY) -m services.run_local
+
+bench: $(STAMP) ## benchmarks: aligner, decoder, embedder, end to end (ratios side by side)
+	$(PY) -m biovl_core.bench all
+
+bench-quick: $(STAMP) ## the same benchmarks on smaller inputs
+	$(PY) -m biovl_core.bench all --quick
+
+gpu-check: ## on a CUDA machine: every GPU path against its CPU twin, with throughput
+	python3 scripts/gpu_check.py
+
+lint: $(STAMP) ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+loadtest: $(STAMP) ## bounded load test against a local service on 127.0.0.1
+	$(PY) loadtests/run.py
+
+clean: ## remove caches and the local archive (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache .hypothesis var artifacts

@@ -1,0 +1,68 @@
+"""Pipeline configuration: the one place where defaults live.
+
+Every stage reads its settings from a ``PipelineConfig``; the CLI, the service and the
+archive re-aligner build one from flags / YAML / environment and pass it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+RANDOM_WEIGHTS_ENV = "BIOVL_ALLOW_RANDOM_WEIGHTS"
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def env_flag(name: str) -> bool:
+    """True when the environment variable is set to 1/true/yes/on."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that decides how a recording is aligned (and so what a cache key holds)."""
+
+    segment_seconds: float = 5.0
+    # embedding
+    embedder: str = "clip"  # "clip" (middle frame) | "clip_pooled" (k frames, mean) | "s3d"
+    model: str = DEFAULT_MODEL  # open_clip model name, or a path to a model config JSON
+    pretrained: str | None = DEFAULT_PRETRAINED  # open_clip tag, or None
+    checkpoint: str | None = None  # local weights file; overrides `pretrained`
+    frames_per_segment: int = 1  # 1 for "clip"; k evenly spaced frames for clip models
+    prompt_templates: tuple[str, ...] = ("{}",)
+    batch_size: int = 64
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    allow_random_weights: bool = field(default_factory=lambda: env_flag(RANDOM_WEIGHTS_ENV))
+    # decoding
+    decoder: str = "auto"  # "auto" | "pyav" | "dali"
+    # alignment
+    method: str = "default"  # "default" | "uniform" | "nw" | "drop_dtw" | ...
+    method_params: dict[str, Any] = field(default_factory=dict)
+    backend: str = "auto"  # "auto" | "numpy" | "numba" | "cupy"
+    cache_dir: str | None = None  # embedding cache folder; None disables caching
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (for job records and result files)."""
+        d = dataclasses.asdict(self)
+        d["prompt_templates"] = list(self.prompt_templates)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        """Build from a dict, refusing unknown keys with a message listing the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration key(s) {unknown}; known keys: {sorted(known)}")
+        data = dict(data)
+        if "prompt_templates" in data:
+            data["prompt_templates"] = tuple(data["prompt_templates"])
+        return cls(**data)

@@ -1,0 +1,23 @@
+"""User-facing error types: each message names the file, the problem and the fix."""
+
+from __future__ import annotations
+
+
+class BioVLError(ValueError):
+    """Base class of errors a user can act on (bad input, missing weights, ...)."""
+
+
+class ProtocolError(BioVLError):
+    """The protocol text could not be turned into steps."""
+
+
+class VideoError(BioVLError):
+    """The video file cannot be read (not a video, truncated, no stream, unsupported codec...)."""
+
+
+class AnnotationError(BioVLError):
+    """An annotations file is malformed."""
+
+
+class WeightsUnavailable(BioVLError):
+    """The configured model weights cannot be loaded here (and random weights were not allowed)."""

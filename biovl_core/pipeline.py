@@ -1,0 +1,175 @@
+"""One recording end to end: probe -> sample frames -> embed -> similarity -> align.
+
+Each stage is timed (``AlignmentResult.timings``) and reported through an optional
+``progress`` callback so the CLI can draw bars and the service can export stage latencies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from biovl_core import __version__
+from biovl_core.align import DEFAULT_METHOD, align
+from biovl_core.cache import EmbeddingCache
+from biovl_core.config import PipelineConfig
+from biovl_core.embed import Embedder, load_embedder
+from biovl_core.protocol import Protocol
+from biovl_core.result import AlignmentResult
+from biovl_core.video import get_sampler, probe, segment_timestamps, video_sha256
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[stage]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class RecordingSimilarity:
+    """What the aligner needs from one recording: the step x segment similarity and the duration."""
+
+    similarity: np.ndarray  # float32 [K, N]
+    duration_s: float
+    video_sha256: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def embed_video(
+    video_path: str | Path,
+    embedder: Embedder,
+    cfg: PipelineConfig,
+    *,
+    timings: dict[str, float] | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments."""
+    timings = {} if timings is None else timings
+    with timed(timings, "probe"):
+        info = probe(video_path)
+        stamps = segment_timestamps(info, cfg.segment_seconds, embedder.frames_per_segment)
+        sampler = get_sampler(cfg.decoder)
+    chunks: list[np.ndarray] = []
+    batches = sampler.iter_batches(
+        video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
+    )
+    while True:
+        with timed(timings, "decode"):
+            item = next(batches, None)
+        if item is None:
+            break
+        segments, frames = item
+        with timed(timings, "embed_video"):
+            chunks.append(embedder.embed_frames(frames))
+        if progress:
+            progress("embed_video", segments.stop, len(stamps))
+    return np.concatenate(chunks, axis=0)
+
+
+def recording_similarity(
+    video_path: str | Path,
+    steps: list[str],
+    cfg: PipelineConfig,
+    embedder: Embedder,
+    *,
+    progress: ProgressFn | None = None,
+) -> RecordingSimilarity:
+    """Cosine similarity [K steps, N segments]; embeddings come from the cache when present."""
+    timings: dict[str, float] = {}
+    with timed(timings, "probe"):
+        duration_s = probe(video_path).duration_s
+    with timed(timings, "hash"):
+        sha = video_sha256(video_path)
+    cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
+
+    def compute() -> np.ndarray:
+        return embed_video(video_path, embedder, cfg, timings=timings, progress=progress)
+
+    if cache is not None:
+        video_emb = cache.segments(sha, embedder, cfg.segment_seconds, compute)
+    else:
+        video_emb = compute()
+    with timed(timings, "embed_text"):
+        text_emb = (
+            cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
+        )
+    similarity = np.ascontiguousarray(text_emb @ video_emb.T, dtype=np.float32)
+    return RecordingSimilarity(similarity, duration_s, sha, timings)
+
+
+def resolve_method(cfg: PipelineConfig) -> str:
+    """The aligner method the configuration asks for ('default' -> the project's best)."""
+    return DEFAULT_METHOD if cfg.method == "default" else cfg.method
+
+
+def align_video(
+    video_path: str | Path,
+    protocol: Protocol,
+    cfg: PipelineConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    progress: ProgressFn | None = None,
+) -> AlignmentResult:
+    """Align every protocol step of ``protocol`` to its span in the video at ``video_path``."""
+    cfg = cfg or PipelineConfig()
+    total_start = time.perf_counter()
+    load_timings: dict[str, float] = {}
+    with timed(load_timings, "load_model"):
+        embedder = embedder or load_embedder(cfg)
+    rec = recording_similarity(video_path, list(protocol.steps), cfg, embedder, progress=progress)
+    timings = {**load_timings, **rec.timings}
+    with timed(timings, "align"):
+        alignment = align(
+            rec.similarity,
+            segment_seconds=cfg.segment_seconds,
+            method=resolve_method(cfg),
+            backend=cfg.backend,
+            duration_s=rec.duration_s,
+            **cfg.method_params,
+        )
+        baseline = align(
+            rec.similarity,
+            segment_seconds=cfg.segment_seconds,
+            method="uniform",
+            duration_s=rec.duration_s,
+        )
+    timings["total"] = time.perf_counter() - total_start
+    return AlignmentResult(
+        steps=list(protocol.steps),
+        spans=list(alignment.spans),
+        step_scores=step_scores(rec.similarity, alignment.labels),
+        labels=np.asarray(alignment.labels),
+        similarity=rec.similarity,
+        segment_seconds=cfg.segment_seconds,
+        duration_s=rec.duration_s,
+        method=alignment.method,
+        score=float(alignment.score),
+        model_id=embedder.model_id,
+        weights=embedder.weights,
+        video_sha256=rec.video_sha256,
+        title=protocol.title,
+        aligner_version=__version__,
+        config=cfg.to_dict(),
+        timings=timings,
+        baseline_spans=list(baseline.spans),
+    )
+
+
+def step_scores(similarity: np.ndarray, labels: np.ndarray) -> list[float | None]:
+    """Mean similarity of each step over the segments assigned to it (None when it has none)."""
+    scores: list[float | None] = []
+    for k in range(similarity.shape[0]):
+        mask = labels == k
+        scores.append(float(similarity[k, mask].mean()) if mask.any() else None)
+    return scores

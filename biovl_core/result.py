@@ -1,0 +1,38 @@
+"""The result of aligning one recording: what the CLI prints, the service stores and the viewer shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Span = tuple[float, float] | None
+
+
+@dataclass
+class AlignmentResult:
+    """Step spans for one recording, with everything needed to reproduce and explain them."""
+
+    steps: list[str]  # protocol steps, in protocol order
+    spans: list[Span]  # one per step: (start_s, end_s) or None (step not found)
+    step_scores: list[float | None]  # mean similarity over each step's segments (None if no span)
+    labels: np.ndarray  # int [N]: step index per segment, -1 = background
+    similarity: np.ndarray  # float32 [K, N] similarity the aligner saw
+    segment_seconds: float
+    duration_s: float
+    method: str  # aligner method actually used ("nw", "drop_dtw", ...)
+    score: float  # the aligner's objective at the optimum
+    model_id: str = ""  # e.g. "open_clip:ViT-B-32"
+    weights: str = ""  # "pretrained:<tag>" | "checkpoint:<path>" | "random-demo"
+    video_sha256: str = ""
+    title: str = ""
+    aligner_version: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    baseline_spans: list[Span] | None = None  # the uniform baseline, for reports
+
+    @property
+    def num_segments(self) -> int:
+        """N, the number of segments."""
+        return int(self.similarity.shape[1])
