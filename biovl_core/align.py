@@ -1,0 +1,417 @@
+"""Align protocol steps to video segments: methods, validation, spans, and backend dispatch.
+
+Every dynamic-programming method reduces to one kernel, *monotonic segmentation with
+optional background*: given match scores ``M[K, N]`` and per-segment drop scores ``D[N]``
+(``-inf`` = dropping disabled), pick for each step a contiguous non-empty run of segments,
+runs in protocol order and disjoint, every other segment background, maximising
+``sum(M over matched cells) + sum(D over background segments)``. Methods only build
+``M`` and ``D`` (see ``METHODS`` / ``register_method``); the kernels never change.
+
+Backends: ``"numba"`` (compiled CPU, parallel over the batch), ``"numpy"`` (the batched
+wavefront written against an array module), ``"cupy"`` (fused GPU kernel), ``"cupy_xp"``
+(the same wavefront under cupy), ``"auto"`` (cupy when usable, else numba).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from biovl_core.device import cupy_usable
+from biovl_core.errors import BioVLError
+
+Span = tuple[float, float] | None
+
+BACKENDS = ("auto", "numpy", "numba", "cupy", "cupy_xp")
+
+
+@dataclass
+class Alignment:
+    """One alignment: a span per step (seconds, or None), a step label per segment, the optimum."""
+
+    spans: list[Span]
+    labels: np.ndarray
+    score: float
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentationProblem:
+    """Input of the generic kernel: match scores [K, N] and drop scores [N] (``-inf`` = no drop)."""
+
+    match: np.ndarray
+    drop: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: either ``prepare`` (builds a kernel problem) or ``direct`` (no DP)."""
+
+    name: str
+    description: str
+    defaults: Mapping[str, Any]
+    prepare: Callable[[np.ndarray, dict[str, Any]], SegmentationProblem] | None = None
+    direct: (
+        Callable[[np.ndarray, float, float, dict[str, Any]], tuple[list[Span], np.ndarray]] | None
+    ) = None
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method to ``METHODS`` (refusing a duplicate name) so ``align(method=name)`` finds it."""
+    if (spec.prepare is None) == (spec.direct is None):
+        raise ValueError(f"method {spec.name!r} must define exactly one of prepare / direct")
+    if spec.name in METHODS or spec.name == "default":
+        raise ValueError(f"method name {spec.name!r} is already taken; pick another name")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def _float_param(name: str, value: Any, method: str) -> float:
+    """A finite float parameter, or an error naming it."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise BioVLError(f"{method}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise BioVLError(f"{method}: {name} must be finite, got {value!r}")
+    return out
+
+
+def _prepare_nw(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
+    """Needleman-Wunsch as in the BioVL paper: every segment belongs to a step."""
+    drop = np.full(sim.shape[1], -np.inf, dtype=np.float32)
+    return SegmentationProblem(sim, drop)
+
+
+def _prepare_drop_dtw(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
+    """Drop-DTW (exclusive, contiguous): background costs ``drop_cost`` per segment.
+
+    Like Drop-DTW's Algorithm 1, steps are never dropped (each gets >= 1 segment). Without an
+    explicit ``drop_cost`` it is set per video as in Drop-DTW, from a percentile of the match
+    costs (``-sim``): ``drop_cost = -percentile(sim, drop_percentile)``, so dropping a segment
+    pays off where its similarity is below that percentile.
+    """
+    n = sim.shape[1]
+    cost = params.get("drop_cost")
+    if cost is None:
+        pct = _float_param("drop_percentile", params["drop_percentile"], "drop_dtw")
+        if not 0.0 <= pct <= 100.0:
+            raise BioVLError(f"drop_dtw: drop_percentile must be in [0, 100], got {pct}")
+        value = -float(np.percentile(sim, pct))
+        return SegmentationProblem(
+            sim, np.full(n, -value, dtype=np.float32), {"drop_cost": value, "drop_percentile": pct}
+        )
+    arr = np.asarray(cost, dtype=np.float64)
+    if arr.ndim == 0:
+        value = _float_param("drop_cost", cost, "drop_dtw")
+        return SegmentationProblem(sim, np.full(n, -value, dtype=np.float32), {"drop_cost": value})
+    if arr.shape != (n,):
+        raise BioVLError(
+            f"drop_dtw: drop_cost must be a number or one value per segment (shape ({n},)); "
+            f"got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise BioVLError("drop_dtw: drop_cost contains NaN or inf; give finite costs")
+    return SegmentationProblem(sim, (-arr).astype(np.float32), {"drop_cost": "per-segment"})
+
+
+def _uniform(
+    sim: np.ndarray, segment_seconds: float, duration_s: float, params: dict[str, Any]
+) -> tuple[list[Span], np.ndarray]:
+    """The paper's baseline: the video cut into K equal parts, each segment labelled by its midpoint."""
+    k, n = sim.shape
+    edges = np.linspace(0.0, duration_s, k + 1)
+    spans: list[Span] = [(float(edges[i]), float(edges[i + 1])) for i in range(k)]
+    starts = np.arange(n) * segment_seconds
+    mids = (starts + np.minimum(starts + segment_seconds, duration_s)) / 2.0
+    labels = np.clip((mids * k / duration_s).astype(np.int64), 0, k - 1)
+    return spans, labels
+
+
+register_method(
+    MethodSpec("uniform", "video cut into K equal parts (BioVL baseline)", {}, direct=_uniform)
+)
+register_method(
+    MethodSpec(
+        "nw", "monotonic, every segment assigned (BioVL paper's Needleman-Wunsch)", {}, _prepare_nw
+    )
+)
+register_method(
+    MethodSpec(
+        "drop_dtw",
+        "monotonic with background segments at a drop cost (Drop-DTW, exclusive & contiguous)",
+        {"drop_cost": None, "drop_percentile": 70.0},
+        _prepare_drop_dtw,
+    )
+)
+
+DEFAULT_METHOD = "drop_dtw"
+
+
+def resolve_method(method: str) -> MethodSpec:
+    """The spec of ``method`` ('default' = DEFAULT_METHOD), or an error listing the known ones."""
+    name = DEFAULT_METHOD if method == "default" else method
+    if name not in METHODS:
+        raise BioVLError(
+            f"unknown alignment method {method!r}; choose one of {sorted(METHODS)} or 'default'"
+        )
+    return METHODS[name]
+
+
+def _params(spec: MethodSpec, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Method defaults overlaid with the given parameters; unknown names are refused."""
+    unknown = sorted(set(given) - set(spec.defaults))
+    if unknown:
+        accepted = sorted(spec.defaults) or "none"
+        raise BioVLError(
+            f"method {spec.name!r} does not take parameter(s) {unknown}; accepted: {accepted}"
+        )
+    return {**spec.defaults, **given}
+
+
+def validate_similarity(similarity: Any, what: str = "similarity") -> np.ndarray:
+    """Check a [K steps, N segments] finite matrix and return it as contiguous float32."""
+    try:
+        arr = np.asarray(similarity)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise BioVLError(
+            f"{what} must be a numeric 2-D array [K steps, N segments]; could not convert it ({exc})"
+        ) from None
+    if arr.ndim != 2:
+        raise BioVLError(
+            f"{what} must be 2-D [K steps, N segments]; got {arr.ndim}-D shape {arr.shape}. "
+            "Pass one matrix per video (use align_batch for several)."
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise BioVLError(
+            f"{what} is empty (shape {arr.shape}): the protocol needs at least one step and "
+            "the video at least one segment"
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i, j = (int(x) for x in np.argwhere(bad)[0])
+        raise BioVLError(
+            f"{what} has {int(bad.sum())} NaN/inf value(s), first at step {i}, segment {j}; "
+            "check the embeddings (zero vectors give NaN cosines) or clean with np.nan_to_num"
+        )
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise BioVLError(f"{what} has values too large for float32; rescale the similarities")
+    return out
+
+
+def _duration(n: int, segment_seconds: float, duration_s: float | None, what: str) -> float:
+    """Video length in seconds: the given one (checked against N) or N * segment length."""
+    if duration_s is None:
+        return n * segment_seconds
+    d = _float_param("duration_s", duration_s, "align")
+    if d <= (n - 1) * segment_seconds:
+        raise BioVLError(
+            f"{what}: duration_s={d} s leaves the last of {n} segments of {segment_seconds} s empty; "
+            f"expected more than {(n - 1) * segment_seconds} s (or pass duration_s=None)"
+        )
+    return d
+
+
+def spans_from_labels(
+    labels: np.ndarray, k: int, segment_seconds: float, duration_s: float
+) -> list[Span]:
+    """Span of each step from its first and last segment (None when it has none).
+
+    ``labels`` must be monotonic (as every method's are): step indices never decrease
+    over the non-background segments.
+    """
+    idx = np.flatnonzero(labels >= 0)
+    steps = labels[idx]
+    wanted = np.arange(k)
+    first = np.searchsorted(steps, wanted, side="left")
+    last = np.searchsorted(steps, wanted, side="right") - 1
+    spans: list[Span] = []
+    for a_pos, b_pos in zip(first.tolist(), last.tolist(), strict=True):
+        if b_pos < a_pos:
+            spans.append(None)
+            continue
+        a, b = int(idx[a_pos]), int(idx[b_pos])
+        spans.append((a * segment_seconds, min((b + 1) * segment_seconds, duration_s)))
+    return spans
+
+
+def objective(match: np.ndarray, drop: np.ndarray, labels: np.ndarray) -> float:
+    """The segmentation objective of ``labels`` in float64: matched scores plus drop scores."""
+    matched = labels >= 0
+    cols = np.flatnonzero(matched)
+    total = float(match[labels[cols], cols].astype(np.float64).sum())
+    return total + float(drop[~matched].astype(np.float64).sum())
+
+
+def _resolve_backend(backend: str) -> str:
+    """Map 'auto' to cupy or numba; refuse unknown names."""
+    if backend not in BACKENDS:
+        raise BioVLError(f"unknown aligner backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend == "auto":
+        return "cupy" if cupy_usable() else "numba"
+    if backend in ("cupy", "cupy_xp") and not cupy_usable():
+        raise BioVLError(
+            f"backend {backend!r} needs a CUDA GPU and cupy, and none is usable here; "
+            "use backend='numba' (or 'auto')"
+        )
+    return backend
+
+
+def pack_flat(problems: Sequence[SegmentationProblem]) -> tuple[np.ndarray, ...]:
+    """Pack problems for the flat kernels: (m_flat, m_off, drop_flat, seg_off, ks, ns), [K, N] each."""
+    ks = np.array([p.match.shape[0] for p in problems], dtype=np.int64)
+    ns = np.array([p.match.shape[1] for p in problems], dtype=np.int64)
+    sizes = ks * ns
+    m_off = np.zeros(len(problems), dtype=np.int64)
+    seg_off = np.zeros(len(problems), dtype=np.int64)
+    m_off[1:] = np.cumsum(sizes)[:-1]
+    seg_off[1:] = np.cumsum(ns)[:-1]
+    m_flat = np.concatenate([p.match.ravel() for p in problems]).astype(np.float32, copy=False)
+    drop_flat = np.concatenate([p.drop for p in problems]).astype(np.float32, copy=False)
+    return m_flat, m_off, drop_flat, seg_off, ks, ns
+
+
+def pack_padded(problems: Sequence[SegmentationProblem]) -> tuple[np.ndarray, ...]:
+    """Pack problems for the wavefront: (mt [B, Nmax, Kmax], drop [B, Nmax], ks, ns), zero-padded."""
+    ks = np.array([p.match.shape[0] for p in problems], dtype=np.int64)
+    ns = np.array([p.match.shape[1] for p in problems], dtype=np.int64)
+    mt = np.zeros((len(problems), int(ns.max()), int(ks.max())), dtype=np.float32)
+    drop = np.zeros((len(problems), int(ns.max())), dtype=np.float32)
+    for b, p in enumerate(problems):
+        mt[b, : ns[b], : ks[b]] = p.match.T
+        drop[b, : ns[b]] = p.drop
+    return mt, drop, ks, ns
+
+
+def solve_segmentation(
+    problems: Sequence[SegmentationProblem], backend: str = "auto"
+) -> list[np.ndarray]:
+    """Run the generic kernel on every problem (each needs 1 <= K <= N); return labels [N] each."""
+    if not problems:
+        return []
+    backend = _resolve_backend(backend)
+    if backend == "numba":
+        from biovl_core import _align_numba
+
+        if len(problems) == 1:
+            p = problems[0]
+            labels, _ = _align_numba.solve_one(p.match, p.drop)
+            return [labels]
+        m_flat, m_off, drop, seg_off, ks, ns = pack_flat(problems)
+        flat, _ = _align_numba.solve_flat(m_flat, m_off, drop, seg_off, ks, ns)
+        return [flat[s : s + n] for s, n in zip(seg_off, ns, strict=True)]
+    if backend == "cupy":
+        from biovl_core import _align_cupy
+
+        m_flat, m_off, drop, seg_off, ks, ns = pack_flat(problems)
+        flat_d, _ = _align_cupy.solve_flat_rawkernel(m_flat, m_off, drop, seg_off, ks, ns)
+        flat = flat_d.get()
+        return [flat[s : s + n] for s, n in zip(seg_off, ns, strict=True)]
+    mt, drop, ks, ns = pack_padded(problems)
+    if backend == "cupy_xp":
+        from biovl_core import _align_cupy
+
+        labels_d, _ = _align_cupy.solve_padded_cupy(mt, drop, ks, ns)
+        labels = labels_d.get()
+    else:
+        from biovl_core._align_wavefront import solve_padded
+
+        labels, _ = solve_padded(np, mt, drop, ks, ns)
+    return [labels[b, : ns[b]] for b in range(len(problems))]
+
+
+def _check_feasible(spec: MethodSpec, sim: np.ndarray, segment_seconds: float, what: str) -> None:
+    """DP methods need at least one segment per step; say what to change otherwise."""
+    k, n = sim.shape
+    if k > n:
+        raise BioVLError(
+            f"{what}: method {spec.name!r} gives every step at least one segment, but there are "
+            f"K={k} steps and only N={n} segments ({n * segment_seconds:g} s at "
+            f"{segment_seconds:g} s per segment). Use shorter segments, merge steps, "
+            "or method='uniform'."
+        )
+
+
+def align_batch(
+    similarities: Sequence[Any],
+    segment_seconds: float = 5.0,
+    method: str = DEFAULT_METHOD,
+    backend: str = "auto",
+    duration_s: float | Sequence[float | None] | None = None,
+    **params: Any,
+) -> list[Alignment]:
+    """Align many videos at once (one similarity matrix [K, N] each) on one backend.
+
+    ``params`` go to every video's method (a per-segment ``drop_cost`` must fit each N);
+    ``duration_s`` is one value for all, or one per video.
+    """
+    spec = resolve_method(method)
+    seg = _float_param("segment_seconds", segment_seconds, "align")
+    if seg <= 0:
+        raise BioVLError(f"segment_seconds must be positive, got {seg}")
+    sims = list(similarities)
+    if duration_s is None or np.ndim(duration_s) == 0:
+        durations: list[float | None] = [duration_s] * len(sims)  # type: ignore[list-item]
+    else:
+        durations = list(duration_s)  # type: ignore[arg-type]
+        if len(durations) != len(sims):
+            raise BioVLError(
+                f"duration_s has {len(durations)} values for {len(sims)} videos; "
+                "give one per video or a single value"
+            )
+    full = _params(spec, params)
+    checked = []
+    for idx, (s, d) in enumerate(zip(sims, durations, strict=True)):
+        what = "similarity" if len(sims) == 1 else f"similarity #{idx}"
+        arr = validate_similarity(s, what)
+        checked.append((arr, _duration(arr.shape[1], seg, d, what), what))
+    if spec.direct is not None:
+        out = []
+        for arr, dur, _ in checked:
+            spans, labels = spec.direct(arr, seg, dur, full)
+            cols = np.arange(arr.shape[1])
+            score = float(arr[labels, cols].astype(np.float64).sum())
+            out.append(Alignment(spans, labels, score, spec.name, dict(full)))
+        return out
+    problems = []
+    for arr, _, what in checked:
+        _check_feasible(spec, arr, seg, what)
+        problems.append(spec.prepare(arr, dict(full)))  # type: ignore[misc]
+    all_labels = solve_segmentation(problems, backend)
+    out = []
+    for (arr, dur, _), prob, labels in zip(checked, problems, all_labels, strict=True):
+        spans = spans_from_labels(labels, arr.shape[0], seg, dur)
+        score = objective(prob.match, prob.drop, labels)
+        out.append(Alignment(spans, labels, score, spec.name, {**full, **prob.params}))
+    return out
+
+
+def align(
+    similarity: Any,
+    segment_seconds: float = 5.0,
+    method: str = DEFAULT_METHOD,
+    backend: str = "auto",
+    duration_s: float | None = None,
+    **params: Any,
+) -> Alignment:
+    """Align one video's steps [K] to its segments [N] given their similarity [K, N]."""
+    return align_batch(
+        [similarity],
+        segment_seconds=segment_seconds,
+        method=method,
+        backend=backend,
+        duration_s=duration_s,
+        **params,
+    )[0]

@@ -1,0 +1,265 @@
+"""Aligner benchmark: cells/s of every backend against a plain-Python double-loop DP.
+
+``python -m biovl_core.bench align [--quick]`` prints one table, all figures measured side by
+side in one run on BioVL-sized problems (K = 4..30 steps, N = 50..400 segments), one
+alignment at a time and in a batch. ``gpu_check()`` compares the GPU backends with numba.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from biovl_core.align import SegmentationProblem, align, objective, solve_segmentation
+from biovl_core.device import cupy_usable
+
+
+def python_dp(match: np.ndarray, drop: np.ndarray) -> tuple[list[int], float]:
+    """The same segmentation DP as the kernels, as a plain Python double loop (the yardstick)."""
+    m = match.tolist()
+    d = drop.tolist()
+    k, n = len(m), len(d)
+    neg = float("-inf")
+    a_prev = [neg] * (k + 1)
+    b_prev = [0.0] + [neg] * k
+    dirs = []
+    for j in range(n):
+        dj = d[j]
+        a_cur = [neg] * (k + 1)
+        b_cur = [dj + b_prev[0]] + [neg] * k
+        col = [4] * (k + 1)
+        for i in range(1, k + 1):
+            best, c = a_prev[i], 0
+            if a_prev[i - 1] > best:
+                best, c = a_prev[i - 1], 1
+            if b_prev[i - 1] > best:
+                best, c = b_prev[i - 1], 2
+            a_cur[i] = m[i - 1][j] + best
+            bb = a_prev[i]
+            if b_prev[i] > bb:
+                bb, c = b_prev[i], c | 4
+            b_cur[i] = dj + bb
+            col[i] = c
+        dirs.append(col)
+        a_prev, b_prev = a_cur, b_cur
+    i, state = k, 0 if a_prev[k] >= b_prev[k] else 1
+    score = a_prev[k] if state == 0 else b_prev[k]
+    labels = [-1] * n
+    for j in range(n - 1, -1, -1):
+        c = dirs[j][i]
+        if state == 0:
+            labels[j] = i - 1
+            if c & 3:
+                state = 1 if (c & 3) == 2 else 0
+                i -= 1
+        elif not c & 4:
+            state = 0
+    return labels, score
+
+
+def make_problems(
+    count: int,
+    seed: int = 0,
+    k_range: tuple[int, int] = (4, 30),
+    n_range: tuple[int, int] = (50, 400),
+) -> list[SegmentationProblem]:
+    """Random BioVL-sized drop_dtw problems: cosine-like similarities, drop cost at the 70th percentile."""
+    rng = np.random.default_rng(seed)
+    problems = []
+    for _ in range(count):
+        k = int(rng.integers(k_range[0], k_range[1] + 1))
+        n = int(rng.integers(max(n_range[0], k), n_range[1] + 1))
+        sim = rng.normal(0.2, 0.08, size=(k, n)).astype(np.float32)
+        drop = np.full(n, np.percentile(sim, 70), dtype=np.float32)
+        problems.append(SegmentationProblem(sim, drop))
+    return problems
+
+
+def _cells(problems: Sequence[SegmentationProblem]) -> int:
+    """Total K x N over the problems."""
+    return int(sum(p.match.size for p in problems))
+
+
+def _best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` wall-clock runs (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _time_single(problems: Sequence[SegmentationProblem], backend: str, repeats: int) -> float:
+    """Seconds to solve the problems one call each."""
+    return _best_time(lambda: [solve_segmentation([p], backend) for p in problems], repeats)
+
+
+def _row(name: str, mode: str, problems: Sequence[SegmentationProblem], seconds: float) -> dict:
+    """One table row's raw figures."""
+    return {
+        "backend": name,
+        "mode": mode,
+        "count": len(problems),
+        "rate": _cells(problems) / seconds,
+    }
+
+
+def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
+    """Measure every usable backend; return rows with cells/s (and print nothing)."""
+    repeats = 1 if quick else 3
+    batch_problems = make_problems(100 if quick else batch, seed)
+    singles = batch_problems[: 20 if quick else 100]
+    py_subset = batch_problems[: 2 if quick else 5]
+    np_single = batch_problems[: 3 if quick else 10]
+    rows = []
+    start = time.perf_counter()
+    for p in py_subset:
+        python_dp(p.match, p.drop)
+    rows.append(_row("python loop", "single", py_subset, time.perf_counter() - start))
+    rows.append(_row("numpy", "single", np_single, _time_single(np_single, "numpy", repeats)))
+    rows.append(_row("numba", "single", singles, _time_single(singles, "numba", repeats)))
+    rows.append(
+        _row(
+            "numpy",
+            "batch",
+            batch_problems,
+            _best_time(lambda: solve_segmentation(batch_problems, "numpy"), repeats),
+        )
+    )
+    rows.append(
+        _row(
+            "numba",
+            "batch",
+            batch_problems,
+            _best_time(lambda: solve_segmentation(batch_problems, "numba"), repeats),
+        )
+    )
+    sims = [p.match for p in batch_problems]
+    rows.append(
+        _row(
+            "numba via align_batch",
+            "batch",
+            batch_problems,
+            _best_time(lambda: _align_batch_api(sims), repeats),
+        )
+    )
+    if cupy_usable():
+        for backend in ("cupy_xp", "cupy"):
+            rows.append(
+                _row(
+                    backend,
+                    "batch",
+                    batch_problems,
+                    _best_time(lambda b=backend: solve_segmentation(batch_problems, b), repeats),
+                )
+            )
+    return rows
+
+
+def _align_batch_api(sims: list[np.ndarray]) -> None:
+    """The public API end to end (validation, drop cost, spans) on the numba backend."""
+    from biovl_core.align import align_batch
+
+    align_batch(sims, method="drop_dtw", backend="numba")
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as a fixed-width table with ratios to the Python loop and to numpy."""
+    py = next(r["rate"] for r in rows if r["backend"] == "python loop")
+    numpy_rate = {r["mode"]: r["rate"] for r in rows if r["backend"] == "numpy"}
+    lines = [
+        f"{'backend':<22} {'mode':<7} {'aligns':>6} {'M cells/s':>11} {'x python':>9} {'x numpy':>8}",
+        "-" * 68,
+    ]
+    for r in rows:
+        vs_np = r["rate"] / numpy_rate[r["mode"]] if r["mode"] in numpy_rate else float("nan")
+        lines.append(
+            f"{r['backend']:<22} {r['mode']:<7} {r['count']:>6} {r['rate'] / 1e6:>11.2f} "
+            f"{r['rate'] / py:>9.1f} {vs_np:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: print the aligner table (``--quick`` for a CI-sized run)."""
+    parser = argparse.ArgumentParser(prog="python -m biovl_core.bench align", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
+    parser.add_argument("--batch", type=int, default=1000, help="alignments per batch")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    solve_segmentation(make_problems(2, args.seed), "numba")
+    rows = run(quick=args.quick, batch=args.batch, seed=args.seed)
+    print("aligner: drop_dtw segmentation, K=4..30 steps, N=50..400 segments, float32 + traceback")
+    print("python loop timed on a subset and extrapolated as cells/s; numba batch uses all cores")
+    print(format_table(rows))
+    return 0
+
+
+def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> None:
+    """On a GPU: cupy RawKernel and cupy wavefront vs numba on a batch (same answers), and G cells/s.
+
+    Raises AssertionError on any disagreement; prints throughput with inputs already on the
+    GPU (kernel incl. traceback) and end to end from host arrays.
+    """
+    import cupy as cp
+
+    from biovl_core import _align_cupy, _align_numba
+    from biovl_core.align import pack_flat, pack_padded
+
+    problems = make_problems(batch, seed=1)
+    problems += make_problems(20, seed=2, k_range=(1, 3), n_range=(3, 12))
+    mt, m_off, drop, seg_off, ks, ns = pack_flat(problems)
+    ref_labels, ref_scores = _align_numba.solve_flat(mt, m_off, drop, seg_off, ks, ns)
+    raw_labels, raw_scores = _align_cupy.solve_flat_rawkernel(mt, m_off, drop, seg_off, ks, ns)
+    assert np.array_equal(raw_labels.get(), ref_labels), "RawKernel labels differ from numba"
+    assert np.allclose(raw_scores.get(), ref_scores, atol=1e-4), "RawKernel optima differ"
+    pm, pd, pk, pn = pack_padded(problems)
+    xp_labels, xp_scores = _align_cupy.solve_padded_cupy(pm, pd, pk, pn)
+    xp_labels = xp_labels.get()
+    for b, (s, n) in enumerate(zip(seg_off, ns, strict=True)):
+        assert np.array_equal(xp_labels[b, :n], ref_labels[s : s + n]), (
+            f"cupy_xp labels differ #{b}"
+        )
+    assert np.allclose(xp_scores.get(), ref_scores, atol=1e-4), "cupy_xp optima differ"
+    for b in range(50):
+        labels = ref_labels[seg_off[b] : seg_off[b] + ns[b]]
+        assert abs(objective(problems[b].match, problems[b].drop, labels) - ref_scores[b]) < 1e-3
+    assert (
+        align(problems[0].match, backend="cupy").score
+        == align(problems[0].match, backend="numba").score
+    )
+    print(f"same labels and optima on {len(problems)} alignments: numba == RawKernel == cupy_xp")
+
+    def gpu_seconds(fn: Callable[[], object]) -> float:
+        fn()
+        cp.cuda.Device().synchronize()
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        best = float("inf")
+        for _ in range(repeats):
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        return best
+
+    for size in (batch, big_batch):
+        probs = make_problems(size, seed=3)
+        cells = _cells(probs)
+        packed = pack_flat(probs)
+        dev = [cp.asarray(a) for a in packed[:4]] + list(packed[4:])
+        t_kernel = gpu_seconds(lambda d=dev: _align_cupy.solve_flat_rawkernel(*d))
+        t_e2e = gpu_seconds(lambda p=probs: solve_segmentation(p, "cupy"))
+        padded = [cp.asarray(a) for a in pack_padded(probs)]
+        t_xp = gpu_seconds(lambda p=padded: _align_cupy.solve_padded_cupy(*p))
+        t_cpu = _best_time(lambda p=packed: _align_numba.solve_flat(*p), 1)
+        print(
+            f"batch {size:>6} ({cells / 1e6:.1f} M cells): RawKernel {cells / t_kernel / 1e9:8.1f} G cells/s "
+            f"(device-resident), {cells / t_e2e / 1e9:6.2f} G cells/s from host lists; "
+            f"cupy_xp {cells / t_xp / 1e9:6.2f} G cells/s; numba (CPU) {cells / t_cpu / 1e9:6.3f} G cells/s"
+        )
