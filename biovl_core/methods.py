@@ -1,0 +1,136 @@
+"""Zero-shot aligner methods beyond the paper: they only build the kernel's ``M`` and ``D``.
+
+Importing this module registers them in ``biovl_core.align.METHODS``. Every ``prepare`` is
+plain numpy on the [K, N] similarity, so every backend (numpy, numba, cupy) solves the same
+problem. See docs/QUALITY.md for the method, how its defaults were chosen, and its scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from biovl_core.align import MethodSpec, SegmentationProblem, register_method
+from biovl_core.errors import BioVLError
+
+# 1.4826 * MAD estimates the standard deviation of Gaussian data (consistency constant).
+_MAD_TO_SD = 1.4826
+# Guards a division by a spread that is zero (a constant similarity matrix).
+_TINY = 1e-12
+
+
+def _number(params: dict[str, Any], name: str, method: str, low: float, high: float) -> float:
+    """A finite float parameter inside [low, high], or an error naming it and the range."""
+    try:
+        value = float(params[name])
+    except (TypeError, ValueError):
+        raise BioVLError(f"{method}: {name} must be a number, got {params[name]!r}") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise BioVLError(f"{method}: {name} must be in [{low}, {high}], got {params[name]!r}")
+    return value
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation (outlier-proof)."""
+    return _MAD_TO_SD * float(np.median(np.abs(x - np.median(x))))
+
+
+def standardize(sim: np.ndarray) -> np.ndarray:
+    """Remove per-step and per-segment offsets, then scale to robust z-units.
+
+    Rows lose their median (a step text that scores high on every frame). Columns lose their
+    sum over the K steps divided by K + 1, the mean over the steps plus one zero pseudo-step
+    (lighting or motion lifts every step's score): with few steps a step's own signal is a
+    large part of the plain mean, and with K = 1 the plain mean would erase the only row. The
+    result is divided by its MAD-based spread, so thresholds do not depend on the model.
+    """
+    s = np.asarray(sim, dtype=np.float64)
+    s = s - np.median(s, axis=1, keepdims=True)
+    s = s - s.sum(axis=0, keepdims=True) / (s.shape[0] + 1)
+    spread = _robust_sd(s)
+    if spread <= _TINY:
+        spread = float(s.std())
+    return s / spread if spread > _TINY else np.zeros_like(s)
+
+
+def signal_strength(z: np.ndarray, top_share: float, offset: float) -> np.ndarray:
+    """Per-step signal estimate [K] in z-units: mean of the row's top cells, less ``offset``.
+
+    A step is expected to cover about N / K segments; its top ``top_share`` * N / K cells
+    estimate how far the model lifts it where it happens. ``offset`` discounts what the top
+    cells of pure noise reach; a step the model cannot see gets 0.
+    """
+    k, n = z.shape
+    top = max(1, round(top_share * n / k))
+    best = -np.sort(-z, axis=1)[:, :top]
+    return np.maximum(best.mean(axis=1) - offset, 0.0)
+
+
+def positional_prior(k: int, n: int, width: float) -> np.ndarray:
+    """[K, N] Gaussian log-prior (<= 0) that step k sits near (k + 0.5) / K of the video.
+
+    Without duration information every step is expected to take an equal share of the video;
+    the sd is ``width`` step shares (``width`` / K of the video).
+    """
+    centre = (np.arange(k, dtype=np.float64) + 0.5) / k
+    pos = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return -0.5 * ((pos[None, :] - centre[:, None]) * k / width) ** 2
+
+
+def _prepare_nw_norm(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
+    """The paper's NW on standardized similarities (no background, no prior)."""
+    m = standardize(sim)
+    drop = np.full(sim.shape[1], -np.inf, dtype=np.float32)
+    return SegmentationProblem(m.astype(np.float32), drop)
+
+
+def _prepare_biovl(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
+    """Match = per-step Gaussian log-likelihood ratio + positional prior; drop = a fixed penalty.
+
+    With z the standardized similarity and mu_k the step's signal strength, a segment inside
+    step k is modelled as z ~ N(mu_k, 1) and outside as z ~ N(0, 1), so the log-likelihood
+    ratio is ``mu_k * z - mu_k**2 / 2``; background scores ``-background_penalty``.
+    """
+    name = "biovl"
+    share = _number(params, "top_share", name, _TINY, 1.0)
+    offset = _number(params, "signal_offset", name, 0.0, math.inf)
+    width = _number(params, "prior_width", name, 0.0, math.inf)  # 0 = no prior
+    penalty = _number(params, "background_penalty", name, -math.inf, math.inf)
+    k, n = sim.shape
+    z = standardize(sim)
+    mu = signal_strength(z, share, offset)
+    m = mu[:, None] * z - 0.5 * mu[:, None] ** 2
+    if width > 0.0:
+        m = m + positional_prior(k, n, width)
+    drop = np.full(n, -penalty, dtype=np.float32)
+    return SegmentationProblem(m.astype(np.float32), drop, {"signal_strength": mu.tolist()})
+
+
+NW_NORM = register_method(
+    MethodSpec(
+        "nw_norm",
+        "NW on similarities with per-step/per-segment offsets removed (robust z-units)",
+        {},
+        _prepare_nw_norm,
+    )
+)
+
+# Chosen by scripts/tune_quality.py on tuning seeds 0-9 over many generator settings; see
+# docs/QUALITY.md for the grid, the selection rule and held-out results.
+BIOVL_DEFAULTS: dict[str, float] = {
+    "top_share": 0.3,
+    "signal_offset": 0.5,
+    "prior_width": 3.0,
+    "background_penalty": 0.5,
+}
+
+BIOVL = register_method(
+    MethodSpec(
+        "biovl",
+        "per-step likelihood ratio on standardized similarities + positional prior + background",
+        BIOVL_DEFAULTS,
+        _prepare_biovl,
+    )
+)
