@@ -344,6 +344,178 @@ def _check_feasible(spec: MethodSpec, sim: np.ndarray, segment_seconds: float, w
         )
 
 
+def _durations(
+    sims: list[Any], duration_s: float | Sequence[float | None] | None
+) -> list[float | None]:
+    """One (unchecked) duration per video from a single value or a per-video sequence."""
+    if duration_s is None or np.ndim(duration_s) == 0:
+        return [duration_s] * len(sims)  # type: ignore[list-item]
+    durations = list(duration_s)  # type: ignore[arg-type]
+    if len(durations) != len(sims):
+        raise BioVLError(
+            f"duration_s has {len(durations)} values for {len(sims)} videos; "
+            "give one per video or a single value"
+        )
+    return durations
+
+
+def _what(idx: int, count: int) -> str:
+    """How errors name video ``idx`` of ``count``."""
+    return "similarity" if count == 1 else f"similarity #{idx}"
+
+
+def _checked(
+    spec: MethodSpec, sims: list[Any], durations: list[float | None], seg: float
+) -> list[tuple[np.ndarray, float, str]]:
+    """Validate every video in order (the first problem raises): (float32 matrix, duration, name)."""
+    checked = []
+    for idx, (s, d) in enumerate(zip(sims, durations, strict=True)):
+        what = _what(idx, len(sims))
+        arr = validate_similarity(s, what)
+        dur = _duration(arr.shape[1], seg, d, what)
+        if spec.direct is None:
+            _check_feasible(spec, arr, seg, what)
+        checked.append((arr, dur, what))
+    return checked
+
+
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _flat_drop(spec: MethodSpec, full: dict[str, Any]) -> tuple[float, float, dict] | None:
+    """For the built-in methods with a per-video constant drop: (drop score, percentile, params).
+
+    ``percentile >= 0`` asks the kernel to set each video's drop score to that percentile
+    of its similarities; ``None`` means the method needs the generic per-video path.
+    """
+    if spec.prepare is _prepare_nw:
+        return float("-inf"), -1.0, {}
+    if spec.prepare is not _prepare_drop_dtw:
+        return None
+    cost = full.get("drop_cost")
+    if cost is None:
+        pct = _float_param("drop_percentile", full["drop_percentile"], "drop_dtw")
+        if not 0.0 <= pct <= 100.0:
+            raise BioVLError(f"drop_dtw: drop_percentile must be in [0, 100], got {pct}")
+        return 0.0, pct, {"drop_percentile": pct}
+    if np.ndim(cost) != 0:
+        return None
+    value = _float_param("drop_cost", cost, "drop_dtw")
+    return -value, -1.0, {"drop_cost": value}
+
+
+def _build(
+    spec: MethodSpec,
+    full: dict[str, Any],
+    seg: float,
+    durs: np.ndarray,
+    ks: np.ndarray,
+    ns: np.ndarray,
+    seg_off: np.ndarray,
+    labels: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    scores: np.ndarray,
+    params: list[dict[str, Any]],
+) -> list[Alignment]:
+    """Alignments from flat per-segment labels and per-step first/last segments (vectorised spans)."""
+    dur_steps = np.repeat(durs, ks)
+    starts = (first * seg).tolist()
+    ends = np.minimum((last + 1) * seg, dur_steps).tolist()
+    missing = first < 0
+    if missing.any():
+        for t in np.flatnonzero(missing).tolist():
+            starts[t] = None
+    out = []
+    t = 0
+    for s, n, k, score, p in zip(
+        seg_off.tolist(), ns.tolist(), ks.tolist(), scores.tolist(), params, strict=True
+    ):
+        st = starts[t : t + k]
+        spans = list(zip(st, ends[t : t + k], strict=True))
+        if None in st:
+            spans = [None if a is None else (a, b) for a, b in spans]
+        out.append(Alignment(spans, labels[s : s + n], score, spec.name, p))
+        t += k
+    return out
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sums (start offset of each item)."""
+    off = np.zeros(sizes.shape[0], dtype=np.int64)
+    if sizes.shape[0] > 1:
+        np.cumsum(sizes[:-1], out=off[1:])
+    return off
+
+
+def _align_flat_numba(
+    spec: MethodSpec,
+    full: dict[str, Any],
+    flat_drop: tuple[float, float, dict],
+    sims: list[Any],
+    durations: list[float | None],
+    seg: float,
+) -> list[Alignment]:
+    """The numba fast path: one packed buffer, one kernel call (parallel over videos when big).
+
+    Validation is vectorised: shapes and dtypes are read per video, finiteness is checked
+    inside the kernel, and on any problem the per-video checks run in order to raise the
+    same error as the generic path.
+    """
+    from biovl_core import _align_numba
+
+    count = len(sims)
+    arrs = []
+    for idx, s in enumerate(sims):
+        if not (
+            type(s) is np.ndarray
+            and s.ndim == 2
+            and s.dtype in _FAST_DTYPES
+            and s.shape[0] > 0
+            and s.shape[1] > 0
+        ):
+            s = validate_similarity(s, _what(idx, count))
+        arrs.append(s)
+    ks = np.fromiter((a.shape[0] for a in arrs), dtype=np.int64, count=count)
+    ns = np.fromiter((a.shape[1] for a in arrs), dtype=np.int64, count=count)
+    if (ks > ns).any():
+        _checked(spec, sims, durations, seg)  # raises the first error, in video order
+    if any(d is not None for d in durations):
+        durs = np.array(
+            [
+                n * seg if d is None else _duration(n, seg, d, _what(i, count))
+                for i, (n, d) in enumerate(zip(ns.tolist(), durations, strict=True))
+            ],
+            dtype=np.float64,
+        )
+    else:
+        durs = ns * seg
+    m_flat = (
+        arrs[0].astype(np.float32, copy=False).ravel()
+        if count == 1
+        else np.concatenate([a.ravel() for a in arrs], dtype=np.float32)
+    )
+    if not m_flat.flags.c_contiguous:
+        m_flat = np.ascontiguousarray(m_flat)
+    m_off = _offsets(ks * ns)
+    seg_off = _offsets(ns)
+    drop_score, pct, extra = flat_drop
+    drop_flat = np.full(int(ns.sum()), drop_score, dtype=np.float32)
+    res = _align_numba.solve_flat_full(m_flat, m_off, drop_flat, seg_off, ks, ns, pct=pct)
+    if res["bad"].any():
+        _checked(spec, sims, durations, seg)
+        raise BioVLError("similarity has NaN/inf values; check the embeddings")  # unreachable
+    base = {**full, **extra}
+    if pct >= 0.0:
+        params = [{**base, "drop_cost": -float(v)} for v in res["drop_values"].tolist()]
+    else:
+        params = [dict(base) for _ in range(count)]
+    return _build(
+        spec, full, seg, durs, ks, ns, seg_off,
+        res["labels"], res["first"], res["last"], res["scores"], params,
+    )  # fmt: skip
+
+
 def align_batch(
     similarities: Sequence[Any],
     segment_seconds: float = 5.0,
@@ -355,28 +527,24 @@ def align_batch(
     """Align many videos at once (one similarity matrix [K, N] each) on one backend.
 
     ``params`` go to every video's method (a per-segment ``drop_cost`` must fit each N);
-    ``duration_s`` is one value for all, or one per video.
+    ``duration_s`` is one value for all, or one per video. On the numba backend the
+    built-in methods run as one packed kernel call (see ``_align_flat_numba``).
     """
     spec = resolve_method(method)
     seg = _float_param("segment_seconds", segment_seconds, "align")
     if seg <= 0:
         raise BioVLError(f"segment_seconds must be positive, got {seg}")
     sims = list(similarities)
-    if duration_s is None or np.ndim(duration_s) == 0:
-        durations: list[float | None] = [duration_s] * len(sims)  # type: ignore[list-item]
-    else:
-        durations = list(duration_s)  # type: ignore[arg-type]
-        if len(durations) != len(sims):
-            raise BioVLError(
-                f"duration_s has {len(durations)} values for {len(sims)} videos; "
-                "give one per video or a single value"
-            )
+    if not sims:
+        return []
+    durations = _durations(sims, duration_s)
     full = _params(spec, params)
-    checked = []
-    for idx, (s, d) in enumerate(zip(sims, durations, strict=True)):
-        what = "similarity" if len(sims) == 1 else f"similarity #{idx}"
-        arr = validate_similarity(s, what)
-        checked.append((arr, _duration(arr.shape[1], seg, d, what), what))
+    if spec.direct is None:
+        resolved = _resolve_backend(backend)
+        flat_drop = _flat_drop(spec, full) if resolved == "numba" else None
+        if flat_drop is not None:
+            return _align_flat_numba(spec, full, flat_drop, sims, durations, seg)
+    checked = _checked(spec, sims, durations, seg)
     if spec.direct is not None:
         out = []
         for arr, dur, _ in checked:
@@ -385,17 +553,18 @@ def align_batch(
             score = float(arr[labels, cols].astype(np.float64).sum())
             out.append(Alignment(spans, labels, score, spec.name, dict(full)))
         return out
-    problems = []
-    for arr, _, what in checked:
-        _check_feasible(spec, arr, seg, what)
-        problems.append(spec.prepare(arr, dict(full)))  # type: ignore[misc]
-    all_labels = solve_segmentation(problems, backend)
-    out = []
-    for (arr, dur, _), prob, labels in zip(checked, problems, all_labels, strict=True):
-        spans = spans_from_labels(labels, arr.shape[0], seg, dur)
-        score = objective(prob.match, prob.drop, labels)
-        out.append(Alignment(spans, labels, score, spec.name, {**full, **prob.params}))
-    return out
+    problems = [spec.prepare(arr, dict(full)) for arr, _, _ in checked]  # type: ignore[misc]
+    all_labels = solve_segmentation(problems, resolved)
+    from biovl_core import _align_numba
+
+    m_flat, m_off, drop_flat, seg_off, ks, ns = pack_flat(problems)
+    labels = np.concatenate(all_labels).astype(np.int64, copy=False)
+    scores, first, last = _align_numba.finish_flat(
+        m_flat, m_off, drop_flat, seg_off, _offsets(ks), ks, ns, labels
+    )
+    durs = np.array([dur for _, dur, _ in checked], dtype=np.float64)
+    params_list = [{**full, **p.params} for p in problems]
+    return _build(spec, full, seg, durs, ks, ns, seg_off, labels, first, last, scores, params_list)
 
 
 def align(

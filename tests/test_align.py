@@ -262,3 +262,98 @@ def test_bench_dispatch_and_quick_table(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for row in ("python loop", "numpy", "numba"):
         assert row in out
+
+
+def _spans_reference(labels: np.ndarray, k: int, seg: float, dur: float) -> list:
+    """Spans straight from the labels, one step at a time (independent of the fast path)."""
+    out = []
+    for step in range(k):
+        idx = np.flatnonzero(labels == step)
+        out.append(None if idx.size == 0 else (idx[0] * seg, min((idx[-1] + 1) * seg, dur)))
+    return out
+
+
+@pytest.mark.parametrize("method", ["drop_dtw", "nw"])
+def test_numba_flat_batch_path_matches_wavefront_and_python_dp(method: str) -> None:
+    rng = np.random.default_rng(11)
+    problems = make_problems(25, seed=12) + make_problems(
+        15, seed=13, k_range=(1, 4), n_range=(1, 9)
+    )
+    sims = [p.match for p in problems]
+    sims[3] = sims[3].astype(np.float64)  # converted inside the packed path
+    sims[4] = np.asfortranarray(sims[4])  # non-contiguous input
+    durs = [s.shape[1] * 2.0 - float(rng.uniform(0, 1.9)) for s in sims]
+    fast = align_batch(sims, segment_seconds=2.0, method=method, backend="numba", duration_s=durs)
+    slow = align_batch(sims, segment_seconds=2.0, method=method, backend="numpy", duration_s=durs)
+    for s, d, p, a, b in zip(sims, durs, problems, fast, slow, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        drop = p.drop if method == "drop_dtw" else np.full(s.shape[1], -np.inf, np.float32)
+        py_labels, py_score = python_dp(np.asarray(s, np.float32), drop)
+        np.testing.assert_array_equal(a.labels, py_labels)
+        assert a.score == b.score  # same float64 summation order on every backend
+        assert a.score == pytest.approx(objective(p.match, drop, a.labels), abs=1e-9)
+        assert a.score == pytest.approx(py_score, abs=1e-3)
+        assert a.spans == b.spans == _spans_reference(a.labels, s.shape[0], 2.0, d)
+        assert a.params == b.params
+    singles = [
+        align(s, segment_seconds=2.0, method=method, duration_s=d)
+        for s, d in zip(sims, durs, strict=True)
+    ]
+    for a, one in zip(fast, singles, strict=True):
+        np.testing.assert_array_equal(a.labels, one.labels)
+        assert a.score == one.score and a.spans == one.spans
+
+
+def test_numba_parallel_and_serial_batches_agree() -> None:
+    from biovl_core import _align_numba
+    from biovl_core.align import pack_flat
+
+    problems = make_problems(60, seed=21)
+    packed = pack_flat(problems)
+    runs = [
+        _align_numba.solve_flat_full(
+            *packed[:2], packed[2].copy(), *packed[3:], pct=70.0, parallel=p
+        )
+        for p in (False, True)
+    ]
+    for name in ("labels", "first", "last", "optima", "scores", "drop_values"):
+        np.testing.assert_array_equal(runs[0][name], runs[1][name], err_msg=name)
+    want = [np.float32(np.percentile(p.match, 70)) for p in problems]
+    np.testing.assert_array_equal(runs[0]["drop_values"], want)
+
+
+def test_kernel_percentile_is_numpys_bit_for_bit() -> None:
+    from biovl_core import _align_numba
+
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        size = int(rng.integers(1, 5000))
+        kind = trial % 4
+        if kind == 0:
+            x = rng.normal(0.2, 0.08, size)
+        elif kind == 1:
+            x = rng.integers(-3, 3, size)  # heavy ties
+        elif kind == 2:
+            x = rng.uniform(-1, 1, size) ** 7  # skewed
+        else:
+            x = np.full(size, 0.5)
+            x[: int(rng.integers(0, 3))] = rng.normal()
+        x = x.astype(np.float32)
+        pct = float(rng.choice([0.0, 100.0, 70.0, rng.uniform(0, 100)]))
+        assert _align_numba.percentile(x, pct) == np.percentile(x, pct), (trial, pct)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_fast_path_errors_name_the_video() -> None:
+    good = np.zeros((2, 4), np.float32)
+    bad = np.zeros((2, 4), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(
+        ValueError, match=r"similarity #2 has 1 NaN/inf value\(s\), first at step 1"
+    ):
+        align_batch([good, good, bad], backend="numba")
+    with pytest.raises(ValueError, match="too large for float32"):
+        align(np.full((2, 4), 1e39), backend="numba")
+    with pytest.raises(ValueError, match="similarity #1: method 'nw'"):
+        align_batch([good, np.zeros((5, 3))], method="nw", backend="numba")
+    assert align_batch([], backend="numba") == []
