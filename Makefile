@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP) ## create/update the virtual environment (.venv)
 
 test: $(STAMP) ## install what is needed, then run the whole test suite
+	$(PY) scripts/ensure_test_deps.py
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
 
 test-fast: $(STAMP) ## the suite without the slow service/browser tests

@@ -172,13 +172,19 @@ def test_huge_drop_cost_equals_nw() -> None:
 def test_default_drop_cost_comes_from_similarity_percentile() -> None:
     rng = np.random.default_rng(1)
     sim = rng.normal(0.2, 0.1, size=(5, 60)).astype(np.float32)
-    default = align(sim)
-    assert default.method == DEFAULT_METHOD == "drop_dtw"
+    default = align(sim, method="drop_dtw")
     assert default.params["drop_cost"] == pytest.approx(-np.percentile(sim, 70), abs=1e-6)
-    greedy = align(sim, drop_percentile=100)
+    greedy = align(sim, method="drop_dtw", drop_percentile=100)
     assert (greedy.labels >= 0).sum() == sim.shape[0]
-    assert (align(sim, drop_percentile=0).labels >= 0).sum() > (default.labels >= 0).sum()
-    assert align(sim, method="default").score == default.score
+    dropped_less = align(sim, method="drop_dtw", drop_percentile=0)
+    assert (dropped_less.labels >= 0).sum() > (default.labels >= 0).sum()
+
+
+def test_default_method_is_the_projects_best() -> None:
+    sim = np.random.default_rng(2).normal(0.2, 0.1, size=(5, 60)).astype(np.float32)
+    assert DEFAULT_METHOD == "biovl"
+    assert align(sim).method == DEFAULT_METHOD
+    assert align(sim, method="default").score == align(sim, method=DEFAULT_METHOD).score
 
 
 def test_per_segment_drop_cost() -> None:

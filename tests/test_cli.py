@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint, tiny_cfg
 
 from biovl_core.cli import main
 from biovl_core.formats import read_annotations
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import read_protocol
 from biovl_core.synthetic_video import make_recording
-from tests.fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint, tiny_cfg
 
 
 @pytest.fixture(scope="module")
