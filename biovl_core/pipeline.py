@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from biovl_core import __version__
-from biovl_core.align import DEFAULT_METHOD, align
+from biovl_core.align import DEFAULT_METHOD, Alignment, align
 from biovl_core.cache import EmbeddingCache
 from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, load_embedder
 from biovl_core.protocol import Protocol
 from biovl_core.result import AlignmentResult
-from biovl_core.video import get_sampler, probe, segment_timestamps, video_sha256
+from biovl_core.video import FrameSampler, get_sampler, probe, segment_timestamps, video_sha256
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+AlignFn = Callable[..., Alignment]  # same signature as biovl_core.align.align
 
 
 @contextmanager
@@ -53,13 +54,18 @@ def embed_video(
     *,
     timings: dict[str, float] | None = None,
     progress: ProgressFn | None = None,
+    sampler: FrameSampler | None = None,
 ) -> np.ndarray:
-    """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments."""
+    """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments.
+
+    ``sampler`` replaces the configured decoder (the service passes one that calls its
+    Decoder deployment).
+    """
     timings = {} if timings is None else timings
     with timed(timings, "probe"):
         info = probe(video_path)
         stamps = segment_timestamps(info, cfg.segment_seconds, embedder.frames_per_segment)
-        sampler = get_sampler(cfg.decoder)
+        sampler = sampler or get_sampler(cfg.decoder)
     chunks: list[np.ndarray] = []
     batches = sampler.iter_batches(
         video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
@@ -84,6 +90,7 @@ def recording_similarity(
     embedder: Embedder,
     *,
     progress: ProgressFn | None = None,
+    sampler: FrameSampler | None = None,
 ) -> RecordingSimilarity:
     """Cosine similarity [K steps, N segments]; embeddings come from the cache when present."""
     timings: dict[str, float] = {}
@@ -94,7 +101,9 @@ def recording_similarity(
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
 
     def compute() -> np.ndarray:
-        return embed_video(video_path, embedder, cfg, timings=timings, progress=progress)
+        return embed_video(
+            video_path, embedder, cfg, timings=timings, progress=progress, sampler=sampler
+        )
 
     if cache is not None:
         video_emb = cache.segments(sha, embedder, cfg.segment_seconds, compute)
@@ -120,17 +129,25 @@ def align_video(
     *,
     embedder: Embedder | None = None,
     progress: ProgressFn | None = None,
+    sampler: FrameSampler | None = None,
+    align_fn: AlignFn = align,
 ) -> AlignmentResult:
-    """Align every protocol step of ``protocol`` to its span in the video at ``video_path``."""
+    """Align every protocol step of ``protocol`` to its span in the video at ``video_path``.
+
+    ``embedder``, ``sampler`` and ``align_fn`` replace the configured stages (the service
+    passes stand-ins that call its Embedder, Decoder and Aligner deployments).
+    """
     cfg = cfg or PipelineConfig()
     total_start = time.perf_counter()
     load_timings: dict[str, float] = {}
     with timed(load_timings, "load_model"):
         embedder = embedder or load_embedder(cfg)
-    rec = recording_similarity(video_path, list(protocol.steps), cfg, embedder, progress=progress)
+    rec = recording_similarity(
+        video_path, list(protocol.steps), cfg, embedder, progress=progress, sampler=sampler
+    )
     timings = {**load_timings, **rec.timings}
     with timed(timings, "align"):
-        alignment = align(
+        alignment = align_fn(
             rec.similarity,
             segment_seconds=cfg.segment_seconds,
             method=resolve_method(cfg),

@@ -1,0 +1,167 @@
+"""Service commands: ``serve`` (Ray Serve app), ``worker`` (standalone queue worker),
+``requeue`` (rebuild the queue from the archive), ``tokens`` (lab tokens), ``dead`` (dead letters)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from services.settings import ServiceSettings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> ServiceSettings:
+    """Settings from --config / env, with the command-line overrides applied."""
+    overrides: dict[str, Any] = {}
+    for name in ("archive_dir", "redis_url", "redis_prefix", "tokens_file"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return load_settings(args.config, **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start Ray (or join RAY_ADDRESS), deploy the Serve app, block until Ctrl-C."""
+    import os
+    import time
+
+    settings = _settings(args)
+    if settings.metrics_dir:
+        os.makedirs(settings.metrics_dir, exist_ok=True)
+    import ray
+    from ray import serve
+
+    from services.app import build_app
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.run(build_app(settings), name="biovl", route_prefix="/")
+    print(
+        f"serving on http://{settings.http_host}:{settings.http_port}/ (Ctrl-C stops)", flush=True
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a standalone worker (pipeline in this process) until SIGTERM/SIGINT."""
+    from services import metrics
+    from services.worker import LocalRunner, Worker
+
+    settings = _settings(args)
+    worker = Worker(settings, LocalRunner(), consumer=args.consumer)
+    port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
+    if port:
+        metrics.serve_metrics(port)
+    metrics.start_sampler(worker.sample_queue)
+
+    def stop(signum: int, _frame: Any) -> None:
+        logging.getLogger("biovl.worker").info("signal %d: finishing the current job", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"worker {worker.consumer} consuming {worker.queue.stream}", flush=True)
+    handled = worker.run_forever(max_jobs=args.max_jobs)
+    print(f"worker {worker.consumer} stopped after {handled} job(s)", flush=True)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Queue every archived job that has no result (after Redis lost its data)."""
+    from services.worker import requeue
+
+    queued = requeue(_settings(args), retry_dead=args.retry_dead)
+    for job_id in queued:
+        print(job_id)
+    print(f"requeued {len(queued)} job(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Create a lab token (its hash goes into the tokens file) or print a token's hash."""
+    from services.auth import add_token, hash_token
+
+    if args.action == "hash":
+        print(hash_token(args.value))
+        return 0
+    settings = _settings(args)
+    path = args.file or settings.tokens_file
+    if not path:
+        print("no tokens file: pass --file or set BIOVL_TOKENS_FILE", file=sys.stderr)
+        return 2
+    token = add_token(path, args.value)
+    print(token)
+    print(
+        f"token for lab {args.value!r} stored (hashed) in {path}; it is shown only once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    """Print the newest dead-letter entries as JSON lines."""
+    from services.queue import JobQueue
+    from services.redis_conn import connect
+
+    settings = _settings(args)
+    queue = JobQueue(
+        connect(settings.redis_url, settings.archive_path / "redis"), settings.redis_prefix
+    )
+    for entry in queue.dead_letters(args.count):
+        print(json.dumps(entry))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m services`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m services", description=__doc__)
+    parser.add_argument("--config", help="service YAML (default: $BIOVL_SERVICE_CONFIG)")
+    parser.add_argument("--archive-dir", dest="archive_dir")
+    parser.add_argument("--redis-url", dest="redis_url", help="default: $REDIS_URL, else embedded")
+    parser.add_argument("--redis-prefix", dest="redis_prefix")
+    parser.add_argument("--tokens-file", dest="tokens_file")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the Ray Serve application").set_defaults(fn=cmd_serve)
+    w = sub.add_parser("worker", help="run a standalone queue worker")
+    w.add_argument("--consumer", help="consumer name (default host-pid)")
+    w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
+    w.set_defaults(fn=cmd_worker)
+    r = sub.add_parser("requeue", help="queue archived jobs that have no result")
+    r.add_argument("--retry-dead", action="store_true", help="also retry dead-lettered jobs")
+    r.set_defaults(fn=cmd_requeue)
+    t = sub.add_parser("tokens", help="lab tokens")
+    t.add_argument(
+        "action", choices=["add", "hash"], help="add LAB: new token; hash TOKEN: its sha256"
+    )
+    t.add_argument("value", help="the lab (add) or the token (hash)")
+    t.add_argument("--file", help="tokens file (default: the configured tokens_file)")
+    t.set_defaults(fn=cmd_tokens)
+    d = sub.add_parser("dead", help="list dead-lettered jobs")
+    d.add_argument("--count", type=int, default=50)
+    d.set_defaults(fn=cmd_dead)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and run a service command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.fn(args))
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

