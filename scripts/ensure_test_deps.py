@@ -1,0 +1,84 @@
+"""Make sure the browser test can run: Debian `chromium` at /usr/bin/chromium and the `playwright` package.
+
+Called by `make test` before pytest. Installs chromium with apt-get when it is missing
+(root, or passwordless sudo, needed); never runs `playwright install` (the wheel bundles its
+driver, and the test drives the system chromium). Exits non-zero with a message naming the
+fix when something cannot be provided.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CHROMIUM = Path(os.environ.get("BIOVL_CHROMIUM", "/usr/bin/chromium"))
+APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def _say(msg: str) -> None:
+    print(f"[ensure_test_deps] {msg}", flush=True)
+
+
+def _run(cmd: list[str]) -> None:
+    """Run ``cmd``, echoing it first; raise CalledProcessError on failure."""
+    _say("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, env=APT_ENV)
+
+
+def _privilege_prefix() -> list[str] | None:
+    """[] when root, ["sudo", "-n"] when passwordless sudo works, None otherwise."""
+    if os.geteuid() == 0:
+        return []
+    sudo = shutil.which("sudo")
+    if sudo and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0:
+        return [sudo, "-n"]
+    return None
+
+
+def ensure_chromium() -> str | None:
+    """Install Debian chromium if missing; return an error message or None."""
+    if CHROMIUM.exists():
+        _say(f"chromium present: {CHROMIUM}")
+        return None
+    if not shutil.which("apt-get"):
+        return f"{CHROMIUM} is missing and apt-get is not available: install chromium by hand"
+    prefix = _privilege_prefix()
+    if prefix is None:
+        return f"{CHROMIUM} is missing and this user cannot run apt-get: run `sudo apt-get install -y chromium`"
+    _say(f"{CHROMIUM} missing: installing Debian chromium with apt-get")
+    try:
+        _run([*prefix, "apt-get", "update", "-q"])
+        _run([*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"])
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return f"apt-get could not install chromium ({exc}); install it by hand: apt-get install -y chromium"
+    if not CHROMIUM.exists():
+        return f"apt-get finished but {CHROMIUM} does not exist"
+    _say(f"installed {CHROMIUM}")
+    return None
+
+
+def ensure_playwright() -> str | None:
+    """Check the playwright Python package is importable; return an error message or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return (
+            f"the `playwright` Python package is missing from {sys.executable}: "
+            "pip install -c constraints.txt playwright (do not run `playwright install`)"
+        )
+    _say("playwright package importable")
+    return None
+
+
+def main() -> int:
+    """Check both dependencies; non-zero exit with every problem listed."""
+    errors = [e for e in (ensure_chromium(), ensure_playwright()) if e]
+    for err in errors:
+        print(f"[ensure_test_deps] ERROR: {err}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
