@@ -121,43 +121,53 @@ def cmd_dead(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m services`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m services", description=__doc__)
+def _add_service_options(parser: argparse.ArgumentParser) -> None:
+    """Options every service command takes (they override the settings file and env)."""
     parser.add_argument("--config", help="service YAML (default: $BIOVL_SERVICE_CONFIG)")
     parser.add_argument("--archive-dir", dest="archive_dir")
     parser.add_argument("--redis-url", dest="redis_url", help="default: $REDIS_URL, else embedded")
     parser.add_argument("--redis-prefix", dest="redis_prefix")
     parser.add_argument("--tokens-file", dest="tokens_file")
     parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the Ray Serve application").set_defaults(fn=cmd_serve)
-    w = sub.add_parser("worker", help="run a standalone queue worker")
+
+
+def add_service_commands(sub: Any) -> None:
+    """Add serve / worker / requeue / tokens / dead to an argparse subparsers object."""
+
+    def command(name: str, help_text: str, fn: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        _add_service_options(p)
+        p.set_defaults(fn=fn)
+        return p
+
+    command("serve", "run the Ray Serve application", cmd_serve)
+    w = command("worker", "run a standalone queue worker", cmd_worker)
     w.add_argument("--consumer", help="consumer name (default host-pid)")
     w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
-    w.set_defaults(fn=cmd_worker)
-    r = sub.add_parser("requeue", help="queue archived jobs that have no result")
+    r = command("requeue", "queue archived jobs that have no result", cmd_requeue)
     r.add_argument("--retry-dead", action="store_true", help="also retry dead-lettered jobs")
-    r.set_defaults(fn=cmd_requeue)
-    t = sub.add_parser("tokens", help="lab tokens")
+    t = command("tokens", "lab tokens", cmd_tokens)
     t.add_argument(
         "action", choices=["add", "hash"], help="add LAB: new token; hash TOKEN: its sha256"
     )
     t.add_argument("value", help="the lab (add) or the token (hash)")
     t.add_argument("--file", help="tokens file (default: the configured tokens_file)")
-    t.set_defaults(fn=cmd_tokens)
-    d = sub.add_parser("dead", help="list dead-lettered jobs")
+    d = command("dead", "list dead-lettered jobs", cmd_dead)
     d.add_argument("--count", type=int, default=50)
-    d.set_defaults(fn=cmd_dead)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m services`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m services", description=__doc__)
+    add_service_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and run a service command."""
-    args = build_parser().parse_args(argv)
+def run_service_command(args: argparse.Namespace) -> int:
+    """Run a parsed service command with logging set up; user errors exit 2 with one line."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -165,3 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and run a service command."""
+    return run_service_command(build_parser().parse_args(argv))

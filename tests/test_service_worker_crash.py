@@ -24,16 +24,16 @@ pytestmark = pytest.mark.slow
 
 
 def start_worker(config: Path, consumer: str, *extra: str) -> subprocess.Popen[bytes]:
-    """``python -m services --config <config> worker`` as a child process."""
+    """``python -m services worker --config <config>`` as a child process."""
     env = dict(os.environ, BIOVL_DEVICE="cpu", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "services",
+            "worker",
             "--config",
             str(config),
-            "worker",
             "--consumer",
             consumer,
             *extra,
