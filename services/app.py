@@ -1,4 +1,4 @@
-"""HTTP API (FastAPI) and the Ray Serve application: Ingress, Embedder, QueueWorker.
+"""HTTP API (FastAPI) and the Ray Serve application: Ingress, Decoder, Embedder, Aligner, QueueWorker.
 
 ``create_app(service)`` builds the FastAPI app; it runs inside the Serve ``Ingress`` deployment
 (``build_app(settings)`` composes the deployments) or standalone for tests. Routes (SPEC "Service"):
@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -546,12 +547,105 @@ class RemoteEmbedder:
         return self._handle.embed_texts.remote(list(steps)).result()
 
 
-class ServeRunner:
-    """Worker runner for Serve: ``align_video`` in the QueueWorker replica, embedding remote."""
+class RemoteSampler:
+    """Looks like a ``biovl_core.video.FrameSampler`` to the pipeline; decodes on the Decoder deployment.
 
-    def __init__(self, settings: ServiceSettings, embedder_handle: Any) -> None:
+    One Decoder call per batch of segments (the archive is on a volume every replica reads); the
+    next batch is requested before the current one is handed out, so decoding overlaps embedding
+    while at most two batches are in flight.
+    """
+
+    name = "serve-decoder"
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def iter_batches(
+        self, path: str | Path, timestamps: np.ndarray, size: int = 224, batch_segments: int = 64
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """(segment slice, uint8 frames [b, k, size, size, 3]) batches, decoded remotely."""
+        ts = np.asarray(timestamps, dtype=np.float64)
+        if ts.ndim != 2:
+            raise ValueError(f"timestamps must be [segments, frames], got shape {ts.shape}")
+        step = max(1, int(batch_segments))
+        starts = list(range(0, ts.shape[0], step))
+
+        def request(a: int) -> Any:
+            batch = np.ascontiguousarray(ts[a : a + step])
+            return self._handle.decode.remote(str(path), batch, int(size))
+
+        pending = request(starts[0]) if starts else None
+        try:
+            for i, a in enumerate(starts):
+                frames = pending.result()
+                pending = request(starts[i + 1]) if i + 1 < len(starts) else None
+                yield slice(a, min(a + step, ts.shape[0])), frames
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def sample(self, path: str | Path, timestamps: np.ndarray, size: int = 224) -> np.ndarray:
+        """All frames at once: uint8 [N, k, size, size, 3]."""
+        ts = np.asarray(timestamps, dtype=np.float64)
+        out = np.empty((*ts.shape, size, size, 3), dtype=np.uint8)
+        for sl, frames in self.iter_batches(path, ts, size, batch_segments=max(1, len(ts))):
+            out[sl] = frames
+        return out
+
+
+class RemoteAligner:
+    """An ``align_fn`` for the pipeline (signature of ``biovl_core.align.align``) on the Aligner."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __call__(
+        self,
+        similarity: Any,
+        segment_seconds: float = 5.0,
+        method: str | None = None,  # None: biovl_core.align.DEFAULT_METHOD
+        backend: str = "auto",
+        duration_s: float | None = None,
+        **params: Any,
+    ) -> Any:
+        """Align one video; batched with other jobs' requests on the deployment."""
+        request = {
+            "similarity": np.ascontiguousarray(similarity),
+            "segment_seconds": segment_seconds,
+            "method": method,
+            "backend": backend,
+            "duration_s": duration_s,
+            "params": params,
+        }
+        out = self._handle.align.remote(request).result()
+        if isinstance(out, BaseException):  # the request's own error, without Ray's wrapping
+            raise out
+        return out
+
+
+class ServeRunner:
+    """Worker runner for Serve: ``align_video`` in the QueueWorker replica with every heavy stage
+    remote: frames from the Decoder, embeddings from the Embedder, alignments from the Aligner."""
+
+    # Stages the deployments record themselves (Worker leaves them out of observe_stages).
+    remote_stages = ("decode", "align")
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        embedder_handle: Any,
+        decoder_handle: Any = None,
+        aligner_handle: Any = None,
+    ) -> None:
         self.settings = settings
         self.embedder = RemoteEmbedder(embedder_handle)
+        self.sampler = RemoteSampler(decoder_handle) if decoder_handle is not None else None
+        self.align_fn = RemoteAligner(aligner_handle) if aligner_handle is not None else None
+        self.remote_stages = tuple(
+            stage
+            for stage, remote in (("decode", self.sampler), ("align", self.align_fn))
+            if remote is not None
+        )
 
     def model_identity(self, cfg: Any) -> tuple[str, str]:
         """(model_id, weights) of the Embedder deployment."""
@@ -560,12 +654,71 @@ class ServeRunner:
     def run(
         self, video: Path, protocol_text: str, protocol_name: str, cfg: Any, progress: Any
     ) -> Any:
-        """``align_video`` with the remote embedder."""
+        """``align_video`` with the remote decoder, embedder and aligner."""
         from biovl_core.pipeline import align_video
         from biovl_core.protocol import parse_protocol
 
         protocol = parse_protocol(protocol_text, filename=protocol_name)
-        return align_video(video, protocol, cfg, embedder=self.embedder, progress=progress)
+        extra: dict[str, Any] = {}
+        if self.sampler is not None:
+            extra["sampler"] = self.sampler
+        if self.align_fn is not None:
+            extra["align_fn"] = self.align_fn
+        return align_video(video, protocol, cfg, embedder=self.embedder, progress=progress, **extra)
+
+
+def _align_group_key(request: dict[str, Any]) -> Any:
+    """Requests with equal keys go through one ``align_batch`` call (it takes one method)."""
+    try:
+        params = json.dumps(request["params"], sort_keys=True)
+    except (TypeError, ValueError):  # e.g. a per-segment drop_cost array: a group of its own
+        params = f"unhashable-{id(request)}"
+    return (
+        request["method"],
+        request["backend"],
+        float(request["segment_seconds"]),
+        params,
+    )
+
+
+def align_requests(requests: list[dict[str, Any]], default_backend: str = "auto") -> list[Any]:
+    """Align a list of single-video requests: one ``align_batch`` call per group of requests
+    sharing (method, backend, segment_seconds, params). Returns one ``Alignment`` per request,
+    or the exception that request raised (a failing group is retried request by request, so one
+    bad request does not fail the others)."""
+    from biovl_core.align import DEFAULT_METHOD, align_batch
+
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(_align_group_key(r), []).append(i)
+    out: list[Any] = [None] * len(requests)
+    for idx in groups.values():
+        first = requests[idx[0]]
+        kwargs = {
+            "segment_seconds": first["segment_seconds"],
+            "method": first["method"] or DEFAULT_METHOD,
+            "backend": first["backend"] or default_backend,
+            **first["params"],
+        }
+        try:
+            results = align_batch(
+                [requests[i]["similarity"] for i in idx],
+                duration_s=[requests[i]["duration_s"] for i in idx],
+                **kwargs,
+            )
+            for i, res in zip(idx, results, strict=True):
+                out[i] = res
+        except Exception:
+            for i in idx:
+                try:
+                    out[i] = align_batch(
+                        [requests[i]["similarity"]],
+                        duration_s=requests[i]["duration_s"],
+                        **kwargs,
+                    )[0]
+                except Exception as exc:
+                    out[i] = exc
+    return out
 
 
 def _serve_deployments() -> dict[str, Any]:
@@ -620,15 +773,101 @@ def _serve_deployments() -> dict[str, Any]:
             with self._lock:
                 return self.embedder.embed_texts(steps)
 
+    @serve.deployment(name="Decoder")
+    class DecoderDeployment:
+        """Frame sampling: DALI (NVDEC) on a replica with a GPU share and DALI installed, else PyAV.
+
+        One request = one batch of segments of one video on the shared archive volume.
+        """
+
+        def __init__(self, settings: dict[str, Any]) -> None:
+            from biovl_core.video import get_sampler
+
+            self.settings = ServiceSettings.from_dict(settings)
+            self.sampler = get_sampler(self.settings.pipeline_config().decoder)
+            # DALI pipelines are stateful objects: one decode at a time; PyAV opens per call.
+            self._lock = threading.Lock() if self.sampler.name == "dali" else None
+            log.info("Decoder replica decodes with the %s sampler", self.sampler.name)
+            self._calls = 0
+            self._segments = 0
+            if self.settings.worker_metrics_port:
+                metrics.serve_metrics(self.settings.worker_metrics_port)
+
+        async def decode(self, path: str, timestamps: np.ndarray, size: int) -> np.ndarray:
+            """uint8 RGB frames [b, k, size, size, 3] shown at ``timestamps`` [b, k] (seconds)."""
+            start = time.perf_counter()
+            frames = await asyncio.to_thread(self._decode, path, timestamps, size)
+            metrics.STAGE_SECONDS.labels(stage="decode").observe(time.perf_counter() - start)
+            self._calls += 1
+            self._segments += len(frames)
+            return frames
+
+        def _decode(self, path: str, timestamps: np.ndarray, size: int) -> np.ndarray:
+            if self._lock is None:
+                return np.asarray(self.sampler.sample(path, timestamps, size))
+            with self._lock:
+                frames = self.sampler.sample(path, timestamps, size)
+                return frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames)
+
+        def stats(self) -> dict[str, Any]:
+            """Which sampler this replica runs and what it decoded (tests, debugging)."""
+            return {"sampler": self.sampler.name, "calls": self._calls, "segments": self._segments}
+
+    @serve.deployment(name="Aligner")
+    class AlignerDeployment:
+        """Alignment requests from concurrent jobs, batched into one ``align_batch`` call per
+        (method, params) group: the CuPy wavefront kernel on a GPU replica, numba on CPU."""
+
+        def __init__(self, settings: dict[str, Any]) -> None:
+            from biovl_core.device import cupy_usable
+
+            self.settings = ServiceSettings.from_dict(settings)
+            self.backend = self.settings.pipeline_config().backend
+            self.align_batched.set_max_batch_size(self.settings.align_max_batch_size)
+            self.align_batched.set_batch_wait_timeout_s(self.settings.align_batch_wait_timeout_s)
+            auto = "cupy" if cupy_usable() else "numba"
+            self._resolved = auto if self.backend == "auto" else self.backend
+            self._batches = 0
+            self._requests = 0
+            self._max_batch = 0
+            if self.settings.worker_metrics_port:
+                metrics.serve_metrics(self.settings.worker_metrics_port)
+
+        async def align(self, request: dict[str, Any]) -> Any:
+            """One video's alignment (``Alignment``), or the exception its request raised."""
+            start = time.perf_counter()
+            out = await self.align_batched(request)
+            metrics.STAGE_SECONDS.labels(stage="align").observe(time.perf_counter() - start)
+            return out
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+        async def align_batched(self, requests: list[dict[str, Any]]) -> list[Any]:
+            """The waiting requests, grouped by method and parameters, one kernel call per group."""
+            self._batches += 1
+            self._requests += len(requests)
+            self._max_batch = max(self._max_batch, len(requests))
+            return await asyncio.to_thread(align_requests, requests, self.backend)
+
+        def stats(self) -> dict[str, Any]:
+            """Backend and batching counters of this replica (tests, debugging)."""
+            return {
+                "backend": self._resolved,
+                "batches": self._batches,
+                "requests": self._requests,
+                "max_batch": self._max_batch,
+            }
+
     @serve.deployment(name="QueueWorker")
     class QueueWorkerDeployment:
-        """Consumes the Redis stream: decode in this replica (DALI/GPU when it has a GPU share)."""
+        """Consumes the Redis stream; decoding, embedding and aligning run on their deployments."""
 
-        def __init__(self, settings: dict[str, Any], embedder: Any) -> None:
+        def __init__(
+            self, settings: dict[str, Any], embedder: Any, decoder: Any = None, aligner: Any = None
+        ) -> None:
             from services.worker import Worker
 
             self.settings = ServiceSettings.from_dict(settings)
-            self._runner_args = embedder
+            self._runner_args = (embedder, decoder, aligner)
             self.worker: Worker | None = None
             self._error: BaseException | None = None
             self._thread = threading.Thread(target=self._run, name="queue-worker", daemon=True)
@@ -638,7 +877,7 @@ def _serve_deployments() -> dict[str, Any]:
             from services.worker import Worker
 
             try:
-                runner = ServeRunner(self.settings, self._runner_args)
+                runner = ServeRunner(self.settings, *self._runner_args)
                 self.worker = Worker(self.settings, runner)
                 if self.settings.worker_metrics_port:
                     metrics.serve_metrics(self.settings.worker_metrics_port)
@@ -674,7 +913,9 @@ def _serve_deployments() -> dict[str, Any]:
             return create_app(self.service)
 
     return {
+        "Decoder": DecoderDeployment,
         "Embedder": EmbedderDeployment,
+        "Aligner": AlignerDeployment,
         "QueueWorker": QueueWorkerDeployment,
         "Ingress": IngressDeployment,
     }
@@ -699,7 +940,7 @@ def replica_env(settings: ServiceSettings, role: str) -> dict[str, str]:
 
 
 def build_app(settings: ServiceSettings) -> Any:
-    """The Serve application graph: Ingress (+ Embedder + QueueWorker replicas if configured)."""
+    """The Serve application graph: Ingress (+ Decoder, Embedder, Aligner, QueueWorker if configured)."""
     d = _serve_deployments()
     cfg = settings.to_dict()
     cpus = settings.replica_num_cpus
@@ -723,6 +964,24 @@ def build_app(settings: ServiceSettings) -> Any:
         )
         .bind(cfg)
     )
+    decoder = (
+        d["Decoder"]
+        .options(
+            num_replicas=settings.decoder_replicas,
+            max_ongoing_requests=4,
+            ray_actor_options=opts(settings.decoder_num_gpus, "pipeline"),
+        )
+        .bind(cfg)
+    )
+    aligner = (
+        d["Aligner"]
+        .options(
+            num_replicas=settings.aligner_replicas,
+            max_ongoing_requests=max(2 * settings.align_max_batch_size, 16),
+            ray_actor_options=opts(settings.aligner_num_gpus, "pipeline"),
+        )
+        .bind(cfg)
+    )
     worker = (
         d["QueueWorker"]
         .options(
@@ -730,14 +989,19 @@ def build_app(settings: ServiceSettings) -> Any:
             ray_actor_options=opts(settings.worker_num_gpus, "pipeline"),
             health_check_period_s=10,
         )
-        .bind(cfg, embedder)
+        .bind(cfg, embedder, decoder, aligner)
     )
     # The worker is a sibling of the ingress in the graph: binding it here deploys it.
     return ingress.bind(cfg, _worker=worker)
 
 
-def app_builder(args: dict[str, str]) -> Any:
-    """Entry point for ``serve run services.app:app_builder`` / deploy/serve_config.yaml."""
+def app_builder(args: dict[str, str] | None = None) -> Any:
+    """Entry point for ``serve run services.app:app_builder`` / deploy/serve_config.yaml.
+
+    Settings come from the environment of the node that builds the application (``BIOVL_*``,
+    ``REDIS_URL``, optionally a YAML named by ``BIOVL_SERVICE_CONFIG``); ``args.config`` may
+    name a settings YAML instead. The built settings travel to every replica as init args.
+    """
     from services.settings import load_settings
 
-    return build_app(load_settings(args.get("config") or None))
+    return build_app(load_settings((args or {}).get("config") or None))

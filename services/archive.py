@@ -149,13 +149,32 @@ class JobFiles:
         return record
 
     def write_result(self, payload: dict[str, Any], csv_text: str, vtt_text: str) -> int:
-        """Store one result as the next version (CSV, VTT, then the JSON commit marker)."""
+        """Store one result as the next version (CSV, VTT, then the JSON commit marker).
+
+        A version number is reserved with an exclusive ``vNNNN.lock`` file, so a worker and
+        ``biovl realign`` writing the same job at once never replace each other's files; a
+        lock left by a crash only makes that number unused.
+        """
         versions = self.versions()
         v = (versions[-1] + 1) if versions else 1
-        write_atomic(self.alignment_path(v, "csv"), csv_text)
-        write_atomic(self.alignment_path(v, "vtt"), vtt_text)
-        write_json_atomic(self.alignment_path(v, "json"), payload)
-        return v
+        self.alignments_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            lock = self.alignments_dir / f"v{v:04d}.lock"
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                v += 1
+                continue
+            try:
+                if self.alignment_path(v, "json").exists():
+                    v += 1
+                    continue
+                write_atomic(self.alignment_path(v, "csv"), csv_text)
+                write_atomic(self.alignment_path(v, "vtt"), vtt_text)
+                write_json_atomic(self.alignment_path(v, "json"), payload)
+                return v
+            finally:
+                lock.unlink(missing_ok=True)
 
 
 class Archive:

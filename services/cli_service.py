@@ -132,7 +132,7 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_service_commands(sub: Any) -> None:
-    """Add serve / worker / requeue / tokens / dead to an argparse subparsers object."""
+    """Add serve / worker / requeue / tokens / dead / realign to an argparse subparsers object."""
 
     def command(name: str, help_text: str, fn: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
@@ -155,6 +155,11 @@ def add_service_commands(sub: Any) -> None:
     t.add_argument("--file", help="tokens file (default: the configured tokens_file)")
     d = command("dead", "list dead-lettered jobs", cmd_dead)
     d.add_argument("--count", type=int, default=50)
+    from services import realign
+
+    ra = command("realign", "re-align the archive with the current model and aligner", None)
+    realign.add_arguments(ra)
+    ra.set_defaults(fn=realign.cmd_realign)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import sys
 import time
 import traceback
@@ -54,6 +56,7 @@ EMBED_BATCH = 4  # recordings per call of an embedding actor
 RAY_MODES = ("auto", "local")
 OUTCOMES = ("done", "skipped", "failed")
 SPAN_TOLERANCE_S = 1e-6
+REACHABILITY_TIMEOUT_S = 5.0
 WORKER_NAME = "realign"
 
 Batch = dict[str, Any]
@@ -126,6 +129,7 @@ class RealignSummary:
     """The run's totals, per-experiment figures and per-recording outcomes."""
 
     total: int = 0
+    planned: int = 0  # recordings the read stage found to re-align
     done: int = 0
     skipped: int = 0
     failed: int = 0
@@ -395,7 +399,9 @@ class SimilarityStage:
                 sha = task.get("video_sha256") or video_sha256(video)
                 seg = cache.get(sha, ident.model_key, cfg.segment_seconds, ident.frames_per_segment)
                 txt = cache.get_texts(ident.model_key, steps, ident.prompt_templates)
-            if seg is not None and txt is not None:
+            if seg is not None:
+                if txt is None:  # new step texts: embed the texts only, never the video
+                    txt = cache.texts(self._embedder(cfg), steps)
                 duration = task.get("duration_s")
                 duration = float(duration) if duration else probe(video).duration_s
                 sim = np.ascontiguousarray(txt @ seg.T, dtype=np.float32)
@@ -469,10 +475,11 @@ def _result(
 def _align_group(
     sims: list[np.ndarray], durations: list[float], cfg: PipelineConfig
 ) -> tuple[list[Any], list[Any], int]:
-    """(alignments, uniform baselines, align_batch calls) for recordings sharing one aligner config.
+    """(alignments, uniform baselines, DP align_batch calls) for recordings sharing one config.
 
-    All of them go through one ``align_batch`` call; if that fails (one infeasible recording),
-    each is retried alone so the error lands on the recording that caused it.
+    All of them go through one ``align_batch`` call (the baselines through another, which is no
+    DP); if it fails (one infeasible recording), each is retried alone so the error lands on
+    the recording that caused it.
     """
     from biovl_core.align import align_batch
     from biovl_core.pipeline import resolve_method
@@ -487,24 +494,20 @@ def _align_group(
             **params,
         )
 
-    method = resolve_method(cfg)
-    try:
-        aligned: list[Any] = run(sims, durations, method, **cfg.method_params)
-        calls = 1
-    except Exception:
-        aligned, calls = [], 1
-        for s, d in zip(sims, durations, strict=True):
-            calls += 1
-            try:
-                aligned.extend(run([s], [d], method, **cfg.method_params))
-            except Exception as exc:
-                aligned.append(exc)
-    baselines: list[Any] = []
-    for s, d in zip(sims, durations, strict=True):
+    def batched(method: str, **params: Any) -> tuple[list[Any], int]:
         try:
-            baselines.extend(run([s], [d], "uniform"))
-        except Exception as exc:
-            baselines.append(exc)
+            return run(sims, durations, method, **params), 1
+        except Exception:
+            out: list[Any] = []
+            for s, d in zip(sims, durations, strict=True):
+                try:
+                    out.extend(run([s], [d], method, **params))
+                except Exception as exc:
+                    out.append(exc)
+            return out, 1 + len(sims)
+
+    aligned, calls = batched(resolve_method(cfg), **cfg.method_params)
+    baselines, _ = batched("uniform")
     return aligned, baselines, calls
 
 
@@ -561,7 +564,9 @@ def align_stage(batch: Batch, identity: dict[str, Any]) -> Batch:
 
 
 # ---- write --------------------------------------------------------------------------------
-def write_one(task: dict[str, Any], state: dict[str, Any], out: dict[str, Any]) -> RecordingOutcome:
+def write_one(
+    task: dict[str, Any], state: dict[str, Any], out: dict[str, Any], model_key: str = ""
+) -> RecordingOutcome:
     """Commit one result as a new version (unless a current one appeared meanwhile)."""
     jf = JobFiles(task["lab"], task["job_id"], Path(task["dir"]))
     rec = RecordingOutcome(
@@ -585,16 +590,19 @@ def write_one(task: dict[str, Any], state: dict[str, Any], out: dict[str, Any]) 
         "job_id": task["job_id"],
         "lab": task["lab"],
         "config_key": key,
-        "model_key": state.get("model_key"),
+        "model_key": model_key,
         "worker": WORKER_NAME,
         "previous_version": task["previous_version"],
         "embedded": rec.embedded,
         "finished_at": time.time(),
     }
-    previous = json.loads(jf.alignment_path(task["previous_version"]).read_text(encoding="utf-8"))
     rec.version = jf.write_result(payload, out["csv"], out["vtt"])
     rec.outcome = "done"
-    rec.spans_changed = spans_changed(previous, payload)
+    try:
+        old = jf.alignment_path(task["previous_version"]).read_text(encoding="utf-8")
+        rec.spans_changed = spans_changed(json.loads(old), payload)
+    except (OSError, ValueError, KeyError) as exc:  # the new version stands regardless
+        log.warning("%s/%s: previous version unreadable (%s)", task["lab"], task["job_id"], exc)
     try:
         rec.miou = annotation_miou(jf, payload)
     except Exception as exc:  # bad annotations spoil the score, not the result
@@ -607,13 +615,18 @@ def write_stage(batch: Batch, model_key: str = "") -> Batch:
     outcomes = []
     for row in _rows(batch):
         task, state, out = _loads(row["task"]), _loads(row["state"]), _loads(row["out"])
-        state["model_key"] = model_key
         start = time.perf_counter()
         try:
-            rec = write_one(task, state, out)
-        except Exception as exc:
+            rec = write_one(task, state, out, model_key)
+        except Exception as exc:  # e.g. disk full: this recording fails, its last version stands
             rec = RecordingOutcome(
-                task["lab"], task["job_id"], "failed", task["experiment"], f"write: {_error(exc)}"
+                task["lab"],
+                task["job_id"],
+                "failed",
+                task["experiment"],
+                f"write: {_error(exc)}",
+                previous_version=task["previous_version"],
+                embedded=bool(state.get("embedded")),
             )
         extra = {
             "embed_s": state.get("embed_s", 0.0),
@@ -729,6 +742,18 @@ def run_ray(
         yield json.loads(row["outcome"])
 
 
+def _reachable(address: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> bool:
+    """True when ``host:port`` accepts a TCP connection (``ray://`` addresses: not checked)."""
+    if "://" in address:
+        return True
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 @contextmanager
 def ray_connection(use_ray: str) -> Iterator[bool]:
     """Yields True when the run goes through Ray: ``local`` never, ``auto`` if a cluster answers.
@@ -744,6 +769,16 @@ def ray_connection(use_ray: str) -> Iterator[bool]:
         yield True
         return
     address = None if use_ray == "auto" else use_ray
+    target = address or os.environ.get("RAY_ADDRESS") or ""
+    if target and not _reachable(target):  # ray.init would retry for minutes
+        if address is not None:
+            raise RuntimeError(
+                f"cannot reach the Ray cluster at {address!r} (no answer on its GCS port); "
+                "check the address, or pass --ray local"
+            )
+        log.info("RAY_ADDRESS=%s does not answer; running in this process", target)
+        yield False
+        return
     try:
         ray.init(address=address or "auto", log_to_driver=False)
     except ConnectionError as exc:
@@ -816,7 +851,7 @@ def realign_archive(
     lock = run_lock(archive) if not dry_run else _nothing()
     with lock:
         the_plan = plan(archive, cfg, ident, method=method, limit=limit)
-        summary.total = the_plan.total
+        summary.total, summary.planned = the_plan.total, len(the_plan.tasks)
         summary.stage_seconds["read"] = time.perf_counter() - t0
         for rec in the_plan.settled:
             _count(summary, rec, on_outcome)
@@ -926,6 +961,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="re-align at most N recordings")
     parser.add_argument("--actors", type=int, default=None, help="embedding actors (Ray)")
     parser.add_argument("--json", help="also write the summary as JSON to this file")
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="serve /metrics on this port while running"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -933,6 +971,8 @@ def cmd_realign(args: argparse.Namespace) -> int:
     """Run the re-aligner from parsed arguments; 0 when nothing failed, 1 otherwise."""
     settings = load_settings(getattr(args, "config", None))
     root = args.archive or getattr(args, "archive_dir", None) or settings.archive_dir
+    if getattr(args, "metrics_port", 0):
+        metrics.serve_metrics(args.metrics_port)
     summary = realign_archive(
         root,
         settings.pipeline_config(),
@@ -946,7 +986,15 @@ def cmd_realign(args: argparse.Namespace) -> int:
         embed_num_gpus=settings.embedder_num_gpus,
         align_num_gpus=settings.aligner_num_gpus,
     )
-    mode = "dry run" if summary.dry_run else ("ray" if summary.ray else "local")
+    if summary.dry_run:
+        print(
+            f"realign (dry run): {summary.total} recordings: {summary.planned} to re-align "
+            f"({summary.from_cache} from cached embeddings, {summary.embedded} to decode + "
+            f"embed), {summary.skipped} skipped"
+        )
+        print(summary.table())
+        return 0
+    mode = "ray" if summary.ray else "local"
     print(
         f"realign ({mode}): {summary.total} recordings: {summary.done} done, "
         f"{summary.skipped} skipped, {summary.failed} failed; {summary.embedded} embedded, "

@@ -57,12 +57,13 @@ class ServiceSettings:
     aligner_replicas: int = 1
     embed_max_batch_size: int = 8  # requests (segment batches) per embedder call
     embed_batch_wait_timeout_s: float = 0.02
-    align_max_batch_size: int = 16
+    align_max_batch_size: int = 16  # alignment requests per Aligner align_batch call
     align_batch_wait_timeout_s: float = 0.01
-    decoder_num_gpus: float = 0.0
+    # GPU share per replica (0 on CPU-only machines); deploy/serve_config.yaml sets them for Ray
+    decoder_num_gpus: float = 0.0  # decoder "auto": DALI (NVDEC) when > 0 and installed, else PyAV
     embedder_num_gpus: float = 0.0
-    aligner_num_gpus: float = 0.0
-    worker_num_gpus: float = 0.0
+    aligner_num_gpus: float = 0.0  # backend "auto": the CuPy wavefront kernel when > 0
+    worker_num_gpus: float = 0.0  # the QueueWorker only orchestrates the deployments above
     replica_num_cpus: float = 0.0
     # metrics
     metrics_dir: str | None = None  # prometheus multiprocess dir shared by this node's processes

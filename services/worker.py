@@ -2,8 +2,9 @@
 
 The same ``Worker`` runs as a standalone process (``python -m services worker``, pipeline
 in-process through ``LocalRunner`` = ``biovl_core.pipeline.align_video``, exactly what
-``biovl align`` runs) and inside the Serve ``QueueWorker`` deployment (``services.app.ServeRunner``,
-embedding and aligning through the batched deployments).
+``biovl align`` runs) and inside the Serve ``QueueWorker`` deployment (``services.app.ServeRunner``:
+the same ``align_video``, with decoding, embedding and aligning on the Decoder, Embedder and
+Aligner deployments).
 
 Delivery is at-least-once, so processing is idempotent: a job whose archive already holds a
 result for the same configuration key is acknowledged without recomputing, and a result is
@@ -40,7 +41,11 @@ _RUNTIME_ONLY = ("device", "batch_size", "cache_dir", "backend", "allow_random_w
 
 
 class Runner(Protocol):
-    """Runs the pipeline for one job."""
+    """Runs the pipeline for one job.
+
+    A runner may also have ``remote_stages``: names of ``result.timings`` stages that its
+    deployments record in ``biovl_stage_seconds`` themselves (the worker skips those).
+    """
 
     def model_identity(self, cfg: PipelineConfig) -> tuple[str, str]:
         """(model_id, weights) the runner would use for ``cfg``."""
@@ -207,7 +212,9 @@ class Worker:
                 result_payload(result, service), to_csv(result), to_webvtt(result)
             )
             metrics.STAGE_SECONDS.labels(stage="write").observe(time.perf_counter() - start)
-            metrics.observe_stages(result.timings)
+            # Stages a runner's deployments time themselves are not counted twice.
+            remote = getattr(self.runner, "remote_stages", ())
+            metrics.observe_stages({k: v for k, v in result.timings.items() if k not in remote})
             metrics.VIDEO_SECONDS.inc(result.duration_s)
             metrics.SEGMENTS_EMBEDDED.inc(result.num_segments)
             self._succeed(claim, jf, version)

@@ -181,3 +181,35 @@ def test_metrics_and_health(make_env: Any, recording: Path) -> None:
     assert 'biovl_http_requests_total{code="202",method="POST",route="/v1/jobs"}' in text
     assert "biovl_queue_depth 1.0" in text
     assert json.loads(env.client.get("/nope").text)["detail"]
+
+
+def test_concurrent_writers_never_replace_each_others_version(tmp_path: Path) -> None:
+    """A worker and `biovl realign` committing the same job at once get distinct versions."""
+    import threading
+
+    from services.archive import Archive
+
+    job = Archive(tmp_path).job("lab-a", "a" * 40)
+    versions: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def commit(i: int) -> None:
+        barrier.wait()
+        versions.append(
+            job.write_result({"writer": i}, f"step,start,end\n#{i}\n", f"WEBVTT\n\n{i}")
+        )
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(versions) == list(range(1, 9))
+    for v in versions:
+        writer = json.loads(job.alignment_path(v).read_text())["writer"]
+        assert job.alignment_path(v, "csv").read_text().endswith(f"#{writer}\n")
+        assert job.alignment_path(v, "vtt").read_text().endswith(f"\n{writer}")
+    assert {json.loads(job.alignment_path(v).read_text())["writer"] for v in versions} == set(
+        range(8)
+    )
+    assert not list(job.alignments_dir.glob("*.lock"))

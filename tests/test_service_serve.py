@@ -1,13 +1,17 @@
-"""The Ray Serve application end to end: Ingress + batched Embedder + QueueWorker over HTTP."""
+"""The Ray Serve application end to end: Ingress + QueueWorker over HTTP, with decoding, embedding
+and aligning on the Decoder, batched Embedder and batched Aligner deployments; and the serve
+config YAML against the application the code builds."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from biovl_core.embed import load_embedder
 from biovl_core.formats import alignment_to_dict
@@ -17,7 +21,10 @@ from services.metrics import METRIC_NAMES
 from services.redis_conn import connect
 from tests import service_fixtures as sf
 from tests.conftest import free_port
+from tests.fixtures_embed import tiny_cfg
 from tests.service_fixtures import AUTH_A, make_settings, poll, upload
+
+ROOT = Path(__file__).resolve().parents[1]
 
 checkpoint, recording = sf.checkpoint, sf.recording
 
@@ -35,8 +42,11 @@ def test_serve_app_aligns_like_the_pipeline(
         tmp_path,
         redis_url,
         checkpoint,
+        # 2 segments per decode call: several Decoder requests per job (6 segments)
+        pipeline={**tiny_cfg(checkpoint).to_dict(), "batch_size": 2},
         worker_replicas=1,
         embed_max_batch_size=4,
+        align_max_batch_size=4,
         metrics_dir=ray_cluster["metrics_dir"],
         http_port=int(ray_cluster["port"]),  # type: ignore[arg-type]
         worker_metrics_port=free_port(),
@@ -78,6 +88,20 @@ def test_serve_app_aligns_like_the_pipeline(
                 )
                 assert np.allclose(got["similarity"], expected["similarity"], atol=1e-4)
                 assert got["weights"] == expected["weights"] and got["method"] == method
+            # the stages ran on their deployments, not in the worker
+            app = serve.status().applications["biovl-test"]
+            for name in ("Ingress", "QueueWorker", "Decoder", "Embedder", "Aligner"):
+                assert app.deployments[name].status == "HEALTHY", (name, app.deployments[name])
+            decoder = serve.get_deployment_handle("Decoder", app_name="biovl-test")
+            aligner = serve.get_deployment_handle("Aligner", app_name="biovl-test")
+            decoded = decoder.stats.remote().result()
+            aligned = aligner.stats.remote().result()
+            segments = len(expected["labels"])
+            assert decoded["sampler"] == "pyav"  # no GPU here: the CPU twin
+            assert decoded["segments"] == 2 * segments  # both jobs, every segment once
+            assert decoded["calls"] == 2 * -(-segments // 2)  # batches of 2 segments
+            assert aligned["backend"] == "numba" and aligned["requests"] == 2
+            assert 1 <= aligned["batches"] <= 2
             ingress = client.get("/metrics").text
             pipeline = httpx.get(f"http://127.0.0.1:{settings.worker_metrics_port}/metrics").text
             families = {
@@ -93,12 +117,61 @@ def test_serve_app_aligns_like_the_pipeline(
             assert _sample(pipeline, 'biovl_jobs_total{state="succeeded"}') == 2
             assert _sample(pipeline, 'biovl_stage_seconds_count{stage="embed_video"}') >= 2
             assert _sample(pipeline, 'biovl_jobs_total{state="submitted"}') == 0
+            # decode and align are timed by the Decoder and Aligner replicas only (once each)
+            assert (
+                _sample(pipeline, 'biovl_stage_seconds_count{stage="decode"}') == (decoded["calls"])
+            )
+            assert _sample(pipeline, 'biovl_stage_seconds_count{stage="align"}') == 2
     finally:
         serve.delete("biovl-test")
         r = connect(redis_url)
         keys = list(r.scan_iter(f"{settings.redis_prefix}:*"))
         if keys:
             r.delete(*keys)
+
+
+def test_serve_config_yaml_fits_the_env_built_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/serve_config.yaml: no per-environment settings, the deployments the code builds
+    from BIOVL_* env alone, and (since its ray_actor_options replace the code's) the same
+    metrics folder per role as the code derives from the ConfigMap's BIOVL_METRICS_DIR."""
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    from services.app import app_builder
+    from services.settings import CONFIG_ENV, ServiceSettings
+
+    config = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    (app_cfg,) = config["applications"]
+    assert "args" not in app_cfg and "runtime_env" not in app_cfg  # environment-agnostic
+    configmap = yaml.safe_load((ROOT / "k8s" / "config.yaml").read_text())["data"]
+    for key in [k for k in os.environ if k.startswith("BIOVL_")] + [CONFIG_ENV, "REDIS_URL"]:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in configmap.items():
+        monkeypatch.setenv(key, str(value))
+    built = build_serve_app(app_builder({}), name="biovl")
+    code = {d.name: d for d in built.deployments}
+    yaml_deps = {d["name"]: d for d in app_cfg["deployments"]}
+    assert (
+        set(yaml_deps)
+        == set(code)
+        == {
+            "Ingress",
+            "QueueWorker",
+            "Decoder",
+            "Embedder",
+            "Aligner",
+        }
+    )
+    settings = ServiceSettings()
+    for name, dep in yaml_deps.items():
+        env = dep["ray_actor_options"]["runtime_env"]["env_vars"]
+        want = code[name].ray_actor_options["runtime_env"]["env_vars"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert os.path.realpath(env["PROMETHEUS_MULTIPROC_DIR"]) == os.path.realpath(want), name
+        assert dep["ray_actor_options"]["num_gpus"] >= 0
+    assert yaml_deps["Embedder"]["max_ongoing_requests"] >= settings.embed_max_batch_size
+    assert yaml_deps["Aligner"]["max_ongoing_requests"] >= settings.align_max_batch_size
+    assert yaml_deps["QueueWorker"]["ray_actor_options"]["num_gpus"] == 0
+    for name in ("Decoder", "Embedder", "Aligner"):  # the GPU stages get a GPU share
+        assert 0 < yaml_deps[name]["ray_actor_options"]["num_gpus"] <= 1
 
 
 def _sample(text: str, name: str) -> float:
