@@ -114,6 +114,21 @@ def _sort_small(buf: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _collect(x: np.ndarray, lo: np.float32, hi: np.float32, size: int) -> np.ndarray:
+    """The ``size`` values of ``x`` in ``[lo, hi)``, in order (branch-free: every value is
+    written, the write position advances only for those inside; a data-dependent branch
+    here mispredicts on every problem and cost more than all the counting passes together).
+    """
+    buf = np.empty(size + 1, dtype=np.float32)
+    m = 0
+    for t in range(x.shape[0]):
+        v = x[t]
+        buf[m] = v
+        m += (lo <= v) & (v < hi)
+    return buf[:m]
+
+
+@njit(cache=True, nogil=True)
 def _select_pair(x: np.ndarray, r: int) -> tuple[np.float32, np.float32]:
     """The ``r``-th and ``(r+1)``-th smallest of ``x`` (0-based, clipped to the last), exactly.
 
@@ -174,13 +189,8 @@ def _select_pair(x: np.ndarray, r: int) -> tuple[np.float32, np.float32]:
         else:
             bisect = (chi - c) < quarter
             hi, chi = mid, c
-    buf = np.empty(chi - clo, dtype=np.float32)
-    m = 0
-    for t in range(s):
-        v = x[t]
-        if lo <= v and v < hi:
-            buf[m] = v
-            m += 1
+    buf = _collect(x, lo, hi, chi - clo)
+    m = buf.shape[0]
     _sort_small(buf)
     a = buf[r - clo]
     if r1 - clo < m:
@@ -188,8 +198,7 @@ def _select_pair(x: np.ndarray, r: int) -> tuple[np.float32, np.float32]:
     b = np.float32(np.inf)
     for t in range(s):
         v = x[t]
-        if v >= hi and v < b:
-            b = v
+        b = v if (v >= hi) & (v < b) else b
     return a, b
 
 

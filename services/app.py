@@ -533,6 +533,7 @@ class RemoteEmbedder:
         self.input_size: int = info["input_size"]
         self.dim: int = info["dim"]
         self._cache_key: str = info["cache_key"]
+        self.prompt_templates: tuple[str, ...] = tuple(info["prompt_templates"])
 
     def cache_key(self) -> str:
         """The remote embedder's cache key."""
@@ -647,9 +648,9 @@ class ServeRunner:
             if remote is not None
         )
 
-    def model_identity(self, cfg: Any) -> tuple[str, str]:
-        """(model_id, weights) of the Embedder deployment."""
-        return self.embedder.model_id, self.embedder.weights
+    def model_identity(self, cfg: Any) -> tuple[str, str, str]:
+        """(model_id, weights, model_key) of the Embedder deployment."""
+        return self.embedder.model_id, self.embedder.weights, self.embedder.cache_key()
 
     def run(
         self, video: Path, protocol_text: str, protocol_name: str, cfg: Any, progress: Any
@@ -750,6 +751,7 @@ def _serve_deployments() -> dict[str, Any]:
                 "input_size": e.input_size,
                 "dim": e.dim,
                 "cache_key": e.cache_key(),
+                "prompt_templates": list(e.prompt_templates),
             }
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
+from biovl_core import __version__
 from biovl_core.config import PipelineConfig
 from biovl_core.formats import alignment_to_dict, to_csv, to_webvtt
 from biovl_core.protocol import parse_protocol
@@ -47,8 +48,11 @@ class Runner(Protocol):
     deployments record in ``biovl_stage_seconds`` themselves (the worker skips those).
     """
 
-    def model_identity(self, cfg: PipelineConfig) -> tuple[str, str]:
-        """(model_id, weights) the runner would use for ``cfg``."""
+    def model_identity(self, cfg: PipelineConfig) -> tuple[str, str, str]:
+        """(model_id, weights, model_key) the runner would use for ``cfg``.
+
+        ``model_key`` is ``Embedder.cache_key()``: architecture, weight fingerprint, preprocessing.
+        """
 
     def run(
         self,
@@ -61,10 +65,15 @@ class Runner(Protocol):
         """Align the protocol to the video."""
 
 
-def config_key(cfg: PipelineConfig, model_id: str, weights: str) -> str:
-    """Hash of everything that decides an alignment: config (minus runtime-only fields) + model."""
+def config_key(cfg: PipelineConfig, model_id: str, weights: str, model_key: str) -> str:
+    """Hash of everything that decides an alignment: config (minus runtime-only fields), the
+    model (including its weight fingerprint) and the aligner version.
+
+    The worker and ``biovl realign`` use the same key, so neither recomputes the other's result.
+    """
     data = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_ONLY}
-    data["model_id"], data["weights"] = model_id, weights
+    data["model_id"], data["weights"], data["model_key"] = model_id, weights, model_key
+    data["aligner_version"] = __version__
     blob = json.dumps(data, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:32]
 
@@ -87,10 +96,10 @@ class LocalRunner:
                 self._embedders[key] = load_embedder(cfg)
             return self._embedders[key]
 
-    def model_identity(self, cfg: PipelineConfig) -> tuple[str, str]:
-        """(model_id, weights) of the embedder for ``cfg``."""
+    def model_identity(self, cfg: PipelineConfig) -> tuple[str, str, str]:
+        """(model_id, weights, model_key) of the embedder for ``cfg``."""
         emb = self.embedder(cfg)
-        return emb.model_id, emb.weights
+        return emb.model_id, emb.weights, emb.cache_key()
 
     def run(
         self,
@@ -181,8 +190,9 @@ class Worker:
             return self._dead(claim, jf, claim.lost_error(self.queue.visibility_timeout_s))
         try:
             cfg = self.settings.pipeline_config(**record.get("options", {}))
-            model_id, weights = self.runner.model_identity(cfg)
-            key = config_key(cfg, model_id, weights)
+            if not cfg.cache_dir:  # the archive keeps embeddings, so re-aligning never re-embeds
+                cfg = cfg.replace(cache_dir=str(self.archive.root / "embeddings"))
+            key = config_key(cfg, *self.runner.model_identity(cfg))
             existing = jf.find_result(key)
             if existing is not None:
                 self._succeed(claim, jf, existing)

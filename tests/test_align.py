@@ -363,3 +363,18 @@ def test_fast_path_errors_name_the_video() -> None:
     with pytest.raises(ValueError, match="similarity #1: method 'nw'"):
         align_batch([good, np.zeros((5, 3))], method="nw", backend="numba")
     assert align_batch([], backend="numba") == []
+
+
+def test_kernel_percentile_on_biovl_sized_matrices_and_bracket_edges() -> None:
+    from biovl_core import _align_numba
+
+    problems = make_problems(30, seed=31) + make_problems(
+        10, seed=32, k_range=(1, 3), n_range=(1, 30)
+    )
+    rng = np.random.default_rng(33)
+    for p in problems:
+        x = p.match.ravel()
+        q = np.round(x, 2)  # ties straddling the narrowed value interval
+        for pct in (0.0, 1.0, 50.0, 70.0, 99.5, 100.0, float(rng.uniform(0, 100))):
+            for arr in (x, q):
+                assert _align_numba.percentile(arr, pct) == np.percentile(arr, pct), (arr.size, pct)

@@ -69,7 +69,7 @@ def test_serve_app_aligns_like_the_pipeline(
                     lambda b: b["status"] in ("succeeded", "dead"),
                     timeout_s=180,
                 )
-                assert body["status"] == "succeeded", body
+                assert body["status"] == "succeeded", body.get("error")
                 cfg = settings.pipeline_config(method=method)
                 expected = alignment_to_dict(
                     align_video(
@@ -98,8 +98,9 @@ def test_serve_app_aligns_like_the_pipeline(
             aligned = aligner.stats.remote().result()
             segments = len(expected["labels"])
             assert decoded["sampler"] == "pyav"  # no GPU here: the CPU twin
-            assert decoded["segments"] == 2 * segments  # both jobs, every segment once
-            assert decoded["calls"] == 2 * -(-segments // 2)  # batches of 2 segments
+            # the second job (same video, other aligner) reuses the archive's embedding cache
+            assert decoded["segments"] == segments
+            assert decoded["calls"] == -(-segments // 2)  # batches of 2 segments
             assert aligned["backend"] == "numba" and aligned["requests"] == 2
             assert 1 <= aligned["batches"] <= 2
             ingress = client.get("/metrics").text
@@ -115,7 +116,8 @@ def test_serve_app_aligns_like_the_pipeline(
             # recorded in the Embedder and QueueWorker replicas, summed by the pipeline endpoint
             assert _sample(pipeline, "biovl_embed_batch_size_count") >= 2
             assert _sample(pipeline, 'biovl_jobs_total{state="succeeded"}') == 2
-            assert _sample(pipeline, 'biovl_stage_seconds_count{stage="embed_video"}') >= 2
+            # one job embedded the video; the other found its embeddings in the archive cache
+            assert _sample(pipeline, 'biovl_stage_seconds_count{stage="embed_video"}') == 1
             assert _sample(pipeline, 'biovl_jobs_total{state="submitted"}') == 0
             # decode and align are timed by the Decoder and Aligner replicas only (once each)
             assert (
