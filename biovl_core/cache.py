@@ -49,7 +49,8 @@ def _digest(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write a file so readers see the old or the new content, never a part (temp + replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -128,8 +129,8 @@ class EmbeddingCache:
         if array.ndim != 2:
             raise ValueError(f"embeddings must be 2-D [rows, dim], got shape {array.shape}")
         meta = {**fields, "shape": list(array.shape)}
-        _atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False), "wb")
-        _atomic_write(path.with_suffix(".json"), lambda fh: json.dump(meta, fh, indent=1), "w")
+        atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False), "wb")
+        atomic_write(path.with_suffix(".json"), lambda fh: json.dump(meta, fh, indent=1), "w")
         return path
 
     def get(

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from biovl_core.align import align
+from biovl_core.cache import atomic_write
 from biovl_core.config import PipelineConfig
 from biovl_core.dataset import discover
 from biovl_core.formats import annotations_to_spans, read_annotations, to_csv, to_json, to_webvtt
@@ -86,9 +87,8 @@ def write_outputs(result: AlignmentResult, out_dir: Path) -> list[Path]:
     paths = []
     for name, text in files.items():
         path = out_dir / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        raw = text.encode("utf-8")
+        atomic_write(path, lambda fh, raw=raw: fh.write(raw))
         paths.append(path)
     return paths
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from biovl_core.cache import atomic_write
 
 LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -58,18 +59,8 @@ def annotations_ext(filename: str | None) -> str:
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write(raw))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -6,7 +6,7 @@ prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), one folder
 - ``<metrics_dir>/ingress``: Ingress replicas; summed and served at ``GET /metrics`` on the
   Serve HTTP port (8000): HTTP, submission (jobs_total submitted/deduplicated/rejected), upload
   and probe stages, queue gauges.
-- ``<metrics_dir>/pipeline``: QueueWorker and Embedder replicas; summed and served at
+- ``<metrics_dir>/pipeline``: QueueWorker, Decoder, Embedder and Aligner replicas; summed and served at
   ``:<worker_metrics_port>/metrics`` (9464) by whichever replica of the node binds the port first:
   job outcomes, pipeline stages, embed batch sizes, queue gauges, GPU utilisation.
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from biovl_core.align import SegmentationProblem, align, objective, solve_segmentation
+from biovl_core.bench import best_seconds
 from biovl_core.device import cupy_usable
 
 
@@ -83,20 +84,9 @@ def _cells(problems: Sequence[SegmentationProblem]) -> int:
     return int(sum(p.match.size for p in problems))
 
 
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` wall-clock runs (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _time_single(problems: Sequence[SegmentationProblem], backend: str, repeats: int) -> float:
     """Seconds to solve the problems one ``solve_segmentation`` call each."""
-    return _best_time(lambda: [solve_segmentation([p], backend) for p in problems], repeats)
+    return best_seconds(lambda: [solve_segmentation([p], backend) for p in problems], repeats)
 
 
 def _row(
@@ -147,24 +137,24 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
             "numpy",
             "batch",
             problems,
-            _best_time(lambda: solve_segmentation(problems, "numpy"), repeats),
+            best_seconds(lambda: solve_segmentation(problems, "numpy"), repeats),
             "kernel",
         )
     )
-    t = _best_time(lambda: [_align_numba.solve_one(p.match, p.drop) for p in problems], repeats)
+    t = best_seconds(lambda: [_align_numba.solve_one(p.match, p.drop) for p in problems], repeats)
     rows.append(_row("numba", "single", problems, t, "kernel"))
     packed = pack_flat(problems)
     for parallel in (False, True):
-        t = _best_time(lambda p=parallel: _align_numba.solve_flat(*packed, parallel=p), repeats)
+        t = best_seconds(lambda p=parallel: _align_numba.solve_flat(*packed, parallel=p), repeats)
         threads = numba.get_num_threads() if parallel else 1
         rows.append(_row(f"numba {threads} thread(s)", "batch", problems, t, "kernel"))
-    t = _best_time(lambda: [align(s, method="drop_dtw", backend="numba") for s in sims], repeats)
+    t = best_seconds(lambda: [align(s, method="drop_dtw", backend="numba") for s in sims], repeats)
     rows.append(_row("numba align()", "single", problems, t, "api"))
-    t = _best_time(lambda: align_batch(sims, method="drop_dtw", backend="numba"), repeats)
+    t = best_seconds(lambda: align_batch(sims, method="drop_dtw", backend="numba"), repeats)
     rows.append(_row("numba align_batch()", "batch", problems, t, "api"))
     if cupy_usable():
         for backend in ("cupy_xp", "cupy"):
-            t = _best_time(lambda b=backend: solve_segmentation(problems, b), repeats)
+            t = best_seconds(lambda b=backend: solve_segmentation(problems, b), repeats)
             rows.append(_row(backend, "batch", problems, t, "kernel"))
     return rows
 
@@ -265,7 +255,7 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
         t_e2e = gpu_seconds(lambda p=probs: solve_segmentation(p, "cupy"))
         padded = [cp.asarray(a) for a in pack_padded(probs)]
         t_xp = gpu_seconds(lambda p=padded: _align_cupy.solve_padded_cupy(*p))
-        t_cpu = _best_time(lambda p=packed: _align_numba.solve_flat(*p), 1)
+        t_cpu = best_seconds(lambda p=packed: _align_numba.solve_flat(*p), 1)
         print(
             f"batch {size:>6} ({cells / 1e6:.1f} M cells): RawKernel {cells / t_kernel / 1e9:8.1f} G cells/s "
             f"(device-resident), {cells / t_e2e / 1e9:6.2f} G cells/s from host lists; "

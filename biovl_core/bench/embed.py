@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from biovl_core.bench import best_seconds
 from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, load_embedder
 
@@ -61,17 +61,6 @@ def random_embedder(model: str, device: str, batch_size: int, embedder: str = "c
         return load_embedder(cfg)
     finally:
         logger.setLevel(level)
-
-
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(model: str, images: int, batch_sizes: Sequence[int], repeats: int) -> list[Row]:
