@@ -49,6 +49,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="frames embedded per segment (1 for clip, 8 for clip_pooled/s3d)",
     )
+    g.add_argument(
+        "--prompt-template",
+        action="append",
+        dest="prompt_templates",
+        metavar="TEMPLATE",
+        help="step text prompt with {} for the step, e.g. 'a person in a lab: {}'; repeat "
+        "for an ensemble (embeddings averaged); default: the step text as is",
+    )
     g.add_argument("--segment-seconds", type=float, default=d.segment_seconds)
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     g.add_argument("--decoder", default=d.decoder, choices=["auto", "pyav", "dali"])
@@ -83,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         backend=args.backend,
         cache_dir=args.cache_dir,
     )
+    if args.prompt_templates:
+        cfg = cfg.replace(prompt_templates=tuple(args.prompt_templates))
     if args.allow_random_weights:
         cfg = cfg.replace(allow_random_weights=True)
     return cfg

@@ -6,11 +6,14 @@ Each stage is timed (``AlignmentResult.timings``) and reported through an option
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from biovl_core.result import AlignmentResult
 from biovl_core.video import FrameSampler, get_sampler, probe, segment_timestamps, video_sha256
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+T = TypeVar("T")
 AlignFn = Callable[..., Alignment]  # same signature as biovl_core.align.align
 
 
@@ -35,6 +39,45 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yield ``items`` while a thread already produces the next ``depth`` of them.
+
+    Decoding the next batch of segments overlaps embedding the current one (both release
+    the GIL); memory stays bounded to ``depth + 1`` batches. Errors surface in the consumer.
+    """
+    buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            buffer.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="biovl-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = buffer.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 @dataclass
@@ -67,8 +110,10 @@ def embed_video(
         stamps = segment_timestamps(info, cfg.segment_seconds, embedder.frames_per_segment)
         sampler = sampler or get_sampler(cfg.decoder)
     chunks: list[np.ndarray] = []
-    batches = sampler.iter_batches(
-        video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
+    batches = prefetched(
+        sampler.iter_batches(
+            video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
+        )
     )
     while True:
         with timed(timings, "decode"):

@@ -90,6 +90,20 @@ def test_cli_result_equals_library(dataset: Path, checkpoint: Path, tmp_path: Pa
     ]
 
 
+def test_prompt_templates_flag_changes_text_embeddings(
+    dataset: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    rec = dataset / "pcr_01"
+    docs = []
+    for extra in ([], ["--prompt-template", "a person in a lab: {}", "--prompt-template", "{}"]):
+        out = tmp_path / str(len(extra))
+        args = ["align", str(rec / "video.mp4"), str(rec / "protocol.txt"), "--out", str(out)]
+        assert main([*args, *_model_args(checkpoint), *extra]) == 0
+        docs.append(json.loads((out / "alignment.json").read_text()))
+    assert docs[1]["config"]["prompt_templates"] == ["a person in a lab: {}", "{}"]
+    assert not np.allclose(docs[0]["similarity"], docs[1]["similarity"])
+
+
 def test_embedding_cache_skips_decoding(dataset: Path, checkpoint: Path, tmp_path: Path) -> None:
     rec = dataset / "pcr_01"
     cfg = tiny_cfg(checkpoint, cache_dir=str(tmp_path / "cache"))
