@@ -46,7 +46,13 @@ from biovl_core.config import PipelineConfig
 from services import metrics
 from services.archive import Archive, JobFiles
 from services.settings import SAFE_OPTION_KEYS, load_settings
-from services.worker import LocalRunner, config_key, result_payload
+from services.worker import (
+    LocalRunner,
+    annotate_payload,
+    config_key,
+    payload_spans,
+    result_payload,
+)
 
 log = logging.getLogger("biovl.realign")
 
@@ -243,16 +249,9 @@ def experiment_of(record: dict[str, Any]) -> str:
     return str(record.get("experiment") or record.get("title") or "unspecified")
 
 
-def _spans(payload: dict[str, Any]) -> list[tuple[float, float] | None]:
-    steps = sorted(payload.get("steps", []), key=lambda s: s.get("index", 0))
-    return [
-        (float(s["start"]), float(s["end"])) if s.get("start") is not None else None for s in steps
-    ]
-
-
 def spans_changed(old: dict[str, Any], new: dict[str, Any]) -> int:
     """How many steps' spans differ between two alignment JSONs (all of them if K differs)."""
-    a, b = _spans(old), _spans(new)
+    a, b = payload_spans(old), payload_spans(new)
     if len(a) != len(b):
         return max(len(a), len(b))
     moved = 0
@@ -266,15 +265,7 @@ def spans_changed(old: dict[str, Any], new: dict[str, Any]) -> int:
 
 def annotation_miou(jf: JobFiles, payload: dict[str, Any]) -> float | None:
     """mIoU of an alignment JSON against the job's annotations (None without annotations)."""
-    from biovl_core.formats import annotations_to_spans, read_annotations
-    from biovl_core.metrics import miou
-
-    path = jf.annotations_path()
-    if path is None or not path.is_file():
-        return None
-    steps = [s["text"] for s in sorted(payload.get("steps", []), key=lambda s: s["index"])]
-    gt = annotations_to_spans(read_annotations(path), steps)
-    return float(miou(_spans(payload), gt))
+    return annotate_payload(dict(payload), jf).get("miou")
 
 
 def plan(
@@ -587,6 +578,7 @@ def write_one(
         "embedded": rec.embedded,
         "finished_at": time.time(),
     }
+    payload = annotate_payload(payload, jf)
     rec.version = jf.write_result(payload, out["csv"], out["vtt"])
     rec.outcome = "done"
     try:
@@ -594,10 +586,14 @@ def write_one(
         rec.spans_changed = spans_changed(json.loads(old), payload)
     except (OSError, ValueError, KeyError) as exc:  # the new version stands regardless
         log.warning("%s/%s: previous version unreadable (%s)", task["lab"], task["job_id"], exc)
-    try:
-        rec.miou = annotation_miou(jf, payload)
-    except Exception as exc:  # bad annotations spoil the score, not the result
-        log.warning("%s/%s: annotations unreadable (%s)", task["lab"], task["job_id"], exc)
+    rec.miou = payload.get("miou")
+    if "annotations_error" in payload:  # bad annotations spoil the score, not the result
+        log.warning(
+            "%s/%s: annotations unusable (%s)",
+            task["lab"],
+            task["job_id"],
+            payload["annotations_error"],
+        )
     return rec
 
 

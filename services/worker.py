@@ -123,6 +123,39 @@ def result_payload(result: AlignmentResult, service: dict[str, Any]) -> dict[str
     return payload
 
 
+def payload_spans(payload: dict[str, Any]) -> list[tuple[float, float] | None]:
+    """Predicted spans of an alignment JSON, in step order."""
+    steps = sorted(payload.get("steps", []), key=lambda s: s.get("index", 0))
+    return [
+        (float(s["start"]), float(s["end"])) if s.get("start") is not None else None for s in steps
+    ]
+
+
+def annotate_payload(payload: dict[str, Any], jf: JobFiles) -> dict[str, Any]:
+    """Add the job's annotated spans, each step's IoU and the mIoU (ours and the uniform
+    baseline's) to an alignment JSON when the job has annotations; the viewer shows them.
+    An annotations file that does not match the protocol is reported, never fatal."""
+    from biovl_core.formats import annotations_to_spans, read_annotations
+    from biovl_core.metrics import miou, step_ious
+
+    path = jf.annotations_path()
+    if path is None or not path.is_file():
+        return payload
+    steps = [s["text"] for s in sorted(payload.get("steps", []), key=lambda s: s["index"])]
+    try:
+        gt = annotations_to_spans(read_annotations(path), steps)
+        pred = payload_spans(payload)
+        payload["annotation_spans"] = [list(g) if g is not None else None for g in gt]
+        payload["step_ious"] = step_ious(pred, gt)
+        payload["miou"] = miou(pred, gt)
+        baseline = payload.get("baseline_spans")
+        if baseline:
+            payload["baseline_miou"] = miou([tuple(b) if b else None for b in baseline], gt)
+    except (ValueError, OSError) as exc:  # AnnotationError is a ValueError
+        payload["annotations_error"] = str(exc)
+    return payload
+
+
 class Worker:
     """Processes queue entries until stopped."""
 
@@ -219,7 +252,9 @@ class Worker:
                 "finished_at": time.time(),
             }
             version = jf.write_result(
-                result_payload(result, service), to_csv(result), to_webvtt(result)
+                annotate_payload(result_payload(result, service), jf),
+                to_csv(result),
+                to_webvtt(result),
             )
             metrics.STAGE_SECONDS.labels(stage="write").observe(time.perf_counter() - start)
             # Stages a runner's deployments time themselves are not counted twice.

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from biovl_core.embed import load_embedder
-from biovl_core.formats import alignment_to_dict
+from biovl_core.formats import alignment_to_dict, annotations_to_spans, read_annotations
+from biovl_core.metrics import miou, step_ious
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import parse_protocol
 from services import metrics
@@ -57,6 +58,12 @@ def test_submit_process_and_fetch_equals_pipeline(make_env: Any, recording: Path
     assert np.allclose(got["similarity"], want["similarity"], atol=1e-4)
     plain = env.client.get(f"/v1/jobs/{job_id}/alignment.json", headers=AUTH_A).json()
     assert "similarity" not in plain and plain["steps"] == want["steps"]
+    # the job was uploaded with annotations: the result carries them, per-step IoU and mIoU
+    gt = annotations_to_spans(read_annotations(recording / "annotations.csv"), expected.steps)
+    assert plain["annotation_spans"] == [list(g) for g in gt]
+    assert plain["step_ious"] == pytest.approx(step_ious(expected.spans, gt))
+    assert plain["miou"] == pytest.approx(miou(expected.spans, gt))
+    assert plain["baseline_miou"] == pytest.approx(miou(expected.baseline_spans, gt))
 
     csv = env.client.get(f"/v1/jobs/{job_id}/alignment.csv", headers=AUTH_A)
     assert csv.headers["content-type"].startswith("text/csv")
