@@ -523,13 +523,16 @@ def align_batch(
     method: str = DEFAULT_METHOD,
     backend: str = "auto",
     duration_s: float | Sequence[float | None] | None = None,
+    per_video: Sequence[Mapping[str, Any]] | None = None,
     **params: Any,
 ) -> list[Alignment]:
     """Align many videos at once (one similarity matrix [K, N] each) on one backend.
 
     ``params`` go to every video's method (a per-segment ``drop_cost`` must fit each N);
-    ``duration_s`` is one value for all, or one per video. On the numba backend the
-    built-in methods run as one packed kernel call (see ``_align_flat_numba``).
+    ``per_video`` adds parameters that differ between videos (one mapping each, e.g. the
+    step texts ``{"steps": [...]}`` of "biovl"); ``duration_s`` is one value for all, or one
+    per video. On the numba backend the built-in methods run as one packed kernel call (see
+    ``_align_flat_numba``).
     """
     spec = resolve_method(method)
     seg = _float_param("segment_seconds", segment_seconds, "align")
@@ -540,7 +543,16 @@ def align_batch(
         return []
     durations = _durations(sims, duration_s)
     full = _params(spec, params)
-    if spec.direct is None:
+    if per_video is not None:
+        per_video = [dict(p) for p in per_video]
+        if len(per_video) != len(sims):
+            raise BioVLError(
+                f"per_video has {len(per_video)} entries for {len(sims)} videos; give one each"
+            )
+        for p in per_video:
+            _params(spec, p)
+    extra = per_video or [{} for _ in sims]
+    if spec.direct is None and per_video is None:
         resolved = _resolve_backend(backend)
         flat_drop = _flat_drop(spec, full) if resolved == "numba" else None
         if flat_drop is not None:
@@ -548,13 +560,17 @@ def align_batch(
     checked = _checked(spec, sims, durations, seg)
     if spec.direct is not None:
         out = []
-        for arr, dur, _ in checked:
-            spans, labels = spec.direct(arr, seg, dur, full)
+        for (arr, dur, _), more in zip(checked, extra, strict=True):
+            spans, labels = spec.direct(arr, seg, dur, {**full, **more})
             cols = np.arange(arr.shape[1])
             score = float(arr[labels, cols].astype(np.float64).sum())
-            out.append(Alignment(spans, labels, score, spec.name, dict(full)))
+            out.append(Alignment(spans, labels, score, spec.name, {**full, **more}))
         return out
-    problems = [spec.prepare(arr, dict(full)) for arr, _, _ in checked]  # type: ignore[misc]
+    resolved = _resolve_backend(backend)
+    problems = [
+        spec.prepare(arr, {**full, **more})  # type: ignore[misc]
+        for (arr, _, _), more in zip(checked, extra, strict=True)
+    ]
     all_labels = solve_segmentation(problems, resolved)
     from biovl_core import _align_numba
 
@@ -564,7 +580,7 @@ def align_batch(
         m_flat, m_off, drop_flat, seg_off, _offsets(ks), ks, ns, labels
     )
     durs = np.array([dur for _, dur, _ in checked], dtype=np.float64)
-    params_list = [{**full, **p.params} for p in problems]
+    params_list = [{**full, **more, **p.params} for p, more in zip(problems, extra, strict=True)]
     return _build(spec, full, seg, durs, ks, ns, seg_off, labels, first, last, scores, params_list)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from biovl_core.align import MethodSpec, SegmentationProblem, register_method
 from biovl_core.errors import BioVLError
+from biovl_core.protocol import step_duration_hint, step_verb
 
 # 1.4826 * MAD estimates the standard deviation of Gaussian data (consistency constant).
 _MAD_TO_SD = 1.4826
@@ -79,6 +80,83 @@ def positional_prior(k: int, n: int, width: float) -> np.ndarray:
     return -0.5 * ((pos[None, :] - centre[:, None]) * k / width) ** 2
 
 
+# Typical hands-on time (seconds) of a step by its verb, when the text names no duration.
+# Rationale (bench practice, not fitted to the generator): pipetting a reagent or discarding
+# a supernatant takes ~10-15 s; inverting/vortexing/flicking ~10 s; placing/labelling ~15 s;
+# resuspending, weighing, measuring, heating or drying ~30-60 s; incubating, centrifuging,
+# running a machine or letting something stand takes minutes (1.5 min without a stated time).
+# The table only shifts expected shares; its log-sd (VERB_LOG_SD) keeps the prior loose.
+VERB_SECONDS: dict[str, float] = {
+    **dict.fromkeys(
+        ("add", "pipette", "pipet", "transfer", "discard", "apply", "pour", "aspirate"), 12.0
+    ),
+    **dict.fromkeys(("mix", "vortex", "invert", "swirl", "flick", "tap", "shake", "spin"), 10.0),
+    **dict.fromkeys(("label", "place", "insert", "remove", "set", "store", "put", "close"), 15.0),
+    **dict.fromkeys(("resuspend", "weigh", "measure", "cool", "dry", "heat", "wash"), 35.0),
+    **dict.fromkeys(("incubate", "centrifuge", "run", "leave", "let", "stand", "wait"), 90.0),
+}
+DEFAULT_STEP_SECONDS = 20.0  # a verb outside the table
+HINT_LOG_SD = 0.35  # a stated duration is roughly kept (lognormal sd of the real span)
+VERB_LOG_SD = 0.8  # a verb's typical time is a loose guess
+
+
+def expected_durations(steps: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Expected seconds [K] and lognormal sd [K] of each step from its text, or None.
+
+    A stated duration (``step_duration_hint``) wins; else the verb's typical time
+    (``VERB_SECONDS``). None when the texts carry no duration information at all (no hint
+    and every step the same typical time), so the caller keeps the equal-share prior.
+    """
+    secs, sds = [], []
+    hinted = False
+    for text in steps:
+        hint = step_duration_hint(text)
+        if hint is not None and hint > 0.0:
+            secs.append(hint)
+            sds.append(HINT_LOG_SD)
+            hinted = True
+        else:
+            secs.append(VERB_SECONDS.get(step_verb(text) or "", DEFAULT_STEP_SECONDS))
+            sds.append(VERB_LOG_SD)
+    if not hinted and len(set(secs)) <= 1:
+        return None
+    return np.array(secs, dtype=np.float64), np.array(sds, dtype=np.float64)
+
+
+def duration_prior(n: int, expected: np.ndarray, log_sd: np.ndarray, width: float) -> np.ndarray:
+    """[K, N] Gaussian log-prior around each step's centre given expected durations.
+
+    The centre of step k is (sum of earlier durations + half its own) / total. Its sd adds,
+    in quadrature, the equal-share prior's ``width`` / K (gaps, pace) and the delta-method sd
+    of that centre when each duration d_j varies lognormally (sd d_j * sqrt(exp(s_j²) - 1)).
+    """
+    k = expected.shape[0]
+    total = float(expected.sum())
+    before = np.concatenate([[0.0], np.cumsum(expected)[:-1]])
+    centre = (before + 0.5 * expected) / total
+    dsd = expected * np.sqrt(np.expm1(log_sd**2)) / total  # sd of each duration's share
+    j = np.arange(k)
+    grad = np.where(j[None, :] < j[:, None], 1.0 - centre[:, None], -centre[:, None])
+    grad = grad + np.where(j[None, :] == j[:, None], 0.5, 0.0)
+    var = (grad**2 * dsd[None, :] ** 2).sum(axis=1)
+    sd = np.sqrt((width / k) ** 2 + var)
+    pos = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return -0.5 * ((pos[None, :] - centre[:, None]) / sd[:, None]) ** 2
+
+
+def _steps_param(params: dict[str, Any], k: int) -> list[str] | None:
+    """The optional ``steps`` parameter: None, or K step texts."""
+    steps = params.get("steps")
+    if steps is None:
+        return None
+    if isinstance(steps, str) or not all(isinstance(s, str) for s in steps):
+        raise BioVLError("biovl: steps must be a list of step texts (one per similarity row)")
+    steps = list(steps)
+    if len(steps) != k:
+        raise BioVLError(f"biovl: steps has {len(steps)} texts for a similarity with {k} rows")
+    return steps
+
+
 def _prepare_nw_norm(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
     """The paper's NW on standardized similarities (no background, no prior)."""
     m = standardize(sim)
@@ -99,10 +177,17 @@ def _prepare_biovl(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProbl
     width = _number(params, "prior_width", name, 0.0, math.inf)  # 0 = no prior
     penalty = _number(params, "background_penalty", name, -math.inf, math.inf)
     k, n = sim.shape
+    steps = _steps_param(params, k)
     z = standardize(sim)
     mu = signal_strength(z, share, offset)
     m = mu[:, None] * z - 0.5 * mu[:, None] ** 2
-    if width > 0.0:
+    durations = expected_durations(steps) if steps is not None else None
+    if width > 0.0 and durations is not None:
+        # Half/half mixture with the equal-share prior: when the video ignores the text's
+        # durations (waits cut, steps paced alike) the equal-share mode still carries the step.
+        text = duration_prior(n, *durations, width)
+        m = m + (np.logaddexp(text, positional_prior(k, n, width)) - math.log(2.0))
+    elif width > 0.0:
         m = m + positional_prior(k, n, width)
     drop = np.full(n, -penalty, dtype=np.float32)
     return SegmentationProblem(m.astype(np.float32), drop, {"signal_strength": mu.tolist()})
@@ -125,12 +210,15 @@ BIOVL_DEFAULTS: dict[str, float] = {
     "prior_width": 3.0,
     "background_penalty": 0.5,
 }
+# Not a tuned number: the step texts (one per similarity row) for text-aware duration priors;
+# None keeps the equal-share prior. See docs/QUALITY.md, "Duration priors from step text".
+BIOVL_OPTIONS: dict[str, Any] = {"steps": None}
 
 BIOVL = register_method(
     MethodSpec(
         "biovl",
         "per-step likelihood ratio on standardized similarities + positional prior + background",
-        BIOVL_DEFAULTS,
+        {**BIOVL_DEFAULTS, **BIOVL_OPTIONS},
         _prepare_biovl,
     )
 )

@@ -19,6 +19,7 @@ import numpy as np
 
 from biovl_core import __version__
 from biovl_core.align import DEFAULT_METHOD, Alignment, align
+from biovl_core.align import resolve_method as method_spec
 from biovl_core.cache import EmbeddingCache
 from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, load_embedder
@@ -191,14 +192,18 @@ def align_video(
         video_path, list(protocol.steps), cfg, embedder, progress=progress, sampler=sampler
     )
     timings = {**load_timings, **rec.timings}
+    method = resolve_method(cfg)
+    params = dict(cfg.method_params)
+    if "steps" in method_spec(method).defaults and "steps" not in params:
+        params["steps"] = list(protocol.steps)  # text-aware duration priors (docs/QUALITY.md)
     with timed(timings, "align"):
         alignment = align_fn(
             rec.similarity,
             segment_seconds=cfg.segment_seconds,
-            method=resolve_method(cfg),
+            method=method,
             backend=cfg.backend,
             duration_s=rec.duration_s,
-            **cfg.method_params,
+            **params,
         )
         baseline = align(
             rec.similarity,

@@ -15,6 +15,10 @@ shaped by SPEC.md's data-set statistics:
   signal leaks to other steps with the same verb ("add primer1" / "add primer2") and fully
   to steps with the same text.
 
+``text_durations`` (opt-in, default 0) makes durations follow the step texts: a step that
+names a duration ("centrifuge for 5 min") lasts about that long, others follow their verb's
+pace (see ``_timeline``). It is off by default because it breaks the paper calibration below.
+
 ``difficulty`` scales every source of irregularity and confusion (duration spread, gap
 spread, noise, text offsets, share of invisible steps); 0 is clean, 1 is calibrated to the
 paper, and higher values make every method worse.
@@ -54,7 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from biovl_core.protocol import step_verb
+from biovl_core.protocol import step_duration_hint, step_verb
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,10 @@ class Knobs:
     foreground: float = 0.006  # rise on every step's row where any action happens
     leak: float = 0.6  # share of the signal a same-verb step also gets
     base: float = 0.22  # mean cosine similarity
+    # Text-aware durations (opt-in; 0 keeps the paper calibration, see ``_timeline``): 1 makes
+    # a step that names a duration last about that long and other steps follow their verb.
+    text_durations: float = 0.0
+    hint_sigma: float = 0.3  # lognormal sigma of a step's real span around its named duration
 
 
 DIFFICULTY_1 = Knobs(
@@ -204,7 +212,9 @@ DIFFICULTY_1 = Knobs(
     text_bias=0.0045,
     p_invisible=0.15,
 )
-_SCALED = ("dur_sigma", "gap_cv", "noise", "text_bias", "p_invisible", "seg_bias", "leak")
+_SCALED = (
+    "dur_sigma", "gap_cv", "noise", "text_bias", "p_invisible", "seg_bias", "leak", "hint_sigma",
+)  # fmt: skip
 _CAPS = {"p_invisible": 0.9, "leak": 0.95}
 
 
@@ -274,7 +284,7 @@ def make_problem(
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     steps = _step_texts(profile, num_steps, rng)
-    spans, duration = _timeline(profile, num_steps, k_, rng, segment_seconds)
+    spans, duration = _timeline(profile, num_steps, k_, rng, segment_seconds, steps)
     n = math.ceil(duration / segment_seconds - 1e-9)
     visibility = np.where(
         rng.random(num_steps) < k_.p_invisible,
@@ -360,10 +370,19 @@ def _timeline(
     knobs: Knobs,
     rng: np.random.Generator,
     segment_seconds: float,
+    steps: Sequence[str] = (),
 ) -> tuple[list[tuple[float, float]], float]:
-    """Ground-truth spans and video length: background, step, gap, ..., step, background."""
+    """Ground-truth spans and video length: background, step, gap, ..., step, background.
+
+    With ``knobs.text_durations`` w > 0 each step's log-duration moves by w towards what its
+    text says: the named duration (``step_duration_hint``, lognormal ``hint_sigma`` around it)
+    or, without one, the profile's mean action times the verb's relative duration
+    (``_VERB_PACE``). w = 0 (the default) draws exactly what the calibrated generator drew.
+    """
     sigma = knobs.dur_sigma
     durations = profile.step_seconds * np.exp(rng.normal(-0.5 * sigma**2, sigma, k))
+    if knobs.text_durations > 0.0:
+        durations = _text_durations(profile, steps, durations, knobs, rng)
     durations = np.maximum(durations, 2.0)
     gaps = profile.gap_seconds * _gamma_unit(rng, knobs.gap_cv, k + 1)
     gaps[0] *= knobs.edge_gaps
@@ -378,6 +397,39 @@ def _timeline(
         t = end + float(g)
     duration = max(round(t, 1), segment_seconds)
     return spans, duration
+
+
+# How long a step's action takes relative to an experiment's mean action, by verb, in the
+# text-aware generator: liquid handling and mixing are quick, waiting/processing is long.
+_VERB_PACE: dict[str, float] = {
+    **dict.fromkeys(("add", "pipette", "pipet", "transfer", "discard", "apply", "pour"), 0.6),
+    **dict.fromkeys(("mix", "vortex", "invert", "swirl", "flick", "tap", "shake", "spin"), 0.5),
+    **dict.fromkeys(("label", "place", "insert", "remove", "set", "store", "put"), 0.8),
+    **dict.fromkeys(("resuspend", "weigh", "measure", "cool", "dry", "heat", "wash"), 1.5),
+    **dict.fromkeys(("incubate", "centrifuge", "run", "leave", "let", "stand", "wait"), 2.5),
+}
+
+
+def _text_durations(
+    profile: ExperimentProfile,
+    steps: Sequence[str],
+    drawn: np.ndarray,
+    knobs: Knobs,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Durations pulled (in log space, by ``knobs.text_durations``) towards the step texts."""
+    w = min(1.0, knobs.text_durations)
+    sigma = knobs.hint_sigma
+    jitter = np.exp(rng.normal(-0.5 * sigma**2, sigma, len(steps)))
+    out = np.empty(len(steps))
+    for i, text in enumerate(steps):
+        hint = step_duration_hint(text)
+        if hint is not None:
+            target = hint * jitter[i]
+        else:
+            target = drawn[i] * _VERB_PACE.get(step_verb(text) or "", 1.0)
+        out[i] = math.exp((1.0 - w) * math.log(drawn[i]) + w * math.log(max(target, 1.0)))
+    return out
 
 
 def _gamma_unit(rng: np.random.Generator, cv: float, size: int) -> np.ndarray:

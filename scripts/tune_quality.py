@@ -6,9 +6,12 @@ the best mean mIoU over all settings among those that beat "nw" in every setting
 Stage ``report``: held-out seeds (default 100-119), every setting plus difficulty 2.5 (never
 tuned on), methods uniform / nw / drop_dtw / nw_norm / biovl: data-set mIoU (mean over the 16
 recordings of a benchmark) as mean ± sd over seeds; per experiment type at difficulty 1.
+Stage ``text``: biovl with the equal-share prior vs with duration priors from the step texts
+(``steps=``), on the text-aware generator (``text_durations=1``) and on the calibrated one.
 
     .venv/bin/python scripts/tune_quality.py --stage all        # ~5 min on 2 cores
     .venv/bin/python scripts/tune_quality.py --stage report --biovl top_share=0.3
+    .venv/bin/python scripts/tune_quality.py --stage text          # ~1 min
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import biovl_core.methods  # noqa: E402,F401  (registers nw_norm and biovl)
-from biovl_core.align import METHODS, align_batch  # noqa: E402
+from biovl_core.align import (  # noqa: E402
+    METHODS,
+    align_batch,
+    solve_segmentation,
+    spans_from_labels,
+)
 from biovl_core.metrics import miou  # noqa: E402
 from biovl_core.synthetic import DIFFICULTY_1, SyntheticProblem, make_benchmark  # noqa: E402
 
@@ -88,6 +96,52 @@ def score(benches: Sequence[Sequence[SyntheticProblem]], method: str, **params: 
     )
     values = np.array([miou(a.spans, p.gt_spans) for a, p in zip(out, flat, strict=True)])
     return values.reshape(len(benches), -1)
+
+
+def score_with_steps(
+    benches: Sequence[Sequence[SyntheticProblem]], use_steps: bool, **params: Any
+) -> np.ndarray:
+    """Per-video mIoU [seeds, videos] of biovl, each video given its own step texts or none."""
+    flat = [p for bench in benches for p in bench]
+    spec = METHODS["biovl"]
+    full = {**spec.defaults, **params}
+    problems = [
+        spec.prepare(  # type: ignore[misc]
+            np.ascontiguousarray(p.similarity, dtype=np.float32),
+            {**full, "steps": p.steps if use_steps else None},
+        )
+        for p in flat
+    ]
+    labels = solve_segmentation(problems, "numba")
+    values = np.array(
+        [
+            miou(spans_from_labels(lab, len(p.steps), p.segment_seconds, p.duration_s), p.gt_spans)
+            for lab, p in zip(labels, flat, strict=True)
+        ]
+    )
+    return values.reshape(len(benches), -1)
+
+
+TEXT_DIFFICULTIES = (0.5, 1.0, 1.5, 2.0)
+
+
+def text_report(seeds: Sequence[int], params: Mapping[str, float]) -> None:
+    """Markdown table: equal-share vs text-aware prior, text-aware and calibrated generators."""
+    print("\n| generator | difficulty | uniform | nw | biovl equal | biovl text | text - equal |")
+    print("|---|---|---|---|---|---|---|")
+    for label, text in (("text-aware", 1.0), ("calibrated", 0.0)):
+        for level in TEXT_DIFFICULTIES:
+            benches = [make_benchmark(s, level, text_durations=text) for s in seeds]
+            cells = [100 * score(benches, m).mean(axis=1) for m in ("uniform", "nw")]
+            equal = 100 * score_with_steps(benches, False, **params).mean(axis=1)
+            aware = 100 * score_with_steps(benches, True, **params).mean(axis=1)
+            gain = aware - equal
+            print(
+                f"| {label} | {level:g} | "
+                + " | ".join(_cell(c) for c in (*cells, equal, aware))
+                + f" | {gain.mean():+.1f} (min {gain.min():+.1f}, max {gain.max():+.1f}) |",
+                flush=True,
+            )
 
 
 def tune(
@@ -176,7 +230,7 @@ def _seeds(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: tune, report, or both."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("tune", "report", "all"), default="all")
+    ap.add_argument("--stage", choices=("tune", "report", "all", "text"), default="all")
     ap.add_argument("--tune-seeds", default="0-9")
     ap.add_argument("--report-seeds", default="100-119")
     ap.add_argument(
@@ -191,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params[k] = float(v)
     if args.stage in ("report", "all"):
         report(benchmarks(_seeds(args.report_seeds), {**SETTINGS, **REPORT_ONLY}), params)
+    if args.stage == "text":
+        text_report(_seeds(args.report_seeds), params)
     return 0
 
 

@@ -668,10 +668,24 @@ class ServeRunner:
         return align_video(video, protocol, cfg, embedder=self.embedder, progress=progress, **extra)
 
 
+# Parameters that differ per video (the protocol's step texts): passed per request, not grouped.
+_PER_VIDEO_PARAMS = ("steps",)
+
+
+def _shared_params(request: dict[str, Any]) -> dict[str, Any]:
+    """The request's aligner parameters that a batch must share."""
+    return {k: v for k, v in request["params"].items() if k not in _PER_VIDEO_PARAMS}
+
+
+def _per_video_params(request: dict[str, Any]) -> dict[str, Any]:
+    """The request's own parameters (e.g. its protocol's step texts)."""
+    return {k: v for k, v in request["params"].items() if k in _PER_VIDEO_PARAMS}
+
+
 def _align_group_key(request: dict[str, Any]) -> Any:
     """Requests with equal keys go through one ``align_batch`` call (it takes one method)."""
     try:
-        params = json.dumps(request["params"], sort_keys=True)
+        params = json.dumps(_shared_params(request), sort_keys=True)
     except (TypeError, ValueError):  # e.g. a per-segment drop_cost array: a group of its own
         params = f"unhashable-{id(request)}"
     return (
@@ -699,12 +713,13 @@ def align_requests(requests: list[dict[str, Any]], default_backend: str = "auto"
             "segment_seconds": first["segment_seconds"],
             "method": first["method"] or DEFAULT_METHOD,
             "backend": first["backend"] or default_backend,
-            **first["params"],
+            **_shared_params(first),
         }
         try:
             results = align_batch(
                 [requests[i]["similarity"] for i in idx],
                 duration_s=[requests[i]["duration_s"] for i in idx],
+                per_video=[_per_video_params(requests[i]) for i in idx],
                 **kwargs,
             )
             for i, res in zip(idx, results, strict=True):
@@ -715,6 +730,7 @@ def align_requests(requests: list[dict[str, Any]], default_backend: str = "auto"
                     out[i] = align_batch(
                         [requests[i]["similarity"]],
                         duration_s=requests[i]["duration_s"],
+                        per_video=[_per_video_params(requests[i])],
                         **kwargs,
                     )[0]
                 except Exception as exc:

@@ -119,6 +119,24 @@ def test_gpu_backends_match_numba_with_shared_and_global_direction_bits() -> Non
                 np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.skipif(not GPU, reason=NO_GPU)
+@pytest.mark.parametrize("k_range", [(1, 32), (4, 30), (33, 64)])
+def test_shfl_variant_matches_numba_and_fused_kernel(k_range: tuple[int, int]) -> None:
+    from biovl_core import _align_cupy, _align_numba
+    from biovl_core.align import pack_flat
+
+    problems = make_problems(60, seed=9, k_range=k_range, n_range=(k_range[1], 300))
+    packed = list(pack_flat(problems))
+    packed[0] = (np.round(packed[0] * 20) / 20).astype(np.float32)  # many ties
+    ref_labels, ref_scores = _align_numba.solve_flat(*packed)
+    labels, scores = _align_cupy.solve_flat_rawkernel(*packed, kernel="shfl")
+    fused_labels, fused_scores = _align_cupy.solve_flat_rawkernel(*packed, kernel="fused")
+    np.testing.assert_array_equal(labels.get(), ref_labels)
+    np.testing.assert_array_equal(labels.get(), fused_labels.get())
+    np.testing.assert_array_equal(scores.get().view(np.uint32), fused_scores.get().view(np.uint32))
+    np.testing.assert_allclose(scores.get(), ref_scores, atol=1e-4)
+
+
 def test_planted_steps_with_gaps_are_recovered() -> None:
     rng = np.random.default_rng(0)
     truth = [(2, 5), (9, 12), (13, 20), (25, 27)]

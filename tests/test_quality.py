@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import biovl_core.methods as methods
-from biovl_core.align import METHODS, align, align_batch
+from biovl_core.align import METHODS, align, align_batch, solve_segmentation, spans_from_labels
 from biovl_core.device import cupy_usable
 from biovl_core.errors import BioVLError
 from biovl_core.metrics import miou
@@ -38,7 +38,9 @@ def test_methods_are_registered_with_defaults() -> None:
         "signal_offset",
         "prior_width",
         "background_penalty",
+        "steps",
     }
+    assert METHODS["biovl"].defaults["steps"] is None
 
 
 # Margins far below the held-out gains in docs/QUALITY.md (+26, +27, +14, +8) but well
@@ -156,3 +158,121 @@ def test_bad_parameters_are_refused(bad: dict[str, object]) -> None:
 
 def test_nw_norm_beats_nw_at_difficulty_1() -> None:
     assert _benchmark_miou("nw_norm", 1.0) >= _benchmark_miou("nw", 1.0) + 3.0
+
+
+# --- duration priors from step text (docs/QUALITY.md, "Duration priors from step text") ---
+
+
+def _text_miou(difficulty: float, text_durations: float, use_steps: bool) -> float:
+    """Data-set mIoU (%) of biovl over TEST_SEEDS, each video with its own steps or none."""
+    spec = METHODS["biovl"]
+    probs = [
+        p for s in TEST_SEEDS for p in make_benchmark(s, difficulty, text_durations=text_durations)
+    ]
+    problems = [
+        spec.prepare(p.similarity, {**spec.defaults, "steps": p.steps if use_steps else None})
+        for p in probs
+    ]
+    labels = solve_segmentation(problems, "numba")
+    return 100.0 * float(
+        np.mean(
+            [
+                miou(
+                    spans_from_labels(lab, len(p.steps), p.segment_seconds, p.duration_s),
+                    p.gt_spans,
+                )
+                for lab, p in zip(labels, probs, strict=True)
+            ]
+        )
+    )
+
+
+@pytest.mark.parametrize(("difficulty", "margin"), [(0.5, 4.0), (1.0, 4.0)])
+def test_text_aware_prior_helps_on_text_aware_data(difficulty: float, margin: float) -> None:
+    # Held-out (seeds 100-119): +8.0 at 0.5 and +9.8 at 1 (worst seed +3.7, +5.5).
+    aware = _text_miou(difficulty, 1.0, use_steps=True)
+    equal = _text_miou(difficulty, 1.0, use_steps=False)
+    assert aware >= equal + margin, (difficulty, aware, equal)
+
+
+def test_text_aware_prior_costs_little_when_video_ignores_text() -> None:
+    # On the calibrated generator durations do not follow the text; the mixture keeps the
+    # equal-share mode, so the loss stays within seed noise (held-out: -0.05 at difficulty 1).
+    aware = _text_miou(1.0, 0.0, use_steps=True)
+    equal = _text_miou(1.0, 0.0, use_steps=False)
+    assert aware >= equal - 1.5, (aware, equal)
+
+
+def test_steps_without_duration_information_change_nothing() -> None:
+    p = make_problem("pcr", seed=11)
+    texts = [f"do thing {i}" for i in range(len(p.steps))]  # no hint, no known verb
+    assert methods.expected_durations(texts) is None
+    same_verb = ["add water"] * len(p.steps)  # one typical time for all: equal shares
+    assert methods.expected_durations(same_verb) is None
+    base = align(p.similarity, method="biovl", backend="numba")
+    for steps in (None, texts, same_verb):
+        a = align(p.similarity, method="biovl", backend="numba", steps=steps)
+        np.testing.assert_array_equal(a.labels, base.labels)
+        assert a.score == base.score
+
+
+def test_expected_durations_use_hints_then_verbs() -> None:
+    secs, sds = methods.expected_durations(
+        ["add buffer", "Incubate at 37 °C for 5 min.", "Centrifuge for 1 min.", "vortex"]
+    )
+    np.testing.assert_allclose(secs, [12.0, 300.0, 60.0, 10.0])
+    assert sds[1] == sds[2] == methods.HINT_LOG_SD and sds[0] == methods.VERB_LOG_SD
+    prior = methods.duration_prior(60, secs, sds, 3.0)
+    assert prior.shape == (4, 60) and (prior <= 0).all()
+    # the long incubation sits in the first half, the centrifugation after it
+    assert prior[1].argmax() < 30 < prior[2].argmax()
+
+
+def test_text_aware_prior_deterministic_and_backends_agree() -> None:
+    for p in _problems():
+        kw = {"method": "biovl", "steps": p.steps}
+        a = align(p.similarity, backend="numpy", **kw)
+        b = align(p.similarity, backend="numba", **kw)
+        c = align(p.similarity, backend="numba", **kw)
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(b.labels, c.labels)
+        assert b.score == c.score
+
+
+@pytest.mark.skipif(not cupy_usable(), reason="needs a CUDA GPU with cupy")
+def test_text_aware_prior_cupy_agrees_with_numba() -> None:
+    for p in _problems():
+        a = align(p.similarity, backend="cupy", method="biovl", steps=p.steps)
+        b = align(p.similarity, backend="numba", method="biovl", steps=p.steps)
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("steps", [["only one"], "add water", [1, 2]])
+def test_bad_steps_are_refused(steps: object) -> None:
+    with pytest.raises(BioVLError, match="steps"):
+        align(np.zeros((2, 5)), method="biovl", steps=steps)
+
+
+def test_other_methods_do_not_take_steps() -> None:
+    with pytest.raises(BioVLError, match="steps"):
+        align(np.zeros((2, 5)), method="nw", steps=["a", "b"])
+
+
+def test_align_batch_takes_each_videos_steps() -> None:
+    """One align_batch call with per-video step texts equals one align() per video."""
+    problems = make_benchmark(seed=7, difficulty=1.0, text_durations=1.0)[:5]
+    batched = align_batch(
+        [p.similarity for p in problems],
+        method="biovl",
+        duration_s=[p.duration_s for p in problems],
+        per_video=[{"steps": p.steps} for p in problems],
+    )
+    for p, got in zip(problems, batched, strict=True):
+        want = align(p.similarity, method="biovl", duration_s=p.duration_s, steps=p.steps)
+        assert got.labels.tolist() == want.labels.tolist() and got.score == want.score
+    with pytest.raises(BioVLError, match="per_video"):
+        align_batch([p.similarity for p in problems], method="biovl", per_video=[{}])
+    with pytest.raises(BioVLError, match="does not take"):
+        align_batch([problems[0].similarity], method="nw", per_video=[{"steps": ["a"]}])

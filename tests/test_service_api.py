@@ -220,3 +220,27 @@ def test_concurrent_writers_never_replace_each_others_version(tmp_path: Path) ->
         range(8)
     )
     assert not list(job.alignments_dir.glob("*.lock"))
+
+
+def test_aligner_batches_requests_of_different_protocols_together() -> None:
+    """The Aligner deployment's grouping: per-video step texts do not split a batch."""
+    from biovl_core.align import align
+    from biovl_core.synthetic import make_benchmark
+    from services.app import _align_group_key, align_requests
+
+    problems = make_benchmark(seed=3, difficulty=1.0)[:4]
+    requests = [
+        {
+            "similarity": p.similarity,
+            "duration_s": p.duration_s,
+            "segment_seconds": 5.0,
+            "method": "biovl",
+            "backend": "numba",
+            "params": {"steps": p.steps},
+        }
+        for p in problems
+    ]
+    assert len({_align_group_key(r) for r in requests}) == 1
+    for p, got in zip(problems, align_requests(requests), strict=True):
+        want = align(p.similarity, method="biovl", duration_s=p.duration_s, steps=p.steps)
+        assert got.labels.tolist() == want.labels.tolist()

@@ -7,7 +7,7 @@ import pytest
 
 from biovl_core.align import align
 from biovl_core.metrics import aggregate, miou
-from biovl_core.protocol import step_verb
+from biovl_core.protocol import step_duration_hint, step_verb
 from biovl_core.synthetic import EXPERIMENTS, knobs_for, make_benchmark, make_problem
 
 PAPER_UNIFORM = 28.6
@@ -124,3 +124,23 @@ def test_higher_difficulty_makes_every_method_worse() -> None:
     for method in ("uniform", "nw"):
         scores = [benchmark_miou(range(3), d, method) for d in (0.5, 1.0, 2.0)]
         assert scores[0] > scores[1] > scores[2], (method, scores)
+
+
+def test_text_durations_are_opt_in_and_follow_the_text() -> None:
+    off = make_problem("miniprep", seed=4)
+    same = make_problem("miniprep", seed=4, text_durations=0.0)
+    np.testing.assert_array_equal(off.similarity, same.similarity)
+    assert off.gt_spans == same.gt_spans
+    a = make_problem("miniprep", seed=4, text_durations=1.0)
+    b = make_problem("miniprep", seed=4, text_durations=1.0)
+    np.testing.assert_array_equal(a.similarity, b.similarity)
+    assert a.steps == off.steps  # the texts are the same; only their spans change
+    ratios = []
+    for text, (start, end) in zip(a.steps, a.gt_spans, strict=True):
+        hint = step_duration_hint(text)
+        if hint is not None:
+            ratios.append((end - start) / hint)
+    assert len(ratios) >= 5
+    # lognormal sd 0.3 around the stated time (rounding to 0.1 s aside)
+    assert all(0.3 < r < 3.0 for r in ratios), ratios
+    assert 0.6 < float(np.exp(np.mean(np.log(ratios)))) < 1.5

@@ -198,11 +198,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _shfl_mismatch(
+    name: str, got: tuple, ref_labels: np.ndarray, ref_scores: np.ndarray, fused: tuple
+) -> str | None:
+    """Compare the "shfl" variant's (labels, optima) with numba and the fused kernel; None if equal."""
+    labels, scores = (np.asarray(x.get() if hasattr(x, "get") else x) for x in got)
+    fused_labels, fused_scores = (np.asarray(x.get()) for x in fused)
+    problems = []
+    if not np.array_equal(labels, ref_labels):
+        problems.append(f"labels differ from numba at {int((labels != ref_labels).sum())} segments")
+    if not np.allclose(scores, ref_scores, atol=1e-4):
+        problems.append(
+            f"optima differ from numba by up to {float(np.nanmax(np.abs(scores - ref_scores))):.3g}"
+        )
+    if not np.array_equal(labels, fused_labels):
+        problems.append("labels differ from the fused RawKernel")
+    if not np.array_equal(scores.view(np.uint32), fused_scores.view(np.uint32)):
+        problems.append(
+            f"optima not bit-identical to the fused RawKernel at "
+            f"{int((scores.view(np.uint32) != fused_scores.view(np.uint32)).sum())} alignments"
+        )
+    return f"{name}: " + "; ".join(problems) if problems else None
+
+
 def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> None:
     """On a GPU: cupy RawKernel and cupy wavefront vs numba on a batch (same answers), and G cells/s.
 
     Raises AssertionError on any disagreement; prints throughput with inputs already on the
-    GPU (kernel incl. traceback) and end to end from host arrays.
+    GPU (kernel incl. traceback) and end to end from host arrays. The block-per-alignment
+    "fused" RawKernel's checks come first and raise at once; the warp-per-alignment "shfl"
+    kernel (the cupy backend's default since it passed these checks on an H200) is checked
+    against numba and the fused kernel on the same alignments (plus K = 33..64 for its
+    2-steps-per-lane path) and timed beside it; a disagreement prints "shfl variant: MISMATCH"
+    and raises only after every figure is printed.
     """
     import cupy as cp
 
@@ -213,7 +241,9 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
     problems += make_problems(20, seed=2, k_range=(1, 3), n_range=(3, 12))
     mt, m_off, drop, seg_off, ks, ns = pack_flat(problems)
     ref_labels, ref_scores = _align_numba.solve_flat(mt, m_off, drop, seg_off, ks, ns)
-    raw_labels, raw_scores = _align_cupy.solve_flat_rawkernel(mt, m_off, drop, seg_off, ks, ns)
+    raw_labels, raw_scores = _align_cupy.solve_flat_rawkernel(
+        mt, m_off, drop, seg_off, ks, ns, kernel="fused"
+    )
     assert np.array_equal(raw_labels.get(), ref_labels), "RawKernel labels differ from numba"
     assert np.allclose(raw_scores.get(), ref_scores, atol=1e-4), "RawKernel optima differ"
     pm, pd, pk, pn = pack_padded(problems)
@@ -233,6 +263,36 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
     )
     print(f"same labels and optima on {len(problems)} alignments: numba == RawKernel == cupy_xp")
 
+    shfl_failures: list[str] = []
+
+    def shfl_check(
+        name: str, fn: Callable[[], tuple], ref: tuple, fused: Callable[[], tuple]
+    ) -> None:
+        try:
+            bad = _shfl_mismatch(name, fn(), ref[0], ref[1], fused())
+        except Exception as exc:  # report the variant's failure, keep the verified checks
+            bad = f"{name}: {type(exc).__name__}: {exc}"
+        if bad:
+            shfl_failures.append(bad)
+            print(f"shfl variant: MISMATCH {bad}")
+        else:
+            print(f"shfl variant: same labels as numba, optima bit-identical to RawKernel ({name})")
+
+    flat = (mt, m_off, drop, seg_off, ks, ns)
+    shfl_check(
+        f"{len(problems)} alignments, K=1..30",
+        lambda: _align_cupy.solve_flat_shfl(*flat),
+        (ref_labels, ref_scores),
+        lambda: (raw_labels, raw_scores),
+    )
+    wide = pack_flat(make_problems(200, seed=4, k_range=(33, 64), n_range=(64, 400)))
+    shfl_check(
+        "200 alignments, K=33..64 (2 steps per lane)",
+        lambda: _align_cupy.solve_flat_shfl(*wide),
+        _align_numba.solve_flat(*wide),
+        lambda: _align_cupy.solve_flat_rawkernel(*wide, kernel="fused"),
+    )
+
     def gpu_seconds(fn: Callable[[], object]) -> float:
         fn()
         cp.cuda.Device().synchronize()
@@ -251,7 +311,20 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
         cells = _cells(probs)
         packed = pack_flat(probs)
         dev = [cp.asarray(a) for a in packed[:4]] + list(packed[4:])
-        t_kernel = gpu_seconds(lambda d=dev: _align_cupy.solve_flat_rawkernel(*d))
+        t_kernel = gpu_seconds(lambda d=dev: _align_cupy.solve_flat_rawkernel(*d, kernel="fused"))
+        ref_big = _align_numba.solve_flat(*packed)
+        shfl_check(
+            f"batch {size}",
+            lambda d=dev: _align_cupy.solve_flat_shfl(*d),
+            ref_big,
+            lambda d=dev: _align_cupy.solve_flat_rawkernel(*d, kernel="fused"),
+        )
+        try:
+            t_shfl = gpu_seconds(lambda d=dev: _align_cupy.solve_flat_shfl(*d))
+            shfl_rate = f"{cells / t_shfl / 1e9:8.1f}"
+        except Exception as exc:
+            shfl_failures.append(f"batch {size} timing: {type(exc).__name__}: {exc}")
+            shfl_rate = "  failed"
         t_e2e = gpu_seconds(lambda p=probs: solve_segmentation(p, "cupy"))
         padded = [cp.asarray(a) for a in pack_padded(probs)]
         t_xp = gpu_seconds(lambda p=padded: _align_cupy.solve_padded_cupy(*p))
@@ -260,4 +333,14 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
             f"batch {size:>6} ({cells / 1e6:.1f} M cells): RawKernel {cells / t_kernel / 1e9:8.1f} G cells/s "
             f"(device-resident), {cells / t_e2e / 1e9:6.2f} G cells/s from host lists; "
             f"cupy_xp {cells / t_xp / 1e9:6.2f} G cells/s; numba (CPU) {cells / t_cpu / 1e9:6.3f} G cells/s"
+        )
+        print(
+            f"batch {size:>6} device-resident, side by side: RawKernel (fused, verified) "
+            f"{cells / t_kernel / 1e9:8.1f} G cells/s | shfl variant {shfl_rate} G cells/s"
+            f"{'' if not shfl_failures else ' (MISMATCH, see above)'}"
+        )
+    if shfl_failures:
+        raise AssertionError(
+            "shfl variant: MISMATCH (the fused RawKernel passed all its checks): "
+            + " | ".join(shfl_failures)
         )
