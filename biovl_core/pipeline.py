@@ -163,6 +163,21 @@ def recording_similarity(
     return RecordingSimilarity(similarity, duration_s, sha, timings)
 
 
+def aligner_params(
+    method: str, configured: dict[str, Any], steps: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
+    """The aligner parameters for one recording: the configured ones, plus the protocol's step
+    texts for methods that use them (text-aware duration priors, docs/QUALITY.md).
+
+    The CLI, the service worker, ``biovl eval`` and ``biovl realign`` all call this, so one
+    recording gets the same alignment whichever path aligns it.
+    """
+    params = dict(configured)
+    if "steps" in method_spec(method).defaults and "steps" not in params:
+        params["steps"] = list(steps)
+    return params
+
+
 def resolve_method(cfg: PipelineConfig) -> str:
     """The aligner method the configuration asks for ('default' -> the project's best)."""
     return DEFAULT_METHOD if cfg.method == "default" else cfg.method
@@ -193,9 +208,7 @@ def align_video(
     )
     timings = {**load_timings, **rec.timings}
     method = resolve_method(cfg)
-    params = dict(cfg.method_params)
-    if "steps" in method_spec(method).defaults and "steps" not in params:
-        params["steps"] = list(protocol.steps)  # text-aware duration priors (docs/QUALITY.md)
+    params = aligner_params(method, cfg.method_params, protocol.steps)
     with timed(timings, "align"):
         alignment = align_fn(
             rec.similarity,

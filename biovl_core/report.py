@@ -18,7 +18,13 @@ from biovl_core.config import PipelineConfig
 from biovl_core.dataset import discover
 from biovl_core.formats import annotations_to_spans, read_annotations, to_csv, to_json, to_webvtt
 from biovl_core.metrics import aggregate, miou, step_ious
-from biovl_core.pipeline import ProgressFn, align_video, recording_similarity, resolve_method
+from biovl_core.pipeline import (
+    ProgressFn,
+    align_video,
+    aligner_params,
+    recording_similarity,
+    resolve_method,
+)
 from biovl_core.protocol import read_protocol
 from biovl_core.result import AlignmentResult, Span
 
@@ -135,16 +141,20 @@ def _score_methods(
     segment_seconds: float,
     methods: Sequence[str],
     backend: str = "auto",
+    steps: Sequence[str] | None = None,
 ) -> dict[str, float]:
+    """mIoU of each method on one recording (step texts passed as ``biovl align`` passes them)."""
     scores = {}
     for method in methods:
         resolved = resolve_method(PipelineConfig(method=method))
+        params = aligner_params(resolved, {}, list(steps)) if steps is not None else {}
         a = align(
             similarity,
             segment_seconds=segment_seconds,
             method=resolved,
             duration_s=duration_s,
             backend=backend if resolved != "uniform" else "auto",
+            **params,
         )
         scores[method] = miou(a.spans, gt)
     return scores
@@ -205,7 +215,13 @@ def eval_dataset(
             gt = annotations_to_spans(read_annotations(rec.annotations), protocol.steps)
             sim = recording_similarity(rec.video, protocol.steps, cfg, embedder, progress=progress)
             scores = _score_methods(
-                sim.similarity, gt, sim.duration_s, cfg.segment_seconds, methods, cfg.backend
+                sim.similarity,
+                gt,
+                sim.duration_s,
+                cfg.segment_seconds,
+                methods,
+                cfg.backend,
+                steps=protocol.steps,
             )
             rows.append({"name": rec.name, "experiment": rec.experiment, **scores})
             print(
@@ -231,7 +247,12 @@ def eval_synthetic(args: argparse.Namespace, methods: list[str], out: TextIO) ->
         for seed in seeds:
             for p in make_benchmark(seed=seed, difficulty=level):
                 scores = _score_methods(
-                    p.similarity, p.gt_spans, p.duration_s, p.segment_seconds, methods
+                    p.similarity,
+                    p.gt_spans,
+                    p.duration_s,
+                    p.segment_seconds,
+                    methods,
+                    steps=p.steps,
                 )
                 rows.append({"name": p.name, "experiment": p.experiment, "seed": seed, **scores})
         print(

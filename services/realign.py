@@ -455,7 +455,10 @@ def _result(
 
 
 def _align_group(
-    sims: list[np.ndarray], durations: list[float], cfg: PipelineConfig
+    sims: list[np.ndarray],
+    durations: list[float],
+    cfg: PipelineConfig,
+    steps: list[list[str]],
 ) -> tuple[list[Any], list[Any], int]:
     """(alignments, uniform baselines, DP align_batch calls) for recordings sharing one config.
 
@@ -464,31 +467,40 @@ def _align_group(
     the recording that caused it.
     """
     from biovl_core.align import align_batch
-    from biovl_core.pipeline import resolve_method
+    from biovl_core.pipeline import aligner_params, resolve_method
 
-    def run(s: list[np.ndarray], d: list[float], method: str, **params: Any) -> list[Any]:
+    def run(
+        s: list[np.ndarray], d: list[float], per: list[dict[str, Any]], method: str
+    ) -> list[Any]:
+        shared = cfg.method_params if method != "uniform" else {}
         return align_batch(
             s,
             segment_seconds=cfg.segment_seconds,
             method=method,
             backend=cfg.backend,
             duration_s=d,
-            **params,
+            per_video=per,
+            **shared,
         )
 
-    def batched(method: str, **params: Any) -> tuple[list[Any], int]:
+    def batched(method: str) -> tuple[list[Any], int]:
+        shared = cfg.method_params if method != "uniform" else {}
+        per = [  # what differs per recording: its step texts, for methods that use them
+            {k: v for k, v in aligner_params(method, shared, st).items() if k not in shared}
+            for st in steps
+        ]
         try:
-            return run(sims, durations, method, **params), 1
+            return run(sims, durations, per, method), 1
         except Exception:
             out: list[Any] = []
-            for s, d in zip(sims, durations, strict=True):
+            for s, d, p in zip(sims, durations, per, strict=True):
                 try:
-                    out.extend(run([s], [d], method, **params))
+                    out.extend(run([s], [d], [p], method))
                 except Exception as exc:
                     out.append(exc)
             return out, 1 + len(sims)
 
-    aligned, calls = batched(resolve_method(cfg), **cfg.method_params)
+    aligned, calls = batched(resolve_method(cfg))
     baselines, _ = batched("uniform")
     return aligned, baselines, calls
 
@@ -519,7 +531,8 @@ def align_stage(batch: Batch, identity: dict[str, Any]) -> Batch:
             for i in idx
         ]
         durations = [float(parsed[i][1]["duration_s"]) for i in idx]
-        aligned, baselines, n_calls = _align_group(sims, durations, cfg)
+        steps = [list(parsed[i][1]["steps"]) for i in idx]
+        aligned, baselines, n_calls = _align_group(sims, durations, cfg, steps)
         calls += n_calls
         for i, sim, a, b in zip(idx, sims, aligned, baselines, strict=True):
             task, state = parsed[i]

@@ -35,7 +35,7 @@ from biovl_core.align import align
 from biovl_core.cache import EmbeddingCache
 from biovl_core.embed import load_embedder
 from biovl_core.formats import to_csv, to_webvtt
-from biovl_core.pipeline import step_scores
+from biovl_core.pipeline import align_video, step_scores
 from biovl_core.protocol import parse_protocol
 from biovl_core.result import AlignmentResult
 from biovl_core.synthetic_video import EXPERIMENTS, make_recording
@@ -331,6 +331,19 @@ def test_local_realign_writes_new_versions_then_rerun_skips(template: Template, 
     assert len(done) == N_ALIGNABLE
     assert {p["service"]["config_key"] for p in done} == {key}
     assert all(p["aligner_version"] and p["service"]["previous_version"] == 1 for p in done)
+    # re-aligning gives what `biovl align` gives on the video with the same embedding cache
+    # (the fixture planted step-text embeddings in it)
+    for name, payload in latest.items():
+        lab, job_id = name.split("/")
+        if lab != "m-lab":
+            continue
+        jf = Archive(fresh).job(lab, job_id)
+        protocol = parse_protocol(jf.protocol_path.read_text(), filename="protocol.txt")
+        want = align_video(
+            jf.video_path(), protocol, cfg.replace(cache_dir=str(Path(fresh) / "embeddings"))
+        )
+        assert payload["labels"] == want.labels.tolist(), name
+        assert payload["method"] == "biovl" and payload["score"] == pytest.approx(want.score)
 
     score = summary.miou_score()
     annotated = (
