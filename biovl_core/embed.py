@@ -326,6 +326,32 @@ class Embedder:
     _fingerprint: str
     _dtype: torch.dtype
 
+    def _init_common(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        kind: str,
+        model_id: str,
+        weights: ResolvedWeights,
+        device: str,
+        frames_per_segment: int,
+        batch_size: int,
+        prompt_templates: tuple[str, ...],
+    ) -> None:
+        """The fields every embedder sets the same way (fp16 on CUDA, fp32 on CPU)."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.model_id = model_id
+        self.weights = weights.label
+        self._fingerprint = weights.fingerprint
+        self.device = device
+        self.frames_per_segment = frames_per_segment
+        self.batch_size = batch_size
+        self.prompt_templates = prompt_templates
+        self._dtype = torch.float16 if device.startswith("cuda") else torch.float32
+
     def _key_fields(self) -> dict[str, Any]:
         return {
             "version": EMBED_VERSION,
@@ -412,16 +438,17 @@ class ClipEmbedder(Embedder):
     ) -> None:
         open_clip = _open_clip()
         self._architecture = architecture or {}
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.kind = kind
-        self.model_id = model_id
-        self.weights = weights.label
-        self._fingerprint = weights.fingerprint
-        self.device = device
-        self.frames_per_segment = frames_per_segment
-        self.batch_size = batch_size
-        self.prompt_templates = prompt_templates
+        self._init_common(
+            model,
+            tokenizer,
+            kind=kind,
+            model_id=model_id,
+            weights=weights,
+            device=device,
+            frames_per_segment=frames_per_segment,
+            batch_size=batch_size,
+            prompt_templates=prompt_templates,
+        )
         pp = open_clip.get_model_preprocess_cfg(model)
         size = pp["size"]
         self.input_size = int(size if isinstance(size, int) else size[0])
@@ -431,7 +458,6 @@ class ClipEmbedder(Embedder):
         mean = torch.tensor(self._mean, device=device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
-        self._dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self.dim = int(getattr(model, "embed_dim", 0) or model.text_projection.shape[-1])
 
     def _key_fields(self) -> dict[str, Any]:
@@ -488,19 +514,19 @@ class S3DEmbedder(Embedder):
                 f"S3D needs an even number of frames per segment, got {frames_per_segment}; "
                 f"set frames_per_segment to e.g. {S3D_DEFAULT_FRAMES}."
             )
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.kind = "s3d"
-        self.model_id = S3D_MODEL_ID
-        self.weights = weights.label
-        self._fingerprint = weights.fingerprint
-        self.device = device
-        self.frames_per_segment = frames_per_segment
-        self.batch_size = batch_size
-        self.prompt_templates = prompt_templates
+        self._init_common(
+            model,
+            tokenizer,
+            kind="s3d",
+            model_id=S3D_MODEL_ID,
+            weights=weights,
+            device=device,
+            frames_per_segment=frames_per_segment,
+            batch_size=batch_size,
+            prompt_templates=prompt_templates,
+        )
         self.input_size = input_size
         self.dim = model.num_classes
-        self._dtype = torch.float16 if device.startswith("cuda") else torch.float32
 
     def _embed_video(self, video: torch.Tensor) -> torch.Tensor:
         n, k = video.shape[:2]

@@ -25,7 +25,14 @@ from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, load_embedder
 from biovl_core.protocol import Protocol
 from biovl_core.result import AlignmentResult
-from biovl_core.video import FrameSampler, get_sampler, probe, segment_timestamps, video_sha256
+from biovl_core.video import (
+    FrameSampler,
+    VideoInfo,
+    get_sampler,
+    probe,
+    segment_timestamps,
+    video_sha256,
+)
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 T = TypeVar("T")
@@ -99,15 +106,16 @@ def embed_video(
     timings: dict[str, float] | None = None,
     progress: ProgressFn | None = None,
     sampler: FrameSampler | None = None,
+    info: VideoInfo | None = None,
 ) -> np.ndarray:
     """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments.
 
     ``sampler`` replaces the configured decoder (the service passes one that calls its
-    Decoder deployment).
+    Decoder deployment); ``info`` is the probe the caller already made.
     """
     timings = {} if timings is None else timings
     with timed(timings, "probe"):
-        info = probe(video_path)
+        info = info or probe(video_path)
         stamps = segment_timestamps(info, cfg.segment_seconds, embedder.frames_per_segment)
         sampler = sampler or get_sampler(cfg.decoder)
     chunks: list[np.ndarray] = []
@@ -141,14 +149,20 @@ def recording_similarity(
     """Cosine similarity [K steps, N segments]; embeddings come from the cache when present."""
     timings: dict[str, float] = {}
     with timed(timings, "probe"):
-        duration_s = probe(video_path).duration_s
+        info = probe(video_path)
     with timed(timings, "hash"):
         sha = video_sha256(video_path)
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
 
     def compute() -> np.ndarray:
         return embed_video(
-            video_path, embedder, cfg, timings=timings, progress=progress, sampler=sampler
+            video_path,
+            embedder,
+            cfg,
+            timings=timings,
+            progress=progress,
+            sampler=sampler,
+            info=info,
         )
 
     if cache is not None:
@@ -160,7 +174,7 @@ def recording_similarity(
             cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
         )
     similarity = np.ascontiguousarray(text_emb @ video_emb.T, dtype=np.float32)
-    return RecordingSimilarity(similarity, duration_s, sha, timings)
+    return RecordingSimilarity(similarity, info.duration_s, sha, timings)
 
 
 def aligner_params(

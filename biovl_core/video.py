@@ -12,7 +12,6 @@ Frames come out as uint8 RGB ``[N, k, size, size, 3]``: the shorter side resized
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from biovl_core.cache import sha256_file
 from biovl_core.device import cuda_available, optional_import
 from biovl_core.errors import VideoError
 
@@ -599,9 +599,4 @@ get_decoder = get_sampler
 
 def video_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of the file's bytes, read in chunks (the archive's content key)."""
-    p = _check_file(path)
-    digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(_check_file(path), chunk)

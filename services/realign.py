@@ -469,33 +469,31 @@ def _align_group(
     from biovl_core.align import align_batch
     from biovl_core.pipeline import aligner_params, resolve_method
 
-    def run(
-        s: list[np.ndarray], d: list[float], per: list[dict[str, Any]], method: str
-    ) -> list[Any]:
-        shared = cfg.method_params if method != "uniform" else {}
-        return align_batch(
-            s,
-            segment_seconds=cfg.segment_seconds,
-            method=method,
-            backend=cfg.backend,
-            duration_s=d,
-            per_video=per,
-            **shared,
-        )
-
     def batched(method: str) -> tuple[list[Any], int]:
         shared = cfg.method_params if method != "uniform" else {}
         per = [  # what differs per recording: its step texts, for methods that use them
             {k: v for k, v in aligner_params(method, shared, st).items() if k not in shared}
             for st in steps
         ]
+
+        def run(s: list[np.ndarray], d: list[float], p: list[dict[str, Any]]) -> list[Any]:
+            return align_batch(
+                s,
+                segment_seconds=cfg.segment_seconds,
+                method=method,
+                backend=cfg.backend,
+                duration_s=d,
+                per_video=p,
+                **shared,
+            )
+
         try:
-            return run(sims, durations, per, method), 1
+            return run(sims, durations, per), 1
         except Exception:
             out: list[Any] = []
             for s, d, p in zip(sims, durations, per, strict=True):
                 try:
-                    out.extend(run([s], [d], [p], method))
+                    out.extend(run([s], [d], [p]))
                 except Exception as exc:
                     out.append(exc)
             return out, 1 + len(sims)
