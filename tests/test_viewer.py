@@ -59,6 +59,23 @@ def _browser_deps() -> Any:
     return sync_playwright
 
 
+def wait_in_page(page: Any, script: str, arg: Any = None, timeout_ms: float = 10_000) -> Any:
+    """Poll ``script`` (a JS function) with ``page.evaluate`` until it returns a truthy value.
+
+    Playwright's ``wait_for_function`` evaluates its predicate with ``eval`` inside the page, which
+    the viewer's CSP (``script-src 'self'``, no ``unsafe-eval``) forbids; ``page.evaluate`` runs
+    through the DevTools protocol and is not subject to the page's CSP.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        value = page.evaluate(script, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})")
+        page.wait_for_timeout(100)
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -225,7 +242,7 @@ def test_upload_view_seek_and_layout(
     page.click(f"{row} a")
     page.wait_for_url(f"**/jobs/{job_id}")
     page.wait_for_selector("#heatmap[data-drawn='true']", timeout=30_000)
-    page.wait_for_function("document.getElementById('video').readyState >= 1", timeout=30_000)
+    wait_in_page(page, "() => document.getElementById('video').readyState >= 1", timeout_ms=30_000)
 
     alignment = page.evaluate(
         """async (id) => (await fetch(`/v1/jobs/${id}/alignment.json?similarity=1`,
@@ -242,10 +259,10 @@ def test_upload_view_seek_and_layout(
     target = max(found, key=lambda s: s["start"])
     button = page.locator(f"#steps .step-button[data-index='{target['index']}']")
     button.click()
-    page.wait_for_function(
+    wait_in_page(
+        page,
         "(t) => Math.abs(document.getElementById('video').currentTime - t) < 0.5",
-        arg=target["start"],
-        timeout=10_000,
+        target["start"],
     )
     assert button.get_attribute("aria-current") == "step"
     assert page.locator("#steps [aria-current]").count() == 1
@@ -255,10 +272,10 @@ def test_upload_view_seek_and_layout(
     if first["index"] != target["index"]:
         page.locator(f"#steps .step-button[data-index='{first['index']}']").focus()
         page.keyboard.press("Enter")
-        page.wait_for_function(
+        wait_in_page(
+            page,
             "(t) => Math.abs(document.getElementById('video').currentTime - t) < 0.5",
-            arg=first["start"],
-            timeout=10_000,
+            first["start"],
         )
 
     # The heatmap canvas holds pixels: K rows of cells plus the path.
@@ -274,9 +291,7 @@ def test_upload_view_seek_and_layout(
     assert drawn["opaque"] > 100 and drawn["colours"] > 5, drawn
 
     # The WebVTT track is loaded into the player: one cue per found step.
-    page.wait_for_function(
-        "document.querySelector('#video track').readyState === 2", timeout=10_000
-    )
+    wait_in_page(page, "() => document.querySelector('#video track').readyState === 2")
     cues = page.evaluate("document.getElementById('video').textTracks[0].cues.length")
     assert cues == len(found)
     assert page.evaluate("document.querySelector('#video track').kind") == "chapters"
