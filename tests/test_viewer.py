@@ -72,7 +72,9 @@ def wait_in_page(page: Any, script: str, arg: Any = None, timeout_ms: float = 10
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})")
+            raise AssertionError(
+                f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})"
+            )
         page.wait_for_timeout(100)
 
 
