@@ -667,9 +667,6 @@ def get_sampler(name: str = "auto", **options: Any) -> FrameSampler:
     raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
 
 
-get_decoder = get_sampler
-
-
 def video_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of the file's bytes, read in chunks (the archive's content key)."""
     return sha256_file(_check_file(path), chunk)
