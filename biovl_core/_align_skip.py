@@ -67,7 +67,7 @@ def solve_skip(match: np.ndarray, drop: np.ndarray, skip: np.ndarray) -> tuple[n
                     o[i, j], o_from[i, j] = match[i, j] + c[i, j], 0
     labels = np.full(n, -1, dtype=np.int64)
     i, j, in_run = k, n, False
-    while i > 0 or j > 0:
+    while in_run or i > 0 or j > 0:
         if in_run:
             labels[j] = i
             if o_from[i, j] == 1:

@@ -26,11 +26,11 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    "biovl" turns text similarity (``standardize``, ``signal_strength``) and added, times
    ``exemplar_weight``, to the text problem's scores. The new posterior, at ``temperature``,
    is the recording's next ``Q_i``; a step may be skipped at ``skip_penalty``.
-4. Agreement: a recording's exemplar signal (median over steps of its signal strength)
-   against the group's median. Below ``min_agreement`` it is of something else: it stops
+4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
+   the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of something else: it stops
    teaching the others and is aligned from text alone.
 5. Final: the best labeling with skips (``_align_skip.solve_skip``); then each skipped step
-   whose best run among background segments gains more than ``skip_penalty`` is placed
+   whose best run among background segments gains more than ``place_gain`` is placed
    there, out of order (two steps swapped). Confidence: the posterior mass of the chosen
    span (or of the skip), 1 for annotated recordings.
 """
@@ -58,7 +58,8 @@ GROUP_DEFAULTS: dict[str, float] = {
     "annotated_weight": 3.0,
     "temperature": 3.0,
     "skip_penalty": 2.0,
-    "min_agreement": 0.5,
+    "min_agreement": 0.6,
+    "place_gain": 32.0,
 }
 
 
@@ -105,9 +106,7 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
     """GROUP_DEFAULTS overlaid with ``params``; unknown names and bad values are refused."""
     unknown = sorted(set(params) - set(GROUP_DEFAULTS))
     if unknown:
-        raise BioVLError(
-            f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}"
-        )
+        raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
@@ -149,23 +148,24 @@ def _centred(frames: np.ndarray) -> np.ndarray:
 
 def _exemplar_llr(
     prototypes: np.ndarray, x: np.ndarray, text_params: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step log-likelihood ratios [K, N] of frames ``x`` against ``prototypes``, signal [K].
+) -> tuple[np.ndarray, float]:
+    """Log-likelihood ratios [K + 1, N] of frames ``x`` against step and background prototypes.
 
     The same model "biovl" uses for text: standardized similarity z, signal mu from the
-    row's top cells, ``mu z - mu**2 / 2``; a prototype with no mass gives zeros.
+    row's top cells, ``mu z - mu**2 / 2``; a prototype with no mass gives zeros. Also the
+    fit of the recording to the steps: the mean over frames of the best step-prototype
+    cosine (a recording of something else resembles none of them).
     """
     norm = np.linalg.norm(prototypes, axis=1, keepdims=True)
     p = np.where(norm > 1e-12, prototypes / np.maximum(norm, 1e-12), 0.0)
-    z = standardize(p @ x.T)
+    cos = p @ x.T
+    z = standardize(cos)
     mu = signal_strength(z, text_params["top_share"], text_params["signal_offset"])
     mu = np.where(norm[:, 0] > 1e-12, mu, 0.0)
-    return mu[:, None] * z - 0.5 * mu[:, None] ** 2, mu
+    return mu[:, None] * z - 0.5 * mu[:, None] ** 2, float(cos[:-1].max(axis=0).mean())
 
 
-def _confidence(
-    labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int
-) -> np.ndarray:
+def _confidence(labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int) -> np.ndarray:
     """Per step: mean posterior over its labelled segments, or its skip probability."""
     conf = np.empty(k)
     for s in range(k):
@@ -175,18 +175,18 @@ def _confidence(
 
 
 def _place_skipped(
-    labels: np.ndarray, match: np.ndarray, drop: np.ndarray, skip_penalty: float, temp: float
+    labels: np.ndarray, match: np.ndarray, drop: np.ndarray, min_gain: float, temp: float
 ) -> dict[int, float]:
-    """Put skipped steps into background runs where they gain > ``skip_penalty`` (swaps).
+    """Put skipped steps into background runs where they gain > ``min_gain`` (swaps).
 
-    Returns the confidence of each placed step: a logistic of its margin over the penalty.
+    Returns the confidence of each placed step: a logistic of its margin over ``min_gain``.
     Runs are found with Kadane's maximum-sum subarray over each background stretch.
     """
     k = match.shape[0]
     placed: dict[int, float] = {}
     missing = [s for s in range(k) if not (labels == s).any()]
     while missing:
-        best = (skip_penalty, -1, 0, 0)
+        best = (min_gain, -1, 0, 0)
         free = labels < 0
         for s in missing:
             gain = np.where(free, match[s] - drop, -np.inf)
@@ -201,7 +201,7 @@ def _place_skipped(
         if s < 0:
             break
         labels[a : b + 1] = s
-        placed[s] = 1.0 / (1.0 + math.exp(-(g - skip_penalty) / temp))
+        placed[s] = 1.0 / (1.0 + math.exp(-(g - min_gain) / temp))
         missing.remove(s)
     return placed
 
@@ -248,7 +248,10 @@ def align_group(
     no_skip = np.full(k, -np.inf)
     temp = p["temperature"]
 
-    labelled = [None if a is None else _segment_labels(a, f.shape[0], seg) for a, f in zip(gt, feats, strict=True)]  # fmt: skip
+    labelled = [
+        None if a is None else _segment_labels(a, f.shape[0], seg)
+        for a, f in zip(gt, feats, strict=True)
+    ]
     soft: list[np.ndarray] = []
     for i in range(g):
         if labelled[i] is not None:
@@ -267,21 +270,18 @@ def align_group(
         sums = np.stack([_with_background(q) @ xi for q, xi in zip(soft, x, strict=True)])
         weights = source_weight * teaching
         total = np.tensordot(weights, sums, axes=1)
-        signal = np.zeros(g)
+        fit = np.zeros(g)
         for i in free:
-            llr, mu = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
+            llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
             match = problems[i].match + p["exemplar_weight"] * llr[:k]
             drop = problems[i].drop + p["exemplar_weight"] * llr[k]
-            mu = mu[:k]
             post, p_skip, _ = _align_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
-            signal[i] = float(np.median(mu))
         for i in [j for j in range(g) if gt[j] is not None]:
-            mu = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)[1]
-            signal[i] = float(np.median(mu[:k]))
-        reference = float(np.median(signal))
-        agreement = signal / reference if reference > 0 else np.zeros(g)
+            fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)[1]
+        reference = float(np.median(fit))
+        agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
 
     out: list[Alignment] = []
@@ -292,22 +292,27 @@ def align_group(
             labels = labelled[i]
             score = objective(problems[i].match, problems[i].drop, labels)
             conf = np.ones(k)
-            out.append(Alignment(gt[i], labels, score, GROUP_METHOD, {**base, "agreement": float(agreement[i])}, confidence=conf))  # fmt: skip
+            info = {**base, "agreement": float(agreement[i])}
+            out.append(Alignment(gt[i], labels, score, GROUP_METHOD, info, confidence=conf))
             continue
         if i not in scores or not teaching[i]:
             a = alone[i]
             m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
             post, p_skip, _ = _align_skip.posterior(m, d, no_skip, temp)
             a.confidence = _confidence(a.labels, post, p_skip, k)
-            a.params = {**a.params, "group": {**base, "agreement": float(agreement[i]), "used": False}}
+            a.params = {
+                **a.params,
+                "group": {**base, "agreement": float(agreement[i]), "used": False},
+            }
             out.append(a)
             continue
         match, drop, p_skip = scores[i]
-        labels, score = _align_skip.solve_skip(match, drop, skip)
+        labels, _ = _align_skip.solve_skip(match, drop, skip)
         conf = _confidence(labels, soft[i], p_skip, k)
-        for s, c in _place_skipped(labels, match, drop, p["skip_penalty"], temp).items():
+        for s, c in _place_skipped(labels, match, drop, p["place_gain"], temp).items():
             conf[s] = c
         spans = _spans(labels, k, seg, n * seg)
         score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
-        out.append(Alignment(spans, labels, score, GROUP_METHOD, {**base, "agreement": float(agreement[i]), "used": True}, confidence=conf))  # fmt: skip
+        info = {**base, "agreement": float(agreement[i]), "used": True}
+        out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))
     return out
