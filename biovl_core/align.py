@@ -38,6 +38,8 @@ class Alignment:
     score: float
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+    # Per-step confidence in [0, 1] (float array [K]); set by ``align_group``, None elsewhere.
+    confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -631,3 +633,12 @@ def align_batch_or_each(
 
 # Registers "biovl" and "nw_norm" (they build on the kernel above; imported last to avoid a cycle).
 import biovl_core.methods  # noqa: E402,F401
+
+
+def __getattr__(name: str) -> Any:
+    """``align_group`` lives in biovl_core.group (which imports this module); load it on use."""
+    if name == "align_group":
+        from biovl_core.group import align_group
+
+        return align_group
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
