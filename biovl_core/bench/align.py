@@ -114,6 +114,7 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
     import numba
 
     from biovl_core import _align_numba
+    from biovl_core._align_pack import pack_batch
     from biovl_core.align import align_batch, pack_flat
 
     repeats = 1 if quick else 3
@@ -152,6 +153,11 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
     rows.append(_row("numba align()", "single", problems, t, "api"))
     t = best_seconds(lambda: align_batch(sims, method="drop_dtw", backend="numba"), repeats)
     rows.append(_row("numba align_batch()", "batch", problems, t, "api"))
+    matches, drops = [p.match for p in problems], [p.drop for p in problems]
+    t = best_seconds(lambda: pack_flat(problems), repeats)
+    rows.append(_row("pack_flat (old)", "pack", problems, t, "pack"))
+    t = best_seconds(lambda: pack_batch(matches, drops), repeats)
+    rows.append(_row("pack_batch (1 buffer)", "pack", problems, t, "pack"))
     if cupy_usable():
         for backend in ("cupy_xp", "cupy"):
             t = best_seconds(lambda b=backend: solve_segmentation(problems, b), repeats)
@@ -192,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("aligner: drop_dtw segmentation, K=4..30 steps, N=50..400 segments, float32 + traceback")
     print(
         "all rows on the same problems (python loop on every one unless --quick); kernel = bare "
-        "solver, api = align()/align_batch() incl. validation, percentile drop cost, spans, score"
+        "solver, api = align()/align_batch() incl. validation, percentile drop cost, spans, score, "
+        "pack = packing the batch for the flat kernels (cells packed per second)"
     )
     print(format_table(rows))
     return 0
