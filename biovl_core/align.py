@@ -647,5 +647,31 @@ def align(
     )[0]
 
 
+def align_batch_or_each(
+    similarities: Sequence[Any],
+    *,
+    duration_s: Sequence[float | None],
+    per_video: Sequence[Mapping[str, Any]],
+    **kwargs: Any,
+) -> tuple[list[Alignment | Exception], int]:
+    """``align_batch`` over every video, retried video by video when the batch raises, so one
+    infeasible video gets its own error and the others still align.
+
+    Returns one ``Alignment`` or the exception it raised per video, and the number of
+    ``align_batch`` calls made; ``kwargs`` are ``align_batch``'s shared arguments.
+    """
+    sims, durations, per = list(similarities), list(duration_s), list(per_video)
+    try:
+        return list(align_batch(sims, duration_s=durations, per_video=per, **kwargs)), 1
+    except Exception:
+        out: list[Alignment | Exception] = []
+        for sim, duration, own in zip(sims, durations, per, strict=True):
+            try:
+                out.extend(align_batch([sim], duration_s=[duration], per_video=[own], **kwargs))
+            except Exception as exc:
+                out.append(exc)
+        return out, 1 + len(sims)
+
+
 # Registers "biovl" and "nw_norm" (they build on the kernel above; imported last to avoid a cycle).
 import biovl_core.methods  # noqa: E402,F401

@@ -72,7 +72,9 @@ def wait_in_page(page: Any, script: str, arg: Any = None, timeout_ms: float = 10
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})")
+            raise AssertionError(
+                f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})"
+            )
         page.wait_for_timeout(100)
 
 
@@ -89,7 +91,7 @@ class LiveService:
     def __init__(self, settings: Any) -> None:
         import uvicorn
 
-        from services.app import JobService, create_app
+        from services.api import JobService, create_app
         from services.worker import LocalRunner, Worker
 
         self.settings = settings
