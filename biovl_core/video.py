@@ -12,7 +12,9 @@ Frames come out as uint8 RGB ``[N, k, size, size, 3]``: the shorter side resized
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from biovl_core.cache import sha256_file
-from biovl_core.device import cuda_available, optional_import
+from biovl_core.device import cuda_available, nvdec_library, optional_import
 from biovl_core.errors import VideoError
 
 if TYPE_CHECKING:
@@ -39,6 +41,8 @@ TIME_EPS = 1e-6
 """Tolerance (seconds) when comparing a timestamp to a frame time, shared by all decoders."""
 
 SAMPLER_NAMES = ("auto", "pyav", "dali")
+
+log = logging.getLogger(__name__)
 
 ALLOWED_DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts")
 """FFmpeg demuxers a recording may use (what lab cameras write: MP4/MOV, MKV/WebM, AVI, AVCHD's
@@ -58,6 +62,7 @@ CANONICAL_EXTENSIONS = {
 """Extension an archived video is stored under, chosen from the demuxer that read it."""
 
 _AV_HINT = "pip install av"
+_DALI_HINT = "pip install 'biovl-aligner[gpu]' (nvidia-dali-cuda130)"
 
 
 @dataclass(frozen=True)
@@ -653,18 +658,61 @@ def dali_available() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class DecoderChoice:
+    """Which decoder runs and why; ``reason`` is a short token fit for a metric label."""
+
+    backend: str  # "dali" | "pyav"
+    reason: str  # "requested" | "nvdec_ok" | "no_cuda" | "no_dali" | "no_nvcuvid" | "probe_failed"
+    detail: str = ""  # what the probe saw, for the log
+
+
+@functools.lru_cache(maxsize=4)
+def choose_decoder(requested: str = "auto") -> DecoderChoice:
+    """Resolve a decoder name once per process; 'auto' probes CUDA, DALI, NVDEC and one decode.
+
+    A GPU node whose driver lacks NVDEC (``libnvcuvid``) or whose DALI cannot decode still
+    serves, on PyAV, after one warning. Services export the result as
+    ``decoder_backend{backend=..., reason=...}``.
+    """
+    key = (requested or "auto").strip().lower()
+    if key not in SAMPLER_NAMES:
+        raise ValueError(f"unknown decoder {requested!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    if key != "auto":
+        return DecoderChoice(key, "requested")
+    if not cuda_available():
+        return DecoderChoice("pyav", "no_cuda", "no CUDA GPU visible (or BIOVL_DEVICE=cpu)")
+    if not dali_available():
+        choice = DecoderChoice("pyav", "no_dali", f"nvidia.dali is not installed: {_DALI_HINT}")
+    elif nvdec_library() is None:
+        choice = DecoderChoice(
+            "pyav",
+            "no_nvcuvid",
+            "the NVIDIA driver's libnvcuvid (NVDEC) is not loadable; in a container set "
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video",
+        )
+    else:
+        from biovl_core._video_dali import smoke_test
+
+        try:
+            smoke_test()
+            return DecoderChoice("dali", "nvdec_ok", f"NVDEC via {nvdec_library()}")
+        except Exception as exc:  # any DALI/driver failure means: serve on the CPU decoder
+            choice = DecoderChoice("pyav", "probe_failed", f"{type(exc).__name__}: {exc}")
+    log.warning(
+        "GPU visible but decoding falls back to PyAV (reason %s): %s", choice.reason, choice.detail
+    )
+    return choice
+
+
 def get_sampler(name: str = "auto", **options: Any) -> FrameSampler:
-    """A frame sampler by name: 'auto' (DALI on a GPU with DALI installed, else PyAV), 'pyav', 'dali'."""
-    key = (name or "auto").strip().lower()
-    if key == "auto":
-        key = "dali" if dali_available() else "pyav"
+    """A frame sampler by name: 'auto' (DALI when `choose_decoder` finds NVDEC working, else PyAV), 'pyav', 'dali'."""
+    key = choose_decoder(name).backend
     if key == "pyav":
         return PyAVSampler(**options)
-    if key == "dali":
-        from biovl_core._video_dali import DALISampler
+    from biovl_core._video_dali import DALISampler
 
-        return DALISampler(**options)
-    raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    return DALISampler(**options)
 
 
 def video_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
