@@ -7,7 +7,7 @@ PIP := $(PY) -m pip -q
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv test test-fast run bench bench-quick gpu-check lint format loadtest clean
+.PHONY: help venv test test-fast test-cluster run bench bench-quick gpu-check lint format loadtest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test: $(STAMP) ## install what is needed, then run the whole test suite
 
 test-fast: $(STAMP) ## the suite without the slow service/browser tests
 	$(PY) -m pytest -q -m "not slow"
+
+test-cluster: $(STAMP) ## a real two-node Ray cluster here: jobs + realign, second node killed mid-run
+	BIOVL_CLUSTER_TEST=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=600 -s tests/cluster
 
 run: $(STAMP) ## start the service locally, submit a sample recording, print its alignment
 	$(PY) -m services.run_local
@@ -46,8 +49,8 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-loadtest: $(STAMP) ## bounded load test against a local service on 127.0.0.1
-	$(PY) loadtests/run.py
+loadtest: $(STAMP) ## load test, 6 labs: 1 job in flight per worker vs "auto", jobs/min + CPU busy %
+	$(PY) loadtests/run.py --labs 6 $(LOADTEST_ARGS)
 
 clean: ## remove caches and the local archive (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .hypothesis var artifacts

@@ -1,27 +1,36 @@
-"""Bounded load test: labs POST recordings and poll them; prints throughput and p50/p95 latencies.
+"""Bounded load test: labs POST recordings and poll them; prints throughput, p50/p95 latencies and
+how busy the CPUs were.
 
-    python loadtests/run.py                       # starts a local service (Ray Serve) itself
+    python loadtests/run.py --labs 6              # two phases on local services (Ray Serve) it starts:
+                                                  # 1 job in flight per worker, then the "auto" setting
+    python loadtests/run.py --phases 1,2,4,auto   # any list of jobs_in_flight settings, side by side
     python loadtests/run.py --url http://127.0.0.1:8000 --tokens lab1:TOKEN1,lab2:TOKEN2
 
-Only 127.0.0.1 / localhost targets are accepted. The scenario is bounded twice: a fixed number of
-jobs per lab and a wall-clock limit. Driver: asyncio + httpx (``loadtests/locustfile.py`` is the
-same scenario for Locust, for runs against a long-lived service).
+Each phase starts a fresh service (its own archive, so nothing is deduplicated across phases),
+runs one warm-up job, then the measured scenario: a fixed number of jobs per lab, bounded by a
+wall-clock limit. CPU busy % is the whole machine's (``/proc/stat`` through psutil: every process,
+other users included) and the service's own share (the CPU time of the processes this run
+started, over wall time x cores). Driver: asyncio + httpx (``loadtests/locustfile.py`` is the same
+scenario for Locust, for runs against a long-lived service).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,6 +51,87 @@ class Stats:
     def count(self, outcome: str) -> None:
         """Record one job outcome."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+class CpuMeter:
+    """CPU busy % over a run: the whole machine's, and that of this process's children (the
+    service it started), sampled every ``interval_s`` so short-lived children are counted too."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_loop, name="cpu-meter", daemon=True)
+        self._first: dict[int, float] = {}  # CPU seconds of each child when first seen
+        self._last: dict[int, float] = {}
+        self._names: dict[int, str] = {}
+        self._started = False  # children first seen after the start count from zero
+
+    def _sample_children(self) -> None:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                times = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            used = times.user + times.system
+            self._first.setdefault(proc.pid, 0.0 if self._started else used)
+            self._last[proc.pid] = used
+            if proc.pid not in self._names:
+                try:
+                    self._names[proc.pid] = proc.name()  # Ray workers: ray::ServeReplica:...
+                except psutil.Error:
+                    self._names[proc.pid] = str(proc.pid)
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample_children()
+
+    def __enter__(self) -> CpuMeter:
+        self._sample_children()  # processes alive now: only their time from here on counts
+        self._started = True
+        self._machine = psutil.cpu_times()
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample_children()
+        self.wall_s = time.monotonic() - self._t0
+        end = psutil.cpu_times()
+        total = sum(end) - sum(self._machine)
+        idle = (end.idle + getattr(end, "iowait", 0.0)) - (
+            self._machine.idle + getattr(self._machine, "iowait", 0.0)
+        )
+        self.machine_busy_pct = 100.0 * (1.0 - idle / total) if total > 0 else float("nan")
+        by_name: dict[str, float] = {}
+        for pid, last in self._last.items():
+            name = self._names.get(pid, str(pid))
+            by_name[name] = by_name.get(name, 0.0) + last - self._first.get(pid, 0.0)
+        cores = psutil.cpu_count() or 1
+        self.service_busy_pct = 100.0 * sum(by_name.values()) / (self.wall_s * cores)
+        self.by_process_pct = {
+            name: 100.0 * used / (self.wall_s * cores)
+            for name, used in sorted(by_name.items(), key=lambda kv: -kv[1])
+        }
+
+
+@dataclass
+class PhaseResult:
+    """One phase's setting, stats and CPU figures."""
+
+    setting: str
+    stats: Stats
+    wall_s: float
+    machine_busy_pct: float
+    service_busy_pct: float
+    by_process_pct: dict[str, float] = field(default_factory=dict)
+    plan: str = ""
+
+    @property
+    def jobs_per_min(self) -> float:
+        """Succeeded jobs per wall minute."""
+        return self.stats.outcomes.get("succeeded", 0) / self.wall_s * 60
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -131,14 +221,22 @@ async def run_scenario(
     return stats, time.monotonic() - start
 
 
-def report(stats: Stats, wall_s: float) -> None:
-    """Print throughput and latency percentiles."""
+def report(result: PhaseResult) -> None:
+    """Print one phase: throughput, CPU busy % and latency percentiles."""
+    stats, wall_s = result.stats, result.wall_s
     done = stats.outcomes.get("succeeded", 0)
-    print(f"\nwall time            {wall_s:8.1f} s")
+    print(f"\n--- jobs_in_flight={result.setting}  {result.plan}")
+    print(f"wall time            {wall_s:8.1f} s")
     print(f"jobs                 {stats.outcomes}")
     print(
         f"throughput           {done / wall_s * 60:8.2f} jobs/min   {stats.video_s / wall_s:6.2f} video-s/s"
     )
+    print(
+        f"CPU busy             {result.machine_busy_pct:8.1f} % machine   "
+        f"{result.service_busy_pct:6.1f} % by the service"
+    )
+    top = [f"{name} {pct:.0f}%" for name, pct in result.by_process_pct.items() if pct >= 1.0]
+    print(f"CPU by process       {', '.join(top[:6])}")
     print(f"{'latency':<20} {'n':>5} {'p50 (s)':>9} {'p95 (s)':>9} {'max (s)':>9}")
     for kind, values in stats.latencies.items():
         print(
@@ -147,22 +245,103 @@ def report(stats: Stats, wall_s: float) -> None:
         )
 
 
+def summary_table(results: list[PhaseResult], labs: int, jobs_per_lab: int) -> str:
+    """The phases side by side as a Markdown table (pasted into docs/BENCHMARKS.md)."""
+    base = results[0].jobs_per_min or float("nan")
+    lines = [
+        f"{labs} labs x {jobs_per_lab} jobs, {psutil.cpu_count()} cores",
+        "",
+        "| jobs in flight per worker | jobs/min | x first | video-s/s | CPU busy (machine) "
+        "| CPU busy (service) | job p50 (s) | job p95 (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        e2e = r.stats.latencies.get("job end to end", [])
+        lines.append(
+            f"| {r.setting} | {r.jobs_per_min:.1f} | {r.jobs_per_min / base:.2f} "
+            f"| {r.stats.video_s / r.wall_s:.1f} | {r.machine_busy_pct:.0f} % "
+            f"| {r.service_busy_pct:.0f} % | {percentile(e2e, 0.5):.1f} | {percentile(e2e, 0.95):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+Uploads = list[dict[str, tuple[str, bytes, str]]]
+
+
+def measure(
+    base_url: str,
+    tokens: dict[str, str],
+    uploads: Uploads,
+    args: argparse.Namespace,
+    setting: str,
+    plan: str = "",
+) -> PhaseResult:
+    """One warm-up job (uploads[0], not counted), then the scenario on the rest, CPU metered."""
+    warm_lab = next(iter(tokens.values()))
+    warm_stats, _ = asyncio.run(
+        run_scenario(base_url, {"warm": warm_lab}, [uploads[:1]], args.limit_s, args.poll_s)
+    )
+    if warm_stats.outcomes.get("succeeded", 0) != 1:
+        raise RuntimeError(f"the warm-up job did not succeed: {warm_stats.outcomes}")
+    timed = uploads[1:]
+    per_lab = [timed[i :: len(tokens)] for i in range(len(tokens))]
+    print(
+        f"{len(tokens)} labs x {args.jobs_per_lab} jobs against {base_url} "
+        f"(jobs_in_flight={setting}), limit {args.limit_s:g} s",
+        flush=True,
+    )
+    with CpuMeter() as meter:
+        stats, wall = asyncio.run(
+            run_scenario(base_url, tokens, per_lab, args.limit_s, args.poll_s)
+        )
+    return PhaseResult(
+        setting,
+        stats,
+        wall,
+        meter.machine_busy_pct,
+        meter.service_busy_pct,
+        meter.by_process_pct,
+        plan,
+    )
+
+
+def run_local_phase(
+    setting: str, tokens: dict[str, str], uploads: Uploads, args: argparse.Namespace
+) -> PhaseResult:
+    """Start a fresh local service with ``jobs_in_flight=setting``, measure it, stop it."""
+    from services.concurrency import plan_concurrency
+    from services.run_local import start_local_stack
+
+    var = Path(tempfile.mkdtemp(prefix="biovl-load-"))
+    stack = start_local_stack(var, args.port, quiet=True, jobs_in_flight=setting)
+    try:
+        plan = plan_concurrency(stack.settings).describe()
+        print(plan, flush=True)
+        return measure(stack.base_url, tokens, uploads, args, setting, plan)
+    finally:
+        stack.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, start a local service if no --url, run the scenario, print the report."""
+    """Parse arguments, run each phase (or the given --url), print the reports and the table."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--url", help="a running service on 127.0.0.1 (default: start one)")
     parser.add_argument("--tokens", help="lab:token,... for --url")
-    parser.add_argument("--labs", type=int, default=3)
+    parser.add_argument("--labs", type=int, default=6)
     parser.add_argument("--jobs-per-lab", type=int, default=3)
     parser.add_argument("--video-seconds", type=float, default=40.0)
-    parser.add_argument("--limit-s", type=float, default=300.0, help="wall-clock bound")
+    parser.add_argument("--limit-s", type=float, default=300.0, help="wall-clock bound per phase")
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--port", type=int, default=8000, help="port of the service started here")
+    parser.add_argument(
+        "--phases",
+        default="1,auto",
+        help='jobs_in_flight settings to run side by side, e.g. "1,auto" (default) or "1,2,4"',
+    )
     args = parser.parse_args(argv)
 
-    stack = None
     if args.url:
         host = urlparse(args.url).hostname
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -170,34 +349,23 @@ def main(argv: list[str] | None = None) -> int:
         if not args.tokens:
             parser.error("--url needs --tokens lab:token,...")
         tokens = dict(item.split(":", 1) for item in args.tokens.split(","))
-        base_url = args.url
     else:
-        import os
-
-        from services.run_local import start_local_stack
-
         tokens = {f"lab{i + 1}": secrets.token_urlsafe(12) for i in range(args.labs)}
         os.environ["BIOVL_LAB_TOKENS"] = ",".join(f"{k}:{v}" for k, v in tokens.items())
-        var = Path(tempfile.mkdtemp(prefix="biovl-load-"))
-        stack = start_local_stack(var, args.port)
-        base_url = stack.base_url
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            n = len(tokens) * args.jobs_per_lab
-            print(f"generating {n} recordings of {args.video_seconds:g} s ...", flush=True)
-            uploads = make_uploads(Path(tmp), n, args.video_seconds)
-            per_lab = [uploads[i :: len(tokens)] for i in range(len(tokens))]
-            print(
-                f"{len(tokens)} labs x {args.jobs_per_lab} jobs against {base_url}, limit {args.limit_s:g} s"
-            )
-            stats, wall = asyncio.run(
-                run_scenario(base_url, tokens, per_lab, args.limit_s, args.poll_s)
-            )
-        report(stats, wall)
-        return 0 if stats.outcomes.get("succeeded", 0) == n else 1
-    finally:
-        if stack is not None:
-            stack.stop()
+    n = len(tokens) * args.jobs_per_lab
+    results: list[PhaseResult] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"generating {n + 1} recordings of {args.video_seconds:g} s ...", flush=True)
+        uploads = make_uploads(Path(tmp), n + 1, args.video_seconds)
+        if args.url:
+            results.append(measure(args.url, tokens, uploads, args, "as deployed"))
+        else:
+            for setting in [p.strip() for p in args.phases.split(",") if p.strip()]:
+                results.append(run_local_phase(setting, tokens, uploads, args))
+    for r in results:
+        report(r)
+    print("\n" + summary_table(results, len(tokens), args.jobs_per_lab))
+    return 0 if all(r.stats.outcomes.get("succeeded", 0) == n for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -54,10 +54,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a standalone worker (pipeline in this process) until SIGTERM/SIGINT."""
     from services import metrics
-    from services.worker import LocalRunner, Worker
+    from services.concurrency import WorkerPool, apply_torch_threads, plan_concurrency
+    from services.worker import LocalRunner
 
     settings = _settings(args)
-    worker = Worker(settings, LocalRunner(), consumer=args.consumer)
+    if args.jobs_in_flight is not None:
+        settings = settings.replace(jobs_in_flight=args.jobs_in_flight)
+    elif args.consumer:  # a named consumer is one Redis consumer: one job at a time
+        settings = settings.replace(jobs_in_flight=1)
+    plan = plan_concurrency(settings)
+    logging.getLogger("biovl.worker").info("%s", plan.describe())
+    apply_torch_threads(plan.torch_threads)
+    worker = WorkerPool(settings, LocalRunner(), plan.jobs_in_flight, consumer=args.consumer)
     port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
     if port:
         metrics.serve_metrics(port)
@@ -69,9 +77,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"worker {worker.consumer} consuming {worker.queue.stream}", flush=True)
+    name = ", ".join(worker.consumers)
+    print(f"worker {name} consuming {worker.workers[0].queue.stream}", flush=True)
     handled = worker.run_forever(max_jobs=args.max_jobs)
-    print(f"worker {worker.consumer} stopped after {handled} job(s)", flush=True)
+    print(f"worker {name} stopped after {handled} job(s)", flush=True)
     return 0
 
 
@@ -142,7 +151,14 @@ def add_service_commands(sub: Any) -> None:
 
     command("serve", "run the Ray Serve application", cmd_serve)
     w = command("worker", "run a standalone queue worker", cmd_worker)
-    w.add_argument("--consumer", help="consumer name (default host-pid)")
+    w.add_argument(
+        "--consumer", help="consumer name (default host-pid); a named worker runs one job at a time"
+    )
+    w.add_argument(
+        "--jobs-in-flight",
+        default=None,
+        help='jobs this process runs at once: a number or "auto" (default: the jobs_in_flight setting)',
+    )
     w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
     r = command("requeue", "queue archived jobs that have no result", cmd_requeue)

@@ -121,6 +121,12 @@ GPU_UTILIZATION = Gauge(
     ["gpu"],
     multiprocess_mode="max",
 )
+DECODER_BACKEND = Gauge(
+    "biovl_decoder_backend",
+    "1 for the frame decoder a Decoder replica chose at start (dali or pyav) and why.",
+    ["backend", "reason"],
+    multiprocess_mode="max",
+)
 REALIGN_RECORDINGS = Counter(
     "biovl_realign_recordings_total", "Recordings processed by the archive re-aligner.", ["outcome"]
 )
@@ -139,6 +145,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_http_request_seconds",
         "biovl_gpu_utilization_ratio",
         "biovl_realign_recordings_total",
+        "biovl_decoder_backend",
     }
 )
 

@@ -55,9 +55,15 @@ def _weights_available(cfg: Any) -> tuple[bool, str]:
 
 
 def start_local_stack(
-    var_dir: Path = Path("var"), port: int = 8000, *, lab: str = "demo", quiet: bool = False
+    var_dir: Path = Path("var"),
+    port: int = 8000,
+    *,
+    lab: str = "demo",
+    quiet: bool = False,
+    **overrides: Any,
 ) -> LocalStack:
-    """Start Redis (if needed), Ray, Serve with the BioVL app on 127.0.0.1:``port``."""
+    """Start Redis (if needed), Ray, Serve with the BioVL app on 127.0.0.1:``port``;
+    ``overrides`` are service settings (e.g. ``jobs_in_flight``) over the environment's."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     var_dir = var_dir.resolve()
     metrics_dir = var_dir / "prometheus"
@@ -67,7 +73,10 @@ def start_local_stack(
     from services.settings import load_settings
 
     settings = load_settings(
-        archive_dir=str(var_dir / "archive"), http_port=port, metrics_dir=str(metrics_dir)
+        archive_dir=str(var_dir / "archive"),
+        http_port=port,
+        metrics_dir=str(metrics_dir),
+        **overrides,
     )
     tokens: dict[str, str] = {}
     if not settings.lab_tokens and not settings.tokens_file:
@@ -101,8 +110,10 @@ def start_local_stack(
     import ray
     from ray import serve
 
+    from services.concurrency import plan_concurrency
     from services.serve.app import build_app
 
+    say(plan_concurrency(settings).describe())
     say("Starting Ray and Ray Serve (takes a few seconds) ...")
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})

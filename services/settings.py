@@ -57,6 +57,10 @@ class ServiceSettings:
     decoder_replicas: int = 1
     embedder_replicas: int = 1
     aligner_replicas: int = 1
+    # jobs in flight per worker process and torch threads per job (services/concurrency.py):
+    # a number, or "auto" (from the CPU and GPU count; the resolved plan is logged at start)
+    jobs_in_flight: int | str = "auto"
+    torch_threads: int | str = "auto"
     embed_max_batch_size: int = 8  # requests (segment batches) per embedder call
     embed_batch_wait_timeout_s: float = 0.02
     align_max_batch_size: int = 16  # alignment requests per Aligner align_batch call
@@ -67,6 +71,10 @@ class ServiceSettings:
     aligner_num_gpus: float = 0.0  # backend "auto": the CuPy wavefront kernel when > 0
     worker_num_gpus: float = 0.0  # the QueueWorker only orchestrates the deployments above
     replica_num_cpus: float = 0.0
+    # Ray custom resources per deployment ("Embedder", "Decoder", "Aligner", "QueueWorker",
+    # "Ingress"), e.g. {"Embedder": {"gpu_pool": 1}}: places replicas on nodes that offer them;
+    # the "Embedder" entry also places ``biovl realign``'s embedding actors
+    deployment_resources: dict[str, dict[str, float]] = field(default_factory=dict)
     # metrics
     metrics_dir: str | None = None  # prometheus multiprocess dir shared by this node's processes
     worker_metrics_port: int = 9464  # standalone worker's /metrics (0: off)
@@ -105,7 +113,7 @@ def _coerce(name: str, raw: str, default: Any) -> Any:
     import json
 
     kind = type(default)
-    if name == "pipeline":
+    if name == "pipeline" or isinstance(default, dict):
         return json.loads(raw)
     if raw.strip().lower() in ("", "none", "null") and default is None:
         return None

@@ -57,6 +57,7 @@ def cmd_realign(args: argparse.Namespace) -> int:
         limit=args.limit,
         actors=args.actors or settings.embedder_replicas,
         embed_num_gpus=settings.embedder_num_gpus,
+        embed_resources=settings.deployment_resources.get("Embedder"),
         align_num_gpus=settings.aligner_num_gpus,
     )
     if summary.dry_run:

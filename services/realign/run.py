@@ -41,6 +41,7 @@ def realign_archive(
     limit: int | None = None,
     actors: int = 1,
     embed_num_gpus: float = 0.0,
+    embed_resources: dict[str, float] | None = None,
     align_num_gpus: float = 0.0,
     runner: LocalRunner | None = None,
     on_outcome: OnOutcome | None = None,
@@ -48,7 +49,8 @@ def realign_archive(
     """Re-align every archived recording whose latest alignment is not current; see the package doc.
 
     ``method`` overrides the aligner method for every job (else ``cfg.method`` + the job's own
-    options); ``use_ray`` is "local", "auto" or a cluster address.
+    options); ``use_ray`` is "local", "auto" or a cluster address; ``embed_resources`` are Ray
+    custom resources of the embedding actors (the service's Embedder placement).
     """
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
@@ -71,6 +73,7 @@ def realign_archive(
             ray_options = {
                 "actors": actors,
                 "embed_num_gpus": embed_num_gpus,
+                "embed_resources": embed_resources,
                 "align_num_gpus": align_num_gpus,
             }
             _run_tasks(summary, the_plan, runner, use_ray, batch, ray_options, progress, on_outcome)

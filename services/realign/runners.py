@@ -50,6 +50,7 @@ def run_ray(
     actors: int,
     embed_num_gpus: float,
     align_num_gpus: float,
+    embed_resources: dict[str, float] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The same stages as a Ray Data pipeline: read -> similarity (actor pool) -> align -> write."""
     import ray.data
@@ -65,6 +66,7 @@ def run_ray(
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
         num_gpus=embed_num_gpus,
         num_cpus=1,
+        **({"resources": embed_resources} if embed_resources else {}),
     )
     ds = ds.map_batches(
         align_stage,

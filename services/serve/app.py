@@ -37,12 +37,15 @@ def build_app(settings: ServiceSettings) -> Any:
     cfg = settings.to_dict()
     cpus = settings.replica_num_cpus
 
-    def opts(num_gpus: float, role: str) -> dict[str, Any]:
+    def opts(num_gpus: float, role: str, deployment: str) -> dict[str, Any]:
         env = {"env_vars": replica_env(settings, role)}
-        return {"num_cpus": cpus, "num_gpus": num_gpus, "runtime_env": env}
+        options = {"num_cpus": cpus, "num_gpus": num_gpus, "runtime_env": env}
+        if settings.deployment_resources.get(deployment):
+            options["resources"] = dict(settings.deployment_resources[deployment])
+        return options
 
     ingress = d["Ingress"].options(
-        num_replicas=settings.ingress_replicas, ray_actor_options=opts(0.0, "ingress")
+        num_replicas=settings.ingress_replicas, ray_actor_options=opts(0.0, "ingress", "Ingress")
     )
     if settings.worker_replicas <= 0:
         return ingress.bind(cfg)
@@ -52,7 +55,7 @@ def build_app(settings: ServiceSettings) -> Any:
         .options(
             num_replicas=settings.embedder_replicas,
             max_ongoing_requests=max(2 * batch, 16),
-            ray_actor_options=opts(settings.embedder_num_gpus, "pipeline"),
+            ray_actor_options=opts(settings.embedder_num_gpus, "pipeline", "Embedder"),
         )
         .bind(cfg)
     )
@@ -61,7 +64,7 @@ def build_app(settings: ServiceSettings) -> Any:
         .options(
             num_replicas=settings.decoder_replicas,
             max_ongoing_requests=4,
-            ray_actor_options=opts(settings.decoder_num_gpus, "pipeline"),
+            ray_actor_options=opts(settings.decoder_num_gpus, "pipeline", "Decoder"),
         )
         .bind(cfg)
     )
@@ -70,7 +73,7 @@ def build_app(settings: ServiceSettings) -> Any:
         .options(
             num_replicas=settings.aligner_replicas,
             max_ongoing_requests=max(2 * settings.align_max_batch_size, 16),
-            ray_actor_options=opts(settings.aligner_num_gpus, "pipeline"),
+            ray_actor_options=opts(settings.aligner_num_gpus, "pipeline", "Aligner"),
         )
         .bind(cfg)
     )
@@ -78,7 +81,7 @@ def build_app(settings: ServiceSettings) -> Any:
         d["QueueWorker"]
         .options(
             num_replicas=settings.worker_replicas,
-            ray_actor_options=opts(settings.worker_num_gpus, "pipeline"),
+            ray_actor_options=opts(settings.worker_num_gpus, "pipeline", "QueueWorker"),
             health_check_period_s=10,
         )
         .bind(cfg, embedder, decoder, aligner)

@@ -46,11 +46,25 @@ def _align_group_key(request: dict[str, Any]) -> Any:
     )
 
 
-def align_requests(requests: list[dict[str, Any]], default_backend: str = "auto") -> list[Any]:
+def group_backend(requests: list[dict[str, Any]], backend: str) -> str:
+    """The backend a group of requests runs on: ``align.py``'s auto rule (CuPy only for
+    batches of at least ``AUTO_CUPY_MIN_CELLS`` cells, with a usable GPU) or the named one."""
+    from biovl_core.align import auto_backend
+
+    if backend != "auto":
+        return backend
+    return auto_backend(sum(int(np.size(r["similarity"])) for r in requests))
+
+
+def align_requests(
+    requests: list[dict[str, Any]],
+    default_backend: str = "auto",
+    used: dict[str, int] | None = None,
+) -> list[Any]:
     """Align a list of single-video requests: one ``align_batch`` call per group of requests
     sharing (method, backend, segment_seconds, params). Returns one ``Alignment`` per request,
     or the exception that request raised (a failing group is retried request by request, so one
-    bad request does not fail the others)."""
+    bad request does not fail the others). ``used`` counts the groups per backend that ran."""
     from biovl_core.align import DEFAULT_METHOD, align_batch_or_each
 
     groups: dict[Any, list[int]] = {}
@@ -59,13 +73,16 @@ def align_requests(requests: list[dict[str, Any]], default_backend: str = "auto"
     out: list[Any] = [None] * len(requests)
     for idx in groups.values():
         first = requests[idx[0]]
+        backend = group_backend([requests[i] for i in idx], first["backend"] or default_backend)
+        if used is not None:
+            used[backend] = used.get(backend, 0) + 1
         results, _ = align_batch_or_each(
             [requests[i]["similarity"] for i in idx],
             duration_s=[requests[i]["duration_s"] for i in idx],
             per_video=[_per_video_params(requests[i]) for i in idx],
             segment_seconds=first["segment_seconds"],
             method=first["method"] or DEFAULT_METHOD,
-            backend=first["backend"] or default_backend,
+            backend=backend,
             **_shared_params(first),
         )
         for i, res in zip(idx, results, strict=True):
@@ -134,13 +151,26 @@ def serve_deployments() -> dict[str, Any]:
         """
 
         def __init__(self, settings: dict[str, Any]) -> None:
-            from biovl_core.video import get_sampler
+            from biovl_core.video import choose_decoder, get_sampler
 
             self.settings = ServiceSettings.from_dict(settings)
-            self.sampler = get_sampler(self.settings.pipeline_config().decoder)
+            # Probed once per replica; choose_decoder itself warns when a visible GPU falls back.
+            self.choice = choose_decoder(self.settings.pipeline_config().decoder)
+            if self.choice.reason == "no_cuda" and self.settings.decoder_num_gpus > 0:
+                log.warning(
+                    "Decoder replica has a GPU share but decodes with PyAV: %s", self.choice.detail
+                )
+            self.sampler = get_sampler(self.choice.backend)
+            metrics.DECODER_BACKEND.labels(
+                backend=self.choice.backend, reason=self.choice.reason
+            ).set(1)
             # DALI pipelines are stateful objects: one decode at a time; PyAV opens per call.
             self._lock = threading.Lock() if self.sampler.name == "dali" else None
-            log.info("Decoder replica decodes with the %s sampler", self.sampler.name)
+            log.info(
+                "Decoder replica decodes with the %s sampler (%s)",
+                self.sampler.name,
+                self.choice.reason,
+            )
             self._calls = 0
             self._segments = 0
             if self.settings.worker_metrics_port:
@@ -164,22 +194,25 @@ def serve_deployments() -> dict[str, Any]:
 
         def stats(self) -> dict[str, Any]:
             """Which sampler this replica runs and what it decoded (tests, debugging)."""
-            return {"sampler": self.sampler.name, "calls": self._calls, "segments": self._segments}
+            return {
+                "sampler": self.sampler.name,
+                "reason": self.choice.reason,
+                "calls": self._calls,
+                "segments": self._segments,
+            }
 
     @serve.deployment(name="Aligner")
     class AlignerDeployment:
         """Alignment requests from concurrent jobs, batched into one ``align_batch`` call per
-        (method, params) group: the CuPy wavefront kernel on a GPU replica, numba on CPU."""
+        (method, params) group; backend "auto" follows align.py's rule per group (the CuPy
+        wavefront kernel for batches big enough to pay for the copy on a GPU replica, else numba)."""
 
         def __init__(self, settings: dict[str, Any]) -> None:
-            from biovl_core.device import cupy_usable
-
             self.settings = ServiceSettings.from_dict(settings)
             self.backend = self.settings.pipeline_config().backend
             self.align_batched.set_max_batch_size(self.settings.align_max_batch_size)
             self.align_batched.set_batch_wait_timeout_s(self.settings.align_batch_wait_timeout_s)
-            auto = "cupy" if cupy_usable() else "numba"
-            self._resolved = auto if self.backend == "auto" else self.backend
+            self._backends: dict[str, int] = {}  # backend -> request groups it solved
             self._batches = 0
             self._requests = 0
             self._max_batch = 0
@@ -199,12 +232,14 @@ def serve_deployments() -> dict[str, Any]:
             self._batches += 1
             self._requests += len(requests)
             self._max_batch = max(self._max_batch, len(requests))
-            return await asyncio.to_thread(align_requests, requests, self.backend)
+            return await asyncio.to_thread(align_requests, requests, self.backend, self._backends)
 
         def stats(self) -> dict[str, Any]:
-            """Backend and batching counters of this replica (tests, debugging)."""
+            """Backends used (the most used first) and batching counters (tests, debugging)."""
+            used = sorted(self._backends, key=self._backends.get, reverse=True)
             return {
-                "backend": self._resolved,
+                "backend": used[0] if used else None,
+                "backends": dict(self._backends),
                 "batches": self._batches,
                 "requests": self._requests,
                 "max_batch": self._max_batch,
@@ -217,22 +252,24 @@ def serve_deployments() -> dict[str, Any]:
         def __init__(
             self, settings: dict[str, Any], embedder: Any, decoder: Any = None, aligner: Any = None
         ) -> None:
-            from services.worker import Worker
+            from services.concurrency import WorkerPool
 
             self.settings = ServiceSettings.from_dict(settings)
             self._runner_args = (embedder, decoder, aligner)
-            self.worker: Worker | None = None
+            self.worker: WorkerPool | None = None
             self._error: BaseException | None = None
             self._thread = threading.Thread(target=self._run, name="queue-worker", daemon=True)
             self._thread.start()
 
         def _run(self) -> None:
+            from services.concurrency import WorkerPool, plan_concurrency
             from services.serve.remote import ServeRunner
-            from services.worker import Worker
 
             try:
+                plan = plan_concurrency(self.settings)
+                log.info("QueueWorker replica %s", plan.describe())
                 runner = ServeRunner(self.settings, *self._runner_args)
-                self.worker = Worker(self.settings, runner)
+                self.worker = WorkerPool(self.settings, runner, plan.jobs_in_flight)
                 if self.settings.worker_metrics_port:
                     metrics.serve_metrics(self.settings.worker_metrics_port)
                 metrics.start_sampler(self.worker.sample_queue)
@@ -247,8 +284,9 @@ def serve_deployments() -> dict[str, Any]:
                 raise RuntimeError(f"queue worker thread stopped: {self._error!r}")
 
         def stats(self) -> dict[str, Any]:
-            """Consumer name (for tests and debugging)."""
-            return {"consumer": self.worker.consumer if self.worker else None}
+            """Consumer names, one per job in flight (for tests and debugging)."""
+            consumers = self.worker.consumers if self.worker else []
+            return {"consumer": consumers[0] if consumers else None, "consumers": consumers}
 
         def __del__(self) -> None:
             if self.worker is not None:

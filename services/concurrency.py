@@ -1,0 +1,203 @@
+"""How many jobs run at once, and on how many threads: decided here, from the CPU and GPU count.
+
+One worker process (a Serve ``QueueWorker`` replica or ``python -m services worker``) runs
+``jobs_in_flight`` Worker loops side by side, each its own Redis consumer, sharing one runner.
+While one job waits on the Decoder another is embedded and a third aligned, so the CPUs stay
+busy; the Embedder batches the concurrent jobs' segments into one forward pass. Torch's
+intra-op threads are capped so that jobs x threads stays about the core count.
+
+Settings ``jobs_in_flight`` and ``torch_threads`` take a number or ``"auto"`` (the default);
+every process logs the resolved plan once at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.settings import ServiceSettings
+
+log = logging.getLogger("biovl.concurrency")
+
+MAX_JOBS_IN_FLIGHT = 32
+"""Upper bound of the automatic choice: beyond it Redis connections and memory grow for nothing."""
+
+JOBS_PER_CPU = 2
+"""Automatic jobs in flight per core on a CPU node: a job spends about half its time waiting on
+another deployment (decode, embed, align, archive writes), so two per core keep each core fed
+(measured with ``make loadtest``, docs/BENCHMARKS.md)."""
+
+JOBS_PER_GPU = 8
+"""Automatic jobs in flight per GPU: enough concurrent jobs for the Embedder's batches to fill
+(unverified, not run on a GPU)."""
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """The resolved plan of one process: what it runs at once, and why."""
+
+    cpus: int
+    gpus: int
+    jobs_in_flight: int  # Worker loops (Redis consumers) in one worker process
+    torch_threads: int  # intra-op threads of one in-process embedding call
+    source: str  # "auto" or "settings" (per field: which ones were given)
+
+    def describe(self) -> str:
+        """One log line."""
+        return (
+            f"concurrency: {self.jobs_in_flight} job(s) in flight per worker process, "
+            f"{self.torch_threads} torch thread(s) per job, from {self.cpus} CPU(s) and "
+            f"{self.gpus} GPU(s) ({self.source})"
+        )
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: its affinity mask, bounded by a cgroup v2 CPU quota (k8s limits)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def gpu_count() -> int:
+    """GPUs visible to this process (0 with ``BIOVL_DEVICE=cpu``, without NVML, or without GPUs)."""
+    from biovl_core.device import forced_device
+
+    if forced_device() == "cpu":
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # no pynvml, no driver: no GPU to plan for
+        return 0
+
+
+def _given(value: Any, name: str) -> int | None:
+    """A setting's number, or None for "auto"; refuses anything else with the fix."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(
+            f"service setting {name}={value!r} is not understood: give a whole number >= 1 "
+            f'or "auto" (BIOVL_{name.upper()} or the settings YAML)'
+        )
+    return number
+
+
+def plan_concurrency(
+    settings: ServiceSettings, cpus: int | None = None, gpus: int | None = None
+) -> Concurrency:
+    """The jobs in flight per worker process and the torch threads per job, for this machine."""
+    cpus = cpu_count() if cpus is None else max(1, cpus)
+    gpus = gpu_count() if gpus is None else max(0, gpus)
+    jobs = _given(settings.jobs_in_flight, "jobs_in_flight")
+    threads = _given(settings.torch_threads, "torch_threads")
+    given = [n for n, v in (("jobs_in_flight", jobs), ("torch_threads", threads)) if v]
+    if jobs is None:
+        jobs = min(MAX_JOBS_IN_FLIGHT, max(JOBS_PER_CPU * cpus, JOBS_PER_GPU * gpus))
+    if threads is None:
+        threads = max(1, cpus // jobs)
+    source = f"settings: {', '.join(given)}" if given else "auto"
+    return Concurrency(cpus, gpus, jobs, threads, source)
+
+
+def apply_torch_threads(threads: int) -> None:
+    """Cap torch's intra-op threads in this process (when torch is installed)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(max(1, int(threads)))
+
+
+class WorkerPool:
+    """``jobs_in_flight`` Worker loops in one process, sharing one runner; each is a consumer.
+
+    The first keeps the base consumer name, the others get ``-2``, ``-3``, ... appended.
+    ``max_jobs`` bounds the jobs of the whole pool (for tests and one-shot runs).
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        runner: Any,
+        jobs_in_flight: int,
+        *,
+        consumer: str | None = None,
+    ) -> None:
+        from services.worker import Worker
+
+        first = Worker(settings, runner, consumer=consumer)
+        self.workers = [first] + [
+            Worker(settings, runner, archive=first.archive, consumer=f"{first.consumer}-{i}")
+            for i in range(2, jobs_in_flight + 1)
+        ]
+        self._tickets: int | None = None
+        self._lock = threading.Lock()
+        self._handled = 0
+
+    @property
+    def consumers(self) -> list[str]:
+        """The Redis consumer names of the pool's loops."""
+        return [w.consumer for w in self.workers]
+
+    def _take_ticket(self) -> bool:
+        """True while the pool may start another job (always, without ``max_jobs``)."""
+        with self._lock:
+            if self._tickets is None:
+                return True
+            if self._tickets <= 0:
+                return False
+            self._tickets -= 1
+            return True
+
+    def _loop(self, worker: Any) -> None:
+        """One slot: claim and process one job at a time until stopped or out of tickets."""
+        while not worker.stop_event.is_set() and self._take_ticket():
+            handled = worker.run_forever(max_jobs=1)
+            with self._lock:
+                self._handled += handled
+            if handled == 0:  # stopped while waiting for a job
+                return
+
+    def run_forever(self, max_jobs: int | None = None) -> int:
+        """Run every slot until ``stop()`` (or ``max_jobs`` over the pool); returns jobs handled."""
+        self._tickets = max_jobs
+        threads = [
+            threading.Thread(target=self._loop, args=(w,), name=f"worker-{w.consumer}", daemon=True)
+            for w in self.workers
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return self._handled
+
+    def stop(self) -> None:
+        """Let every slot finish its current job, then leave ``run_forever``."""
+        for w in self.workers:
+            w.stop()
+
+    def sample_queue(self) -> None:
+        """Refresh the queue gauges (one slot's queue speaks for all)."""
+        self.workers[0].sample_queue()
