@@ -130,8 +130,61 @@ def apply_torch_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+FINGERPRINT_BYTES = 64 * 1024
+
+
+def video_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Cheap identity of a video file: its size and its first and last 64 KiB. Equal files give
+    equal fingerprints; two different files that collide only run one after another."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        digest = hashlib.sha256(str(size).encode())
+        digest.update(fh.read(FINGERPRINT_BYTES))
+        fh.seek(max(0, size - FINGERPRINT_BYTES))
+        digest.update(fh.read(FINGERPRINT_BYTES))
+    return digest.hexdigest()
+
+
+class OneJobPerVideo:
+    """A runner wrapper: jobs of the same recording in one process run one after another, so the
+    second finds the first's embeddings in the cache instead of decoding and embedding again.
+    Jobs of different recordings overlap freely."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # fingerprint -> (lock, users)
+
+    def __getattr__(self, name: str) -> Any:  # remote_stages and the like
+        return getattr(self.runner, name)
+
+    def model_identity(self, cfg: Any) -> tuple[str, str, str]:
+        """The wrapped runner's model identity."""
+        return self.runner.model_identity(cfg)
+
+    def run(self, video: Path, *args: Any) -> Any:
+        """The wrapped runner's ``run``, after any running job of the same recording."""
+        key = video_fingerprint(video)
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                return self.runner.run(video, *args)
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 class WorkerPool:
     """``jobs_in_flight`` Worker loops in one process, sharing one runner; each is a consumer.
+    Jobs of one recording take turns (``OneJobPerVideo``), so they share its embeddings.
 
     The first keeps the base consumer name, the others get ``-2``, ``-3``, ... appended.
     ``max_jobs`` bounds the jobs of the whole pool (for tests and one-shot runs).
@@ -147,6 +200,7 @@ class WorkerPool:
     ) -> None:
         from services.worker import Worker
 
+        runner = OneJobPerVideo(runner) if jobs_in_flight > 1 else runner
         first = Worker(settings, runner, consumer=consumer)
         self.workers = [first] + [
             Worker(settings, runner, archive=first.archive, consumer=f"{first.consumer}-{i}")

