@@ -1,11 +1,14 @@
 """Bounded load test: labs POST recordings and poll them; prints throughput, p50/p95 latencies and
 how busy the CPUs were.
 
-    python loadtests/run.py --labs 6              # two phases on local services (Ray Serve) it starts:
-                                                  # 1 job in flight per worker, then the "auto" setting
-    python loadtests/run.py --phases 1,2,4,auto   # any list of jobs_in_flight settings, side by side
+    python loadtests/run.py --labs 6              # three phases on local services (Ray Serve) it starts:
+                                                  # "today", jobs_in_flight=1, jobs_in_flight=auto
+    python loadtests/run.py --phases 1,2,4,auto   # any list of phases, side by side
     python loadtests/run.py --url http://127.0.0.1:8000 --tokens lab1:TOKEN1,lab2:TOKEN2
 
+A phase is a ``jobs_in_flight`` setting (a number or ``auto``, torch threads ``auto``), or
+``today``: the service as it ran before ``services/concurrency.py``, one job in flight per worker
+and the Embedder on one torch thread (Ray's OMP_NUM_THREADS=1 in replicas that reserve no CPUs).
 Each phase starts a fresh service (its own archive, so nothing is deduplicated across phases),
 runs one warm-up job, then the measured scenario: a fixed number of jobs per lab, bounded by a
 wall-clock limit. CPU busy % is the whole machine's (``/proc/stat`` through psutil: every process,
@@ -225,7 +228,7 @@ def report(result: PhaseResult) -> None:
     """Print one phase: throughput, CPU busy % and latency percentiles."""
     stats, wall_s = result.stats, result.wall_s
     done = stats.outcomes.get("succeeded", 0)
-    print(f"\n--- jobs_in_flight={result.setting}  {result.plan}")
+    print(f"\n--- phase {result.setting}: {result.plan}")
     print(f"wall time            {wall_s:8.1f} s")
     print(f"jobs                 {stats.outcomes}")
     print(
@@ -251,7 +254,7 @@ def summary_table(results: list[PhaseResult], labs: int, jobs_per_lab: int) -> s
     lines = [
         f"{labs} labs x {jobs_per_lab} jobs, {psutil.cpu_count()} cores",
         "",
-        "| jobs in flight per worker | jobs/min | x first | video-s/s | CPU busy (machine) "
+        "| phase (jobs in flight per worker) | jobs/min | x first | video-s/s | CPU busy (machine) "
         "| CPU busy (service) | job p50 (s) | job p95 (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -287,7 +290,7 @@ def measure(
     per_lab = [timed[i :: len(tokens)] for i in range(len(tokens))]
     print(
         f"{len(tokens)} labs x {args.jobs_per_lab} jobs against {base_url} "
-        f"(jobs_in_flight={setting}), limit {args.limit_s:g} s",
+        f"(phase {setting}), limit {args.limit_s:g} s",
         flush=True,
     )
     with CpuMeter() as meter:
@@ -305,15 +308,26 @@ def measure(
     )
 
 
+PHASE_PRESETS: dict[str, dict[str, str]] = {
+    "today": {"jobs_in_flight": "1", "torch_threads": "1"},
+}
+"""Named phases: the settings they stand for (any other phase is a ``jobs_in_flight`` value)."""
+
+
+def phase_settings(phase: str) -> dict[str, str]:
+    """The service settings of one phase."""
+    return PHASE_PRESETS.get(phase, {"jobs_in_flight": phase})
+
+
 def run_local_phase(
     setting: str, tokens: dict[str, str], uploads: Uploads, args: argparse.Namespace
 ) -> PhaseResult:
-    """Start a fresh local service with ``jobs_in_flight=setting``, measure it, stop it."""
+    """Start a fresh local service with the phase's settings, measure it, stop it."""
     from services.concurrency import plan_concurrency
     from services.run_local import start_local_stack
 
     var = Path(tempfile.mkdtemp(prefix="biovl-load-"))
-    stack = start_local_stack(var, args.port, quiet=True, jobs_in_flight=setting)
+    stack = start_local_stack(var, args.port, quiet=True, **phase_settings(setting))
     try:
         plan = plan_concurrency(stack.settings).describe()
         print(plan, flush=True)
@@ -337,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port of the service started here")
     parser.add_argument(
         "--phases",
-        default="1,auto",
-        help='jobs_in_flight settings to run side by side, e.g. "1,auto" (default) or "1,2,4"',
+        default="today,1,auto",
+        help='phases side by side: "today" or a jobs_in_flight setting (default "today,1,auto")',
     )
     args = parser.parse_args(argv)
 

@@ -44,14 +44,15 @@ class Concurrency:
     gpus: int
     jobs_in_flight: int  # Worker loops (Redis consumers) in one worker process
     torch_threads: int  # intra-op threads of one in-process embedding call
+    embedder_threads: int  # intra-op threads of an Embedder replica (one batched call at a time)
     source: str  # "auto" or "settings" (per field: which ones were given)
 
     def describe(self) -> str:
         """One log line."""
         return (
             f"concurrency: {self.jobs_in_flight} job(s) in flight per worker process, "
-            f"{self.torch_threads} torch thread(s) per job, from {self.cpus} CPU(s) and "
-            f"{self.gpus} GPU(s) ({self.source})"
+            f"{self.torch_threads} torch thread(s) per in-process job, {self.embedder_threads} "
+            f"per Embedder replica, from {self.cpus} CPU(s) and {self.gpus} GPU(s) ({self.source})"
         )
 
 
@@ -115,10 +116,13 @@ def plan_concurrency(
     given = [n for n, v in (("jobs_in_flight", jobs), ("torch_threads", threads)) if v]
     if jobs is None:
         jobs = min(MAX_JOBS_IN_FLIGHT, max(JOBS_PER_CPU * cpus, JOBS_PER_GPU * gpus))
+    # The Embedder deployment runs one batched forward pass at a time: it gets every core. (Ray
+    # sets OMP_NUM_THREADS=1 in replicas that reserve no CPUs, which would leave torch on one.)
+    embedder_threads = threads or cpus
     if threads is None:
         threads = max(1, cpus // jobs)
     source = f"settings: {', '.join(given)}" if given else "auto"
-    return Concurrency(cpus, gpus, jobs, threads, source)
+    return Concurrency(cpus, gpus, jobs, threads, embedder_threads, source)
 
 
 def apply_torch_threads(threads: int) -> None:

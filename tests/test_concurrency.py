@@ -24,6 +24,7 @@ def test_auto_plan_scales_with_cpus_and_gpus_and_caps_torch_threads() -> None:
     auto = ServiceSettings()
     two = plan_concurrency(auto, cpus=2, gpus=0)
     assert (two.jobs_in_flight, two.torch_threads, two.source) == (4, 1, "auto")
+    assert two.embedder_threads == 2  # one batched forward pass at a time: every core
     sixteen = plan_concurrency(auto, cpus=16, gpus=0)
     assert sixteen.jobs_in_flight == 32 and sixteen.torch_threads == 1
     gpu = plan_concurrency(auto, cpus=2, gpus=2)
@@ -40,7 +41,7 @@ def test_given_settings_win_and_bad_ones_name_the_fix() -> None:
     assert one.source == "settings: jobs_in_flight"
     env = {"BIOVL_JOBS_IN_FLIGHT": "3", "BIOVL_TORCH_THREADS": "2"}
     both = plan_concurrency(load_settings(env=env), cpus=8, gpus=0)
-    assert (both.jobs_in_flight, both.torch_threads) == (3, 2)
+    assert (both.jobs_in_flight, both.torch_threads, both.embedder_threads) == (3, 2, 2)
     with pytest.raises(ValueError, match="jobs_in_flight='many'.*BIOVL_JOBS_IN_FLIGHT"):
         plan_concurrency(ServiceSettings(jobs_in_flight="many"), cpus=2, gpus=0)
     with pytest.raises(ValueError, match="torch_threads=0"):

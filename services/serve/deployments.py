@@ -100,8 +100,14 @@ def serve_deployments() -> dict[str, Any]:
 
         def __init__(self, settings: dict[str, Any]) -> None:
             from biovl_core.embed import load_embedder
+            from services.concurrency import apply_torch_threads, plan_concurrency
 
             self.settings = ServiceSettings.from_dict(settings)
+            plan = plan_concurrency(self.settings)
+            apply_torch_threads(plan.embedder_threads)
+            log.info(
+                "Embedder replica: %d torch thread(s); %s", plan.embedder_threads, plan.describe()
+            )
             self.embedder = load_embedder(self.settings.pipeline_config())
             self.embed_frames.set_max_batch_size(self.settings.embed_max_batch_size)
             self.embed_frames.set_batch_wait_timeout_s(self.settings.embed_batch_wait_timeout_s)
