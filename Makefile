@@ -27,7 +27,7 @@ test-fast: $(STAMP) ## the suite without the slow service/browser tests
 	$(PY) -m pytest -q -m "not slow"
 
 test-cluster: $(STAMP) ## a real two-node Ray cluster here: jobs + realign, second node killed mid-run
-	BIOVL_CLUSTER_TEST=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=600 -s tests/cluster
+	BIOVL_CLUSTER_TEST=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=600 -s -W ignore::DeprecationWarning tests/cluster
 
 run: $(STAMP) ## start the service locally, submit a sample recording, print its alignment
 	$(PY) -m services.run_local
