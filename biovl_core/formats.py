@@ -144,6 +144,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
                 "start": _num(span[0]) if span else None,
                 "end": _num(span[1]) if span else None,
                 "score": _num(score),
+                "line": result.step_line(i),
+                "notes": result.step_notes(i),
             }
         )
     d: dict[str, Any] = {
@@ -218,6 +220,8 @@ def alignment_from_dict(d: dict[str, Any]) -> AlignmentResult:
         baseline_spans=None
         if baseline is None
         else [(float(s[0]), float(s[1])) if s else None for s in baseline],
+        notes=[list(s.get("notes") or []) for s in steps],
+        step_lines=[s.get("line") for s in steps],
     )
 
 

@@ -257,6 +257,8 @@ def align_video(
         config=cfg.to_dict(),
         timings=timings,
         baseline_spans=list(baseline.spans),
+        notes=[list(n) for n in protocol.notes],
+        step_lines=list(protocol.lines),
     )
 
 

@@ -470,7 +470,7 @@ def _marker_style(m: re.Match[str], view: str) -> tuple[str, int | None] | None:
     if g["dec"]:
         parts = g["dec"].split(".")
         punct = g["dec_p"]
-        if not punct and (len(parts) == 1 or not _starts_like_step(rest)):
+        if not punct and not _starts_like_step(rest):
             return None
         if punct == ":" and len(parts) == 1 and not _starts_like_step(rest):
             return None
@@ -519,16 +519,16 @@ def _inline_items(raw: str) -> list[str]:
     if _INLINE_CIRCLED.match(stripped) and len(_INLINE_CIRCLED.findall(stripped)) > 1:
         starts = [m.start() for m in _INLINE_CIRCLED.finditer(view)]
         return [raw[a:b] for a, b in zip(starts, [*starts[1:], len(raw)], strict=True)]
-    first = re.match(r"\s*(\d{1,4})[.)]\s+", view)
+    first = re.match(r"(?P<lead>[^:：]{1,60}[:：]\s+)?\s*(?P<n>\d{1,4})[.)]\s+", view)
     if not first:
         return [raw]
-    expected = int(first.group(1)) + 1
-    starts = [0]
+    expected = int(first.group("n")) + 1
+    starts = [0] if first.group("lead") is None else [0, first.start("n")]
     for m in _INLINE_NUMBER.finditer(view, first.end()):
         if int(m.group("n")) == expected:
             starts.append(m.start("n"))
             expected += 1
-    if len(starts) == 1:
+    if expected == int(first.group("n")) + 1:
         return [raw]
     return [raw[a:b] for a, b in zip(starts, [*starts[1:], len(raw)], strict=True)]
 

@@ -87,6 +87,7 @@ export function normalise(raw, job) {
       end: found ? end : null,
       score: num(step.score),
       iou: num(step.iou),
+      notes: Array.isArray(step.notes) ? step.notes.map(String).filter((n) => n.trim()) : [],
     };
   });
   const similarity = Array.isArray(raw.similarity) ? raw.similarity : null;
@@ -314,7 +315,10 @@ function renderSteps() {
       ),
     );
     button.style.setProperty("--step-color", stepColor(step.index));
-    return h("li", { class: found ? "step" : "step step-missing" }, button);
+    const notes = step.notes.length
+      ? h("ul", { class: "step-notes", "aria-label": `Notes on step ${step.index + 1}` }, ...step.notes.map((n) => h("li", { class: "step-note" }, n)))
+      : null;
+    return h("li", { class: found ? "step" : "step step-missing" }, button, notes);
   });
   $("#steps").replaceChildren(...items);
 }
