@@ -136,18 +136,19 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
     for i, (text, span, score) in enumerate(
         zip(result.steps, result.spans, result.step_scores, strict=True)
     ):
-        steps.append(
-            {
-                "index": i,
-                "number": i + 1,
-                "text": text,
-                "start": _num(span[0]) if span else None,
-                "end": _num(span[1]) if span else None,
-                "score": _num(score),
-                "line": result.step_line(i),
-                "notes": result.step_notes(i),
-            }
-        )
+        step: dict[str, Any] = {
+            "index": i,
+            "number": i + 1,
+            "text": text,
+            "start": _num(span[0]) if span else None,
+            "end": _num(span[1]) if span else None,
+            "score": _num(score),
+        }
+        if result.step_line(i) is not None:
+            step["line"] = result.step_line(i)  # where the step is in the protocol file
+        if result.step_notes(i):
+            step["notes"] = result.step_notes(i)  # the protocol's notes on this step
+        steps.append(step)
     d: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
