@@ -36,6 +36,7 @@ from biovl_core.errors import AnnotationError, BioVLError, ProtocolError, VideoE
 from services import metrics
 from services.archive import Archive, ArchiveError, JobFiles, annotations_ext, video_ext
 from services.auth import AuthError, TokenStore, bearer_token
+from services.protocol_preview import register_protocol_preview
 from services.queue import JobQueue
 from services.redis_conn import connect
 from services.settings import SAFE_OPTION_KEYS, ServiceSettings
@@ -400,6 +401,7 @@ def create_app(service: JobService) -> FastAPI:
     """The FastAPI app serving ``service``."""
     app = FastAPI(title="BioVL aligner", version="1", docs_url="/docs", redoc_url=None)
     app.state.service = service
+    register_protocol_preview(app, service)
 
     @app.exception_handler(HTTPProblem)
     async def _problem(_: Request, exc: HTTPProblem) -> JSONResponse:
