@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path)
     p.add_argument("protocol", type=Path, help="plain text, numbered/bulleted list, or JSON")
     p.add_argument("--annotations", type=Path, help="ground truth (CSV step,start,end or JSON)")
-    p.add_argument("--out", type=Path, help="folder for alignment.json/.csv/.vtt")
+    p.add_argument("--out", type=Path, help="folder for alignment.json/.csv/.vtt/.eaf (ELAN)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or banners")
     add_model_arguments(p)
     p.set_defaults(func=_cmd_align)

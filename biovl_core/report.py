@@ -20,7 +20,14 @@ from biovl_core.cache import atomic_write
 from biovl_core.config import PipelineConfig
 from biovl_core.dataset import discover
 from biovl_core.errors import BioVLError
-from biovl_core.formats import annotations_to_spans, read_annotations, to_csv, to_json, to_webvtt
+from biovl_core.formats import (
+    annotations_to_spans,
+    read_annotations,
+    to_csv,
+    to_eaf,
+    to_json,
+    to_webvtt,
+)
 from biovl_core.metrics import aggregate, miou, step_ious
 from biovl_core.pipeline import (
     ProgressFn,
@@ -115,12 +122,13 @@ def step_table(result: AlignmentResult, gt: Sequence[Span] | None = None) -> str
 
 
 def write_outputs(result: AlignmentResult, out_dir: Path) -> list[Path]:
-    """Write alignment.json (with the similarity matrix), .csv and .vtt into ``out_dir``."""
+    """Write alignment.json (with the similarity matrix), .csv, .vtt and .eaf into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "alignment.json": to_json(result, include_similarity=True),
         "alignment.csv": to_csv(result),
         "alignment.vtt": to_webvtt(result),
+        "alignment.eaf": to_eaf(result),
     }
     paths = []
     for name, text in files.items():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint
 
-from services.cli import main
 from biovl_core.synthetic_video import make_recording
+from services.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,9 @@ def test_eval_goes_on_past_a_failing_recording(
     make_recording(data / "pcr_01", "pcr", seed=1, duration_s=40)
     broken = make_recording(data / "pcr_02", "pcr", seed=2, duration_s=40)
     (broken / "video.mp4").write_bytes(b"not a video at all")
-    code, out, err = _run(["eval", str(data), "--methods", "uniform,nw", *_model(checkpoint)], capsys)
+    code, out, err = _run(
+        ["eval", str(data), "--methods", "uniform,nw", *_model(checkpoint)], capsys
+    )
     assert code == 1
     assert "pcr_02" in err and "failed" in err
     assert "FAILED" in out and "1 recording failed: pcr_02" in out

@@ -21,6 +21,7 @@ import pytest
 from fixtures_embed import make_tiny_clip_checkpoint
 from service_fixtures import TOKENS, make_settings, poll, upload
 
+from biovl_core.protocol import read_protocol
 from biovl_core.synthetic_video import make_recording
 
 pytestmark = pytest.mark.slow
@@ -72,7 +73,9 @@ def wait_in_page(page: Any, script: str, arg: Any = None, timeout_ms: float = 10
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})")
+            raise AssertionError(
+                f"timed out after {timeout_ms} ms waiting for {script!r} ({arg!r})"
+            )
         page.wait_for_timeout(100)
 
 
@@ -198,6 +201,14 @@ def _upload_through_form(page: Any, base: str, recording: Path) -> str:
     assert "token" not in page.url, "the token must be removed from the address bar"
     page.set_input_files("#video", str(recording / "video.mp4"))
     page.set_input_files("#protocol", str(recording / "protocol.txt"))
+    steps = read_protocol(recording / "protocol.txt").steps
+    shown = wait_in_page(
+        page,
+        "(n) => { const s = [...document.querySelectorAll('#protocol-preview .preview-text')];"
+        " return s.length === n && s.map((e) => e.textContent); }",
+        len(steps),
+    )
+    assert shown == steps, "the upload form previews the steps the worker will align"
     page.set_input_files("#annotations", str(recording / "annotations.csv"))
     page.click("#upload-submit")
     link = page.wait_for_selector("#new-job-link", timeout=60_000)
