@@ -35,8 +35,8 @@ bench: $(STAMP) ## benchmarks: aligner, decoder, embedder, end to end (ratios si
 bench-quick: $(STAMP) ## the same benchmarks on smaller inputs
 	$(PY) -m biovl_core.bench all --quick
 
-gpu-check: ## on a CUDA machine: every GPU path against its CPU twin, with throughput
-	python3 scripts/gpu_check.py
+gpu-check: ## on a CUDA machine: every GPU path vs its CPU twin, then the whole app (GPU_CHECK_ARGS=--quick)
+	python3 scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,7 @@ Re-run ``biovl_core.bench.align.gpu_check`` on any other GPU before trusting it 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -485,14 +486,25 @@ def solve_flat_shfl(
     kmin = int(ks_h.min()) if nb else 0
     if nb == 0 or kmin < 1 or kmax > SHFL_MAX_K:
         return solve_flat_rawkernel(m_flat, m_off, drop_flat, seg_off, ks_h, ns_h, kernel="fused")
+    return _launch_shfl(
+        cp.asarray(m_flat, dtype=cp.float32),
+        cp.asarray(m_off, dtype=cp.int64),
+        cp.asarray(drop_flat, dtype=cp.float32),
+        cp.asarray(seg_off, dtype=cp.int64),
+        cp.asarray(ks_h, dtype=cp.int32),
+        cp.asarray(ns_h, dtype=cp.int32),
+        kmax,
+    )
+
+
+def _launch_shfl(
+    m_d: Any, m_off_d: Any, drop_d: Any, seg_off_d: Any, ks_d: Any, ns_d: Any, kmax: int
+) -> tuple[Any, Any]:
+    """Launch the "shfl" kernel on device arrays (ks_d/ns_d int32, 1 <= K <= kmax <= 64)."""
+    cp = _cupy()
+    nb = int(ks_d.shape[0])
     spl = 1 if kmax <= 32 else 2
     warps = SHFL_WARPS // spl
-    m_d = cp.asarray(m_flat, dtype=cp.float32)
-    drop_d = cp.asarray(drop_flat, dtype=cp.float32)
-    m_off_d = cp.asarray(m_off, dtype=cp.int64)
-    seg_off_d = cp.asarray(seg_off, dtype=cp.int64)
-    ks_d = cp.asarray(ks_h, dtype=cp.int32)
-    ns_d = cp.asarray(ns_h, dtype=cp.int32)
     segments = int(drop_d.shape[0])
     # one 16-byte word (4 x uint32) per segment and slot
     dirs = cp.empty(max(1, segments * spl * 4), dtype=cp.uint32)
@@ -504,6 +516,58 @@ def solve_flat_shfl(
         (m_d, m_off_d, drop_d, seg_off_d, ks_d, ns_d, np.int32(nb), dirs, labels, scores),
     )
     return labels, scores
+
+
+class _PinnedBuffers(threading.local):
+    """A grow-only page-locked host buffer per thread, reused by its batches (pinning is slow).
+
+    A batch's buffer stays valid until the same thread packs its next batch, so the caller
+    can still read the packed host arrays (``align_batch`` sums the optima from them).
+    """
+
+    def __init__(self) -> None:
+        self._memory: Any = None
+        self._array: np.ndarray | None = None
+
+    def allocate(self, nbytes: int) -> np.ndarray:
+        """A uint8 view of at least `nbytes` pinned bytes."""
+        if self._array is None or self._array.nbytes < nbytes:
+            cp = _cupy()
+            size = max(nbytes, 2 * (0 if self._array is None else self._array.nbytes))
+            self._memory = cp.cuda.alloc_pinned_memory(size)
+            self._array = np.frombuffer(self._memory, dtype=np.uint8, count=size)
+        return self._array[:nbytes]
+
+
+PINNED = _PinnedBuffers()
+
+
+def solve_from_host(matches: Any, drops: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Alignments from host arrays: pack once into pinned memory, one copy, one launch.
+
+    ``matches`` [K_b, N_b] and ``drops`` [N_b] per alignment (numpy). Returns host flat labels
+    (int64, packed order), float32 optima and the ``PackedBatch`` (valid until this thread's
+    next call). Unverified (not run on a GPU): the packing is the CPU-tested
+    ``_align_pack.pack_batch``; the kernels are the ones verified on an H200.
+    """
+    from biovl_core._align_pack import pack_batch
+
+    cp = _cupy()
+    packed = pack_batch(matches, drops, allocate=PINNED.allocate)
+    device = cp.empty(packed.buffer.nbytes, dtype=cp.uint8)
+    device.set(packed.buffer, stream=cp.cuda.get_current_stream())  # the one host->device copy
+    m_d, drop_d = packed.view("m_flat", device), packed.view("drop_flat", device)
+    m_off_d, seg_off_d = packed.view("m_off", device), packed.view("seg_off", device)
+    kmax = int(packed.ks.max()) if len(packed.ks) else 0
+    kmin = int(packed.ks.min()) if len(packed.ks) else 0
+    if 1 <= kmin and kmax <= SHFL_MAX_K:
+        ks_d, ns_d = packed.view("ks", device), packed.view("ns", device)
+        labels, scores = _launch_shfl(m_d, m_off_d, drop_d, seg_off_d, ks_d, ns_d, kmax)
+    else:
+        labels, scores = solve_flat_rawkernel(
+            m_d, m_off_d, drop_d, seg_off_d, packed.ks, packed.ns, kernel="fused"
+        )
+    return labels.get(), scores.get(), packed
 
 
 def solve_padded_cupy(mt: Any, drop: Any, ks: Any, ns: Any) -> tuple[Any, Any]:

@@ -1,17 +1,24 @@
 """GPU frame sampler: NVIDIA DALI decodes on NVDEC, resizes and crops on the GPU.
 
-Unverified on GPU: written against DALI 2.x's documented API (``fn.decoders.video`` with
-its ``frames`` argument, ``fn.resize``, ``fn.crop``, ``nvidia.dali.plugin.pytorch.feed_ndarray``)
-and not yet run here; ``make gpu-check`` compares it with the PyAV sampler frame by frame.
+Unverified (not run on a GPU): written against DALI's documented API (``fn.decoders.video``,
+or ``fn.experimental.decoders.video`` on older releases, decoding an in-memory stream with
+its ``frames`` argument; ``fn.resize``; ``fn.crop``; ``nvidia.dali.plugin.pytorch.feed_ndarray``).
+``make gpu-check`` compares it with the PyAV sampler frame by frame, VFR and long files included.
 
-Frame choice matches the CPU sampler exactly: the presentation times of all frames are
-read on the CPU (`video.frame_times`, a packet scan without decoding) and each timestamp
-becomes a frame index by the module's frame rule (`video.frame_index_at`); DALI then
-decodes exactly those indices. Frames stay on the GPU: the result is a torch CUDA tensor.
+What is read: the packet index of each video once (`video_plan.index_packets`, cached per
+file), then per batch a read plan (`video_plan.plan_reads`): the wanted frames, the keyframe
+runs that decode them and their byte ranges. Only those bytes are read and remuxed into a
+short MP4 clip; DALI decodes the clip and returns exactly the wanted frames, resized on the
+GPU (shorter side to ``size``, center crop) and turned upright. Frame choice matches the CPU
+sampler (same frame rule, exact pts). Frames stay on the GPU: torch CUDA uint8 tensors.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +27,20 @@ from typing import Any
 import numpy as np
 
 from biovl_core.device import cuda_available, optional_import
-from biovl_core.video import (
-    DecodeStats,
-    _as_timestamps,
-    _check_file,
-    frame_index_at,
-    frame_times,
-    probe,
-)
+from biovl_core.video import DecodeStats, PyAVSampler, _as_timestamps, _check_file, probe
+from biovl_core.video_plan import PacketIndex, index_packets, plan_reads, write_clip
+
+log = logging.getLogger(__name__)
 
 DALI_HINT = "pip install 'biovl-aligner[gpu]' (nvidia-dali-cuda130)"
+
+
+def _decoder_op(fn: Any) -> Any:
+    """DALI's in-memory video decoder: ``fn.decoders.video`` (DALI 2.x) or the experimental one."""
+    decoders = getattr(fn, "decoders", None)
+    if decoders is not None and hasattr(decoders, "video"):
+        return decoders.video
+    return fn.experimental.decoders.video
 
 
 class DALISampler:
@@ -37,7 +48,13 @@ class DALISampler:
 
     name = "dali"
 
-    def __init__(self, device_id: int = 0, chunk_frames: int = 128, num_threads: int = 4) -> None:
+    def __init__(
+        self,
+        device_id: int = 0,
+        max_clip_frames: int = 128,
+        num_threads: int = 4,
+        cached_videos: int = 16,
+    ) -> None:
         if not cuda_available():
             raise RuntimeError(
                 "the DALI decoder needs a CUDA GPU and none is visible; use decoder='pyav' "
@@ -46,16 +63,25 @@ class DALISampler:
         self.dali = optional_import("nvidia.dali", DALI_HINT)
         self.torch = optional_import("torch", "pip install torch")
         self.device_id = device_id
-        self.chunk_frames = chunk_frames
+        self.max_clip_frames = max_clip_frames
         self.num_threads = num_threads
         self._pipes: dict[int, Any] = {}
+        self._indexes: collections.OrderedDict[tuple, tuple[PacketIndex, int]] = (
+            collections.OrderedDict()
+        )
+        self._cached_videos = cached_videos
+        self._index_lock = threading.Lock()
+        self._cpu = PyAVSampler()
         self.last_stats = DecodeStats()
+        self.last_bytes_read = 0
 
     def _pipeline(self, size: int) -> Any:
-        """A built pipeline (cached per output size): encoded bytes + frame indices in, S x S crops out."""
+        """A built pipeline (cached per output size): clip bytes + frame indices in, S x S crops out."""
         if size in self._pipes:
             return self._pipes[size]
         from nvidia.dali import fn, pipeline_def, types
+
+        decode = _decoder_op(fn)
 
         @pipeline_def(
             batch_size=1,
@@ -64,9 +90,9 @@ class DALISampler:
             prefetch_queue_depth=1,
         )
         def sample_pipe() -> Any:
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=True)
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            video = fn.decoders.video(encoded, device="mixed", frames=indices)
+            video = decode(encoded, device="mixed", frames=indices)
             video = fn.resize(video, resize_shorter=float(size), antialias=True)
             return fn.crop(video, crop=(size, size))
 
@@ -75,26 +101,43 @@ class DALISampler:
         self._pipes[size] = pipe
         return pipe
 
-    def _decode(self, pipe: Any, data: np.ndarray, indices: np.ndarray, out: Any) -> None:
-        """Decode sorted frame `indices` into the CUDA tensor `out` [len(indices), S, S, 3]."""
+    def packet_index(self, path: str | Path) -> tuple[PacketIndex, int]:
+        """(packet index, display rotation) of a video, read once and kept for later batches."""
+        p = _check_file(path)
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        with self._index_lock:
+            if key in self._indexes:
+                self._indexes.move_to_end(key)
+                return self._indexes[key]
+        entry = (index_packets(p), probe(p).rotation)
+        with self._index_lock:
+            self._indexes[key] = entry
+            while len(self._indexes) > self._cached_videos:
+                self._indexes.popitem(last=False)
+        return entry
+
+    def _decode_chunk(self, index: PacketIndex, ts: np.ndarray, size: int, out: Any) -> DecodeStats:
+        """Decode the frames shown at ts [c, k] into the CUDA tensor out [c, k, S, S, 3]."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        pipe.feed_input("encoded", [data])
-        pipe.feed_input("frames", [indices.astype(np.int32)])
+        torch = self.torch
+        plan = plan_reads(index, ts)
+        clip = np.frombuffer(write_clip(index, plan), dtype=np.uint8)
+        pipe = self._pipeline(size)
+        pipe.feed_input("encoded", [clip])
+        pipe.feed_input("frames", [plan.clip_frames.astype(np.int32)])
         (video,) = pipe.run()
-        tensor = video.as_tensor()  # [1, F, S, S, 3]
-        feed_ndarray(tensor, out.view(1, *out.shape), cuda_stream=self.torch.cuda.current_stream())
-
-    def _prepare(
-        self, path: str | Path, timestamps: np.ndarray
-    ) -> tuple[Path, Any, np.ndarray, np.ndarray]:
-        """Probe, map timestamps to frame indices, and load the encoded file once."""
-        p = _check_file(path)
-        info = probe(p)
-        ts = _as_timestamps(timestamps)
-        indices = frame_index_at(frame_times(p), ts)
-        data = np.fromfile(p, dtype=np.uint8)
-        return p, info, indices, data
+        device = out.device
+        decoded = torch.empty((len(plan.frames), size, size, 3), dtype=torch.uint8, device=device)
+        feed_ndarray(
+            video.as_tensor(),
+            decoded.view(1, *decoded.shape),
+            cuda_stream=torch.cuda.current_stream(),
+        )
+        out.copy_(decoded[torch.as_tensor(plan.inverse, device=device)].view(out.shape))
+        self.last_bytes_read += plan.bytes_read
+        return DecodeStats(len(plan.packets), len(plan.frames), len(plan.runs))
 
     def iter_batches(
         self,
@@ -105,28 +148,32 @@ class DALISampler:
     ) -> Iterator[tuple[slice, Any]]:
         """Yield (segment slice, CUDA uint8 [b, k, size, size, 3]); GPU memory bounded by the batch."""
         torch = self.torch
-        _, info, indices, data = self._prepare(path, timestamps)
-        pipe = self._pipeline(size)
+        ts = _as_timestamps(timestamps)
+        if batch_segments < 1:
+            raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
+        index, rotation = self.packet_index(path)
+        device = torch.device("cuda", self.device_id)
+        if not index.raw_bytes:
+            log.warning("%s: not an MP4/MOV packet layout; decoding it with PyAV", index.path)
+            for sl, frames in self._cpu.iter_batches(path, ts, size, batch_segments):
+                yield sl, torch.from_numpy(frames).to(device)
+            return
         stats = DecodeStats()
         self.last_stats = stats
+        self.last_bytes_read = 0
         started = time.perf_counter()
-        n, k = indices.shape
-        turns = info.rotation // 90
-        device = torch.device("cuda", self.device_id)
-        for a in range(0, n, max(1, batch_segments)):
+        n, k = ts.shape
+        per_chunk = max(1, self.max_clip_frames // max(1, k))
+        turns = rotation // 90
+        for a in range(0, n, batch_segments):
             b = min(n, a + batch_segments)
-            unique, inverse = np.unique(indices[a:b].ravel(), return_inverse=True)
-            decoded = torch.empty((len(unique), size, size, 3), dtype=torch.uint8, device=device)
-            for c in range(0, len(unique), self.chunk_frames):
-                self._decode(
-                    pipe,
-                    data,
-                    unique[c : c + self.chunk_frames],
-                    decoded[c : c + self.chunk_frames],
-                )
-            stats.frames_decoded += len(unique)
-            stats.frames_converted += len(unique)
-            frames = decoded[torch.as_tensor(inverse, device=device)].view(b - a, k, size, size, 3)
+            frames = torch.empty((b - a, k, size, size, 3), dtype=torch.uint8, device=device)
+            for c in range(a, b, per_chunk):
+                d = min(b, c + per_chunk)
+                part = self._decode_chunk(index, ts[c:d], size, frames[c - a : d - a])
+                stats.frames_decoded += part.frames_decoded
+                stats.frames_converted += part.frames_converted
+                stats.seeks += part.seeks
             if turns:
                 frames = torch.rot90(frames, k=turns, dims=(2, 3)).contiguous()
             stats.wall_s = time.perf_counter() - started
@@ -144,3 +191,15 @@ class DALISampler:
                 (*ts.shape, size, size, 3), dtype=self.torch.uint8, device=f"cuda:{self.device_id}"
             )
         return parts[0] if len(parts) == 1 else self.torch.cat(parts)
+
+
+def smoke_test(device_id: int = 0) -> None:
+    """Decode one frame of a tiny generated H.264 clip with DALI on NVDEC; raise if it fails."""
+    from biovl_core.synthetic_video import read_frame_counter, write_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_video(Path(tmp) / "probe.mp4", 0.5, fps=10, size=(128, 96), gop=5)
+        frames = DALISampler(device_id=device_id).sample(video.path, np.array([[0.25]]), size=96)
+        got = read_frame_counter(frames[0, 0].cpu().numpy())
+    if got != 2:
+        raise RuntimeError(f"DALI decoded frame {got} of the probe clip where frame 2 is shown")

@@ -9,7 +9,8 @@ runs in protocol order and disjoint, every other segment background, maximising
 
 Backends: ``"numba"`` (compiled CPU, parallel over the batch), ``"numpy"`` (the batched
 wavefront written against an array module), ``"cupy"`` (fused GPU kernel), ``"cupy_xp"``
-(the same wavefront under cupy), ``"auto"`` (cupy when usable, else numba).
+(the same wavefront under cupy), ``"auto"`` (cupy when usable and the batch is big enough
+to pay for the host-to-device copy, see ``AUTO_CUPY_MIN_CELLS``; else numba).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ Span = tuple[float, float] | None
 
 BACKENDS = ("auto", "numpy", "numba", "cupy", "cupy_xp")
 
+AUTO_CUPY_MIN_CELLS = 2_000_000
+"""Smallest batch (sum of K x N) that ``backend="auto"`` sends to the GPU; smaller ones run numba.
+
+From the H200 figures in docs/GPU_CHECK.md: numba solves 4-5 G cells/s on 16 cores, and a GPU
+batch from host arrays pays a fixed ~0.2 ms (pack, one copy, one launch, labels back) before
+its per-cell cost; below ~2 M cells (~500 BioVL-sized alignments) numba finishes first. An
+estimate until ``make gpu-check`` measures the crossover (it prints it) on the GPU in use.
+"""
+
 
 @dataclass
 class Alignment:
@@ -38,6 +48,8 @@ class Alignment:
     score: float
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+    # Per-step confidence in [0, 1] (float array [K]); set by ``align_group``, None elsewhere.
+    confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -256,18 +268,38 @@ def objective(match: np.ndarray, drop: np.ndarray, labels: np.ndarray) -> float:
     return total + float(drop[~matched].astype(np.float64).sum())
 
 
-def _resolve_backend(backend: str) -> str:
-    """Map 'auto' to cupy or numba; refuse unknown names."""
+def auto_backend(cells: int) -> str:
+    """The backend 'auto' means for a batch of `cells` (sum of K x N): cupy or numba."""
+    return "cupy" if cells >= AUTO_CUPY_MIN_CELLS and cupy_usable() else "numba"
+
+
+def _resolve_backend(backend: str, cells: int | None = None) -> str:
+    """Map 'auto' to cupy or numba (by batch size when `cells` is known); refuse unknown names."""
     if backend not in BACKENDS:
         raise BioVLError(f"unknown aligner backend {backend!r}; choose one of {list(BACKENDS)}")
     if backend == "auto":
-        return "cupy" if cupy_usable() else "numba"
+        return auto_backend(AUTO_CUPY_MIN_CELLS if cells is None else cells)
     if backend in ("cupy", "cupy_xp") and not cupy_usable():
         raise BioVLError(
             f"backend {backend!r} needs a CUDA GPU and cupy, and none is usable here; "
             "use backend='numba' (or 'auto')"
         )
     return backend
+
+
+def _cells(sims: Sequence[Any]) -> int:
+    """Sum of K x N over similarity matrices (malformed ones count 0; validation reports them)."""
+    total = 0
+    for s in sims:
+        shape = getattr(s, "shape", None)
+        if shape is None:
+            try:
+                shape = np.shape(s)
+            except ValueError:
+                continue
+        if len(shape) == 2:
+            total += int(shape[0]) * int(shape[1])
+    return total
 
 
 def pack_flat(problems: Sequence[SegmentationProblem]) -> tuple[np.ndarray, ...]:
@@ -296,41 +328,55 @@ def pack_padded(problems: Sequence[SegmentationProblem]) -> tuple[np.ndarray, ..
     return mt, drop, ks, ns
 
 
+def _solve_flat(
+    problems: Sequence[SegmentationProblem], backend: str
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Flat labels of every problem and the packed host arrays (``pack_flat``'s layout), packed once.
+
+    numba and cupy share one vectorised packing (``_align_pack.pack_batch``); cupy packs into
+    pinned memory and makes one copy and one kernel launch per batch.
+    """
+    matches = [p.match for p in problems]
+    drops = [p.drop for p in problems]
+    if backend == "cupy":
+        from biovl_core import _align_cupy
+
+        labels, _, packed = _align_cupy.solve_from_host(matches, drops)
+        return labels, packed.flat()
+    from biovl_core import _align_numba
+    from biovl_core._align_pack import pack_batch
+
+    flat = pack_batch(matches, drops).flat()
+    if backend == "numba":
+        if len(problems) == 1:
+            labels, _ = _align_numba.solve_one(problems[0].match, problems[0].drop)
+            return labels, flat
+        labels, _ = _align_numba.solve_flat(*flat)
+        return labels, flat
+    mt, drop, ks, ns = pack_padded(problems)
+    if backend == "cupy_xp":
+        from biovl_core import _align_cupy
+
+        padded, _ = _align_cupy.solve_padded_cupy(mt, drop, ks, ns)
+        padded = padded.get()
+    else:
+        from biovl_core._align_wavefront import solve_padded
+
+        padded, _ = solve_padded(np, mt, drop, ks, ns)
+    labels = np.concatenate([padded[b, : ns[b]] for b in range(len(problems))])
+    return labels.astype(np.int64, copy=False), flat
+
+
 def solve_segmentation(
     problems: Sequence[SegmentationProblem], backend: str = "auto"
 ) -> list[np.ndarray]:
     """Run the generic kernel on every problem (each needs 1 <= K <= N); return labels [N] each."""
     if not problems:
         return []
-    backend = _resolve_backend(backend)
-    if backend == "numba":
-        from biovl_core import _align_numba
-
-        if len(problems) == 1:
-            p = problems[0]
-            labels, _ = _align_numba.solve_one(p.match, p.drop)
-            return [labels]
-        m_flat, m_off, drop, seg_off, ks, ns = pack_flat(problems)
-        flat, _ = _align_numba.solve_flat(m_flat, m_off, drop, seg_off, ks, ns)
-        return [flat[s : s + n] for s, n in zip(seg_off, ns, strict=True)]
-    if backend == "cupy":
-        from biovl_core import _align_cupy
-
-        m_flat, m_off, drop, seg_off, ks, ns = pack_flat(problems)
-        flat_d, _ = _align_cupy.solve_flat_rawkernel(m_flat, m_off, drop, seg_off, ks, ns)
-        flat = flat_d.get()
-        return [flat[s : s + n] for s, n in zip(seg_off, ns, strict=True)]
-    mt, drop, ks, ns = pack_padded(problems)
-    if backend == "cupy_xp":
-        from biovl_core import _align_cupy
-
-        labels_d, _ = _align_cupy.solve_padded_cupy(mt, drop, ks, ns)
-        labels = labels_d.get()
-    else:
-        from biovl_core._align_wavefront import solve_padded
-
-        labels, _ = solve_padded(np, mt, drop, ks, ns)
-    return [labels[b, : ns[b]] for b in range(len(problems))]
+    resolved = _resolve_backend(backend, sum(p.match.size for p in problems))
+    labels, flat = _solve_flat(problems, resolved)
+    seg_off, ns = flat[3], flat[5]
+    return [labels[s : s + n] for s, n in zip(seg_off.tolist(), ns.tolist(), strict=True)]
 
 
 def _check_feasible(spec: MethodSpec, sim: np.ndarray, segment_seconds: float, what: str) -> None:
@@ -552,8 +598,9 @@ def align_batch(
         for p in per_video:
             _params(spec, p)
     extra = per_video or [{} for _ in sims]
+    cells = _cells(sims) if backend == "auto" else None
     if spec.direct is None and per_video is None:
-        resolved = _resolve_backend(backend)
+        resolved = _resolve_backend(backend, cells)
         flat_drop = _flat_drop(spec, full) if resolved == "numba" else None
         if flat_drop is not None:
             return _align_flat_numba(spec, full, flat_drop, sims, durations, seg)
@@ -566,16 +613,15 @@ def align_batch(
             score = float(arr[labels, cols].astype(np.float64).sum())
             out.append(Alignment(spans, labels, score, spec.name, {**full, **more}))
         return out
-    resolved = _resolve_backend(backend)
+    resolved = _resolve_backend(backend, cells)
     problems = [
         spec.prepare(arr, {**full, **more})  # type: ignore[misc]
         for (arr, _, _), more in zip(checked, extra, strict=True)
     ]
-    all_labels = solve_segmentation(problems, resolved)
+    labels, (m_flat, m_off, drop_flat, seg_off, ks, ns) = _solve_flat(problems, resolved)
+    labels = labels.astype(np.int64, copy=False)
     from biovl_core import _align_numba
 
-    m_flat, m_off, drop_flat, seg_off, ks, ns = pack_flat(problems)
-    labels = np.concatenate(all_labels).astype(np.int64, copy=False)
     scores, first, last = _align_numba.finish_flat(
         m_flat, m_off, drop_flat, seg_off, _offsets(ks), ks, ns, labels
     )
@@ -603,5 +649,40 @@ def align(
     )[0]
 
 
+def align_batch_or_each(
+    similarities: Sequence[Any],
+    *,
+    duration_s: Sequence[float | None],
+    per_video: Sequence[Mapping[str, Any]],
+    **kwargs: Any,
+) -> tuple[list[Alignment | Exception], int]:
+    """``align_batch`` over every video, retried video by video when the batch raises, so one
+    infeasible video gets its own error and the others still align.
+
+    Returns one ``Alignment`` or the exception it raised per video, and the number of
+    ``align_batch`` calls made; ``kwargs`` are ``align_batch``'s shared arguments.
+    """
+    sims, durations, per = list(similarities), list(duration_s), list(per_video)
+    try:
+        return list(align_batch(sims, duration_s=durations, per_video=per, **kwargs)), 1
+    except Exception:
+        out: list[Alignment | Exception] = []
+        for sim, duration, own in zip(sims, durations, per, strict=True):
+            try:
+                out.extend(align_batch([sim], duration_s=[duration], per_video=[own], **kwargs))
+            except Exception as exc:
+                out.append(exc)
+        return out, 1 + len(sims)
+
+
 # Registers "biovl" and "nw_norm" (they build on the kernel above; imported last to avoid a cycle).
 import biovl_core.methods  # noqa: E402,F401
+
+
+def __getattr__(name: str) -> Any:
+    """``align_group`` lives in biovl_core.group (which imports this module); load it on use."""
+    if name == "align_group":
+        from biovl_core.group import align_group
+
+        return align_group
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

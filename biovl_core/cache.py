@@ -49,8 +49,20 @@ def _digest(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename or a new file) to disk, so a crash cannot undo them."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (e.g. certain network mounts) refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write a file so readers see the old or the new content, never a part (temp + replace)."""
+    """Write a file so readers see the old or the new content, never a part (temp + replace),
+    and the new content survives a power cut once this returns (file and folder fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -59,6 +71,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

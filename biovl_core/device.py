@@ -6,6 +6,8 @@ Tests force the CPU with ``BIOVL_DEVICE=cpu``; nothing else in the code base cal
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import importlib
 import os
@@ -63,6 +65,27 @@ def cupy_usable() -> bool:
         return True
     except Exception:
         return False
+
+
+NVCUVID_NAMES = ("libnvcuvid.so.1", "libnvcuvid.so", "nvcuvid.dll")
+"""Names the NVIDIA driver's video-decode library (NVDEC, used by DALI) goes by."""
+
+
+@functools.lru_cache(maxsize=1)
+def nvdec_library() -> str | None:
+    """Name of the loadable NVDEC library (``libnvcuvid``), or None when the driver lacks it.
+
+    Docker images without the ``video`` driver capability (NVIDIA_DRIVER_CAPABILITIES) have
+    CUDA but no ``libnvcuvid``: torch works, NVDEC does not.
+    """
+    candidates = [ctypes.util.find_library("nvcuvid"), *NVCUVID_NAMES]
+    for name in dict.fromkeys(c for c in candidates if c):
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return name
+    return None
 
 
 def torch_device(requested: str = "auto") -> str:

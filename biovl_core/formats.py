@@ -329,10 +329,10 @@ def _read_csv_rows(text: str, where: str) -> list[tuple[str, str, Any, Any]]:
     """CSV -> (row label, step, start, end) with header-checked columns."""
     sample = text[:4096]
     delimiter = "\t" if sample.count("\t") > sample.count(",") else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=None), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[tuple[str, str, Any, Any]] = []
-    for record in reader:
+    for record in _csv_records(reader, where):
         if not any(cell.strip() for cell in record):
             continue
         if header is None:
@@ -350,6 +350,17 @@ def _read_csv_rows(text: str, where: str) -> list[tuple[str, str, Any, Any]]:
             record = record + [""] * (len(header) - len(record))
         rows.append((label, record[cols[0]], record[cols[1]], record[cols[2]]))
     return rows
+
+
+def _csv_records(reader: Any, where: str) -> Any:
+    """The reader's records, with a malformed line reported as an AnnotationError."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise AnnotationError(
+            f"{where}: line {reader.line_num} is not valid CSV ({exc}); "
+            "write one 'step,start,end' row per line, quoting step texts that hold commas."
+        ) from exc
 
 
 def _read_json_rows(text: str, where: str) -> list[tuple[str, str, Any, Any]]:

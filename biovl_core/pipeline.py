@@ -7,11 +7,12 @@ Each stage is timed (``AlignmentResult.timings``) and reported through an option
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,43 +53,35 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+PREFETCH_THREAD = "biovl-prefetch"
+
+
+def _name_prefetch_thread() -> None:
+    threading.current_thread().name = PREFETCH_THREAD
+
+
 def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Yield ``items`` while a thread already produces the next ``depth`` of them.
+    """Yield ``items`` while one executor thread already produces the next ``depth`` of them.
 
     Decoding the next batch of segments overlaps embedding the current one (both release
     the GIL); memory stays bounded to ``depth + 1`` batches. Errors surface in the consumer.
+    Closing the generator (``contextlib.closing`` in the consumer) cancels what is queued and
+    waits for the one ``next`` in progress, so no thread outlives its consumer.
     """
-    buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(("done", None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            buffer.put(("error", exc))
-
-    thread = threading.Thread(target=produce, name="biovl-prefetch", daemon=True)
-    thread.start()
+    done = object()
+    executor = ThreadPoolExecutor(max_workers=1, initializer=_name_prefetch_thread)
+    pending: deque[Future[Any]] = deque()
     try:
+        for _ in range(max(1, depth)):
+            pending.append(executor.submit(next, items, done))
         while True:
-            kind, value = buffer.get()
-            if kind == "done":
+            item = pending.popleft().result()
+            if item is done:
                 return
-            if kind == "error":
-                raise value
-            yield value
+            pending.append(executor.submit(next, items, done))
+            yield item
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -122,21 +115,20 @@ def embed_video(
         stamps = segment_timestamps(info, cfg.segment_seconds, embedder.frames_per_segment)
         sampler = sampler or get_sampler(cfg.decoder)
     chunks: list[np.ndarray] = []
-    batches = prefetched(
-        sampler.iter_batches(
-            video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
-        )
+    decoded = sampler.iter_batches(
+        video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
     )
-    while True:
-        with timed(timings, "decode"):
-            item = next(batches, None)
-        if item is None:
-            break
-        segments, frames = item
-        with timed(timings, "embed_video"):
-            chunks.append(embedder.embed_frames(frames))
-        if progress:
-            progress("embed_video", segments.stop, len(stamps))
+    with closing(prefetched(decoded)) as batches:
+        while True:
+            with timed(timings, "decode"):
+                item = next(batches, None)
+            if item is None:
+                break
+            segments, frames = item
+            with timed(timings, "embed_video"):
+                chunks.append(embedder.embed_frames(frames))
+            if progress:
+                progress("embed_video", segments.stop, len(stamps))
     return np.concatenate(chunks, axis=0)
 
 
@@ -278,26 +270,64 @@ def align_video(
             duration_s=rec.duration_s,
         )
     timings["total"] = time.perf_counter() - total_start
-    return AlignmentResult(
-        steps=list(protocol.steps),
-        spans=list(alignment.spans),
-        step_scores=step_scores(rec.similarity, alignment.labels),
-        labels=np.asarray(alignment.labels),
-        similarity=rec.similarity,
+    return alignment_result(
+        list(protocol.steps),
+        rec.similarity,
+        alignment,
+        baseline,
         segment_seconds=cfg.segment_seconds,
         duration_s=rec.duration_s,
-        method=alignment.method,
-        score=float(alignment.score),
         model_id=embedder.model_id,
         weights=embedder.weights,
         video_sha256=rec.video_sha256,
         title=protocol.title,
-        aligner_version=__version__,
         config=cfg.to_dict(),
         timings=timings,
+        notes=protocol.notes,
+        step_lines=protocol.lines,
+    )
+
+
+def alignment_result(
+    steps: list[str],
+    similarity: np.ndarray,
+    alignment: Alignment,
+    baseline: Alignment,
+    *,
+    segment_seconds: float,
+    duration_s: float,
+    model_id: str,
+    weights: str,
+    video_sha256: str,
+    title: str,
+    config: dict[str, Any],
+    timings: dict[str, float],
+    notes: list[list[str]] | None = None,
+    step_lines: list[int | None] | None = None,
+) -> AlignmentResult:
+    """The ``AlignmentResult`` of one recording; ``align_video`` and ``biovl realign`` both
+    build theirs here, so a re-aligned result has exactly the fields of a fresh one.
+    ``notes`` / ``step_lines``: the protocol's notes and source line per step."""
+    return AlignmentResult(
+        steps=list(steps),
+        spans=list(alignment.spans),
+        step_scores=step_scores(similarity, alignment.labels),
+        labels=np.asarray(alignment.labels),
+        similarity=similarity,
+        segment_seconds=segment_seconds,
+        duration_s=duration_s,
+        method=alignment.method,
+        score=float(alignment.score),
+        model_id=model_id,
+        weights=weights,
+        video_sha256=video_sha256,
+        title=title,
+        aligner_version=__version__,
+        config=config,
+        timings=dict(timings),
         baseline_spans=list(baseline.spans),
-        notes=[list(n) for n in protocol.notes],
-        step_lines=list(protocol.lines),
+        notes=[list(n) for n in notes or []],
+        step_lines=list(step_lines or []),
     )
 
 

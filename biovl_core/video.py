@@ -12,7 +12,9 @@ Frames come out as uint8 RGB ``[N, k, size, size, 3]``: the shorter side resized
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from biovl_core.cache import sha256_file
-from biovl_core.device import cuda_available, optional_import
+from biovl_core.device import cuda_available, nvdec_library, optional_import
 from biovl_core.errors import VideoError
 
 if TYPE_CHECKING:
@@ -40,7 +42,27 @@ TIME_EPS = 1e-6
 
 SAMPLER_NAMES = ("auto", "pyav", "dali")
 
+log = logging.getLogger(__name__)
+
+ALLOWED_DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts")
+"""FFmpeg demuxers a recording may use (what lab cameras write: MP4/MOV, MKV/WebM, AVI, AVCHD's
+MPEG-TS). Everything else, playlists (HLS), concat lists and image sequences included, is
+refused before its header is read, so no file can make the decoder open another path."""
+
+OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(ALLOWED_DEMUXERS)}
+"""FFmpeg options every open uses: local files only, allowed demuxers only."""
+
+CANONICAL_EXTENSIONS = {
+    "mov": ".mp4",
+    "matroska": ".mkv",
+    "webm": ".webm",
+    "avi": ".avi",
+    "mpegts": ".ts",
+}
+"""Extension an archived video is stored under, chosen from the demuxer that read it."""
+
 _AV_HINT = "pip install av"
+_DALI_HINT = "pip install 'biovl-aligner[gpu]' (nvidia-dali-cuda130)"
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,23 @@ class VideoInfo:
     start_s: float  # container time of the first frame; sample timestamps are relative to it
     time_base: Fraction
     size_bytes: int
+    container: str = ""  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"
+
+    @property
+    def canonical_extension(self) -> str:
+        """The extension to store this video under, from its probed container (not its name)."""
+        return canonical_extension(self.container)
+
+
+def canonical_extension(container: str) -> str:
+    """``.mp4``, ``.mkv``, ``.webm``, ``.avi`` or ``.ts`` for an FFmpeg demuxer name."""
+    names = container.split(",")
+    if "webm" in names and "matroska" not in names:
+        return ".webm"
+    for name in names:
+        if name in CANONICAL_EXTENSIONS:
+            return CANONICAL_EXTENSIONS[name]
+    raise ValueError(f"container {container!r} is not one of the allowed {ALLOWED_DEMUXERS}")
 
 
 @dataclass
@@ -117,7 +156,17 @@ def _open(path: Path) -> av.container.InputContainer:
     """Open a media file with PyAV, turning FFmpeg errors into a VideoError."""
     av = optional_import("av", _AV_HINT)
     try:
-        return av.open(str(path), mode="r")
+        return av.open(
+            str(path), mode="r", container_options=dict(OPEN_OPTIONS), metadata_errors="replace"
+        )
+    except av.error.ArgumentError as exc:
+        raise _error(
+            path,
+            f"is not in an accepted container ({exc.strerror}); accepted: MP4/MOV, MKV/WebM, AVI, "
+            "MPEG-TS (playlists, concat lists and image sequences are refused)",
+            "Upload the video file as the camera recorded it, or re-mux it: "
+            "`ffmpeg -i IN -c copy OUT.mp4`",
+        ) from exc
     except av.error.InvalidDataError as exc:
         raise _error(
             path,
@@ -242,12 +291,7 @@ def probe(path: str | Path) -> VideoInfo:
                 "has a video stream but no frames (zero duration)",
                 "Record or upload a non-empty video",
             )
-        if stream.duration:
-            duration = float(stream.duration * tb)
-        elif container.duration:
-            duration = container.duration / 1_000_000
-        else:
-            duration = 0.0
+        duration = _video_duration(container, stream, tb, start_pts)
         frames = stream.frames or (len(index.times) if index is not None else 0)
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         if not fps and frames and duration:
@@ -278,7 +322,41 @@ def probe(path: str | Path) -> VideoInfo:
             start_s=float(start_pts * tb),
             time_base=Fraction(tb),
             size_bytes=size_bytes,
+            container=container.format.name,
         )
+
+
+def _video_duration(container: Any, stream: Any, tb: Fraction, start_pts: int) -> float:
+    """Seconds from the first video frame to the end of the last one: the video stream's, never
+    the container's (an MKV/WebM's container duration includes a longer audio track)."""
+    if stream.duration:
+        return float(stream.duration * tb)
+    end = _last_video_packet_end(container, stream)
+    if end is not None:
+        return max(0.0, float((end - start_pts) * tb))
+    return container.duration / 1_000_000 if container.duration else 0.0
+
+
+def _last_video_packet_end(container: Any, stream: Any) -> int | None:
+    """End pts of the video stream's last packet: seek near the end, demux (no decoding)."""
+    av = optional_import("av", _AV_HINT)
+    try:
+        if container.duration:
+            target = int(container.duration / 1_000_000 / float(stream.time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        last = None
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                end = packet.pts + (packet.duration or 0)
+                last = end if last is None else max(last, end)
+        return last
+    except av.error.FFmpegError:
+        return None
+    finally:
+        try:
+            container.seek(0, stream=stream, backward=True)
+        except av.error.FFmpegError:
+            pass
 
 
 def frame_times(path: str | Path) -> np.ndarray:
@@ -580,21 +658,61 @@ def dali_available() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class DecoderChoice:
+    """Which decoder runs and why; ``reason`` is a short token fit for a metric label."""
+
+    backend: str  # "dali" | "pyav"
+    reason: str  # "requested" | "nvdec_ok" | "no_cuda" | "no_dali" | "no_nvcuvid" | "probe_failed"
+    detail: str = ""  # what the probe saw, for the log
+
+
+@functools.lru_cache(maxsize=4)
+def choose_decoder(requested: str = "auto") -> DecoderChoice:
+    """Resolve a decoder name once per process; 'auto' probes CUDA, DALI, NVDEC and one decode.
+
+    A GPU node whose driver lacks NVDEC (``libnvcuvid``) or whose DALI cannot decode still
+    serves, on PyAV, after one warning. Services export the result as
+    ``decoder_backend{backend=..., reason=...}``.
+    """
+    key = (requested or "auto").strip().lower()
+    if key not in SAMPLER_NAMES:
+        raise ValueError(f"unknown decoder {requested!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    if key != "auto":
+        return DecoderChoice(key, "requested")
+    if not cuda_available():
+        return DecoderChoice("pyav", "no_cuda", "no CUDA GPU visible (or BIOVL_DEVICE=cpu)")
+    if not dali_available():
+        choice = DecoderChoice("pyav", "no_dali", f"nvidia.dali is not installed: {_DALI_HINT}")
+    elif nvdec_library() is None:
+        choice = DecoderChoice(
+            "pyav",
+            "no_nvcuvid",
+            "the NVIDIA driver's libnvcuvid (NVDEC) is not loadable; in a container set "
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video",
+        )
+    else:
+        from biovl_core._video_dali import smoke_test
+
+        try:
+            smoke_test()
+            return DecoderChoice("dali", "nvdec_ok", f"NVDEC via {nvdec_library()}")
+        except Exception as exc:  # any DALI/driver failure means: serve on the CPU decoder
+            choice = DecoderChoice("pyav", "probe_failed", f"{type(exc).__name__}: {exc}")
+    log.warning(
+        "GPU visible but decoding falls back to PyAV (reason %s): %s", choice.reason, choice.detail
+    )
+    return choice
+
+
 def get_sampler(name: str = "auto", **options: Any) -> FrameSampler:
-    """A frame sampler by name: 'auto' (DALI on a GPU with DALI installed, else PyAV), 'pyav', 'dali'."""
-    key = (name or "auto").strip().lower()
-    if key == "auto":
-        key = "dali" if dali_available() else "pyav"
+    """A frame sampler by name: 'auto' (DALI when `choose_decoder` finds NVDEC working, else PyAV), 'pyav', 'dali'."""
+    key = choose_decoder(name).backend
     if key == "pyav":
         return PyAVSampler(**options)
-    if key == "dali":
-        from biovl_core._video_dali import DALISampler
+    from biovl_core._video_dali import DALISampler
 
-        return DALISampler(**options)
-    raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
-
-
-get_decoder = get_sampler
+    return DALISampler(**options)
 
 
 def video_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

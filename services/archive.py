@@ -231,13 +231,3 @@ class Archive:
             for p in sorted(jobs_dir.iterdir()):
                 if JOB_ID_RE.match(p.name) and (p / "job.json").is_file():
                     yield JobFiles(name, p.name, p)
-
-    def clean_tmp(self, older_than_s: float = 3600.0) -> int:
-        """Delete abandoned upload temp files; returns how many."""
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for p in (self.root / "tmp").glob("*.part"):
-            if p.stat().st_mtime < cutoff:
-                p.unlink(missing_ok=True)
-                removed += 1
-        return removed

@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from services.app import build_app
+    from services.serve.app import build_app
 
     adopt_orphans()
     sigterm_as_interrupt()
@@ -99,7 +99,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     """Create a lab token (its hash goes into the tokens file) or print a token's hash."""
-    from services.auth import add_token, hash_token
+    from services.api.auth import add_token, hash_token
 
     if args.action == "hash":
         print(hash_token(args.value))

@@ -22,6 +22,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.queue import JobQueue
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 if os.environ.get(MULTIPROC_ENV):  # values are mmap files in this folder: it must exist first
@@ -35,6 +39,7 @@ from prometheus_client import (  # noqa: E402 - after the folder exists
     Gauge,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 
 JOB_STATES = (
@@ -180,6 +185,13 @@ def update_gpu_utilization() -> bool:
         return False
 
 
+def sample_queue(queue: JobQueue) -> None:
+    """Refresh the queue gauges from ``queue`` (the ingress's /metrics and the workers' sampler)."""
+    QUEUE_DEPTH.set(queue.depth())
+    QUEUE_OLDEST.set(queue.oldest_pending_seconds())
+    DEAD_LETTER_DEPTH.set(queue.dead_depth())
+
+
 def start_sampler(sample: Callable[[], object], interval_s: float = 5.0) -> threading.Thread:
     """Run ``sample()`` every ``interval_s`` in a daemon thread (queue gauges, GPU utilisation)."""
 
@@ -197,27 +209,17 @@ def start_sampler(sample: Callable[[], object], interval_s: float = 5.0) -> thre
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> bool:
-    """Serve ``render()`` at http://host:port/metrics in a daemon thread; False if the port is taken.
+    """Serve this process's (or, in multiprocess mode, the node's) metrics at
+    http://host:port/metrics with ``prometheus_client.start_http_server``; False if the port is
+    taken (in multiprocess mode a sibling replica holding it serves the same sums)."""
+    registry = REGISTRY
+    if multiprocess_enabled():
+        from prometheus_client import multiprocess
 
-    In multiprocess mode a sibling replica on the node holding the port serves the same sums.
-    """
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            body, ctype = render()
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        start_http_server(port, addr=host, registry=registry)
     except OSError:
         return False
-    threading.Thread(target=server.serve_forever, name="biovl-metrics-http", daemon=True).start()
     return True

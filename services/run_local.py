@@ -103,7 +103,7 @@ def start_local_stack(
     import ray
     from ray import serve
 
-    from services.app import build_app
+    from services.serve.app import build_app
 
     say("Starting Ray and Ray Serve (takes a few seconds) ...")
     ray.init(include_dashboard=False, log_to_driver=False)

@@ -34,6 +34,8 @@ class ServiceSettings:
     # auth: tokens file ({lab: sha256(token)}, JSON or YAML) and/or dev tokens "lab:token,..."
     tokens_file: str | None = None
     lab_tokens: str | None = None
+    # job-end webhooks, registered per lab by the operator ({lab: {url, secret}}, JSON or YAML)
+    webhooks_file: str | None = None
     # upload limits (bytes)
     max_video_bytes: int = 2048 * MiB
     max_protocol_bytes: int = 256 * 1024

@@ -2,7 +2,7 @@
 
 The same ``Worker`` runs as a standalone process (``python -m services worker``, pipeline
 in-process through ``LocalRunner`` = ``biovl_core.pipeline.align_video``, exactly what
-``biovl align`` runs) and inside the Serve ``QueueWorker`` deployment (``services.app.ServeRunner``:
+``biovl align`` runs) and inside the Serve ``QueueWorker`` deployment (``services.serve.remote.ServeRunner``:
 the same ``align_video``, with decoding, embedding and aligning on the Decoder, Embedder and
 Aligner deployments).
 
@@ -32,7 +32,6 @@ from biovl_core.result import AlignmentResult
 from services import metrics
 from services.archive import Archive, ArchiveError, JobFiles
 from services.queue import Claim, JobQueue
-from services.redis_conn import connect
 from services.settings import ServiceSettings
 
 log = logging.getLogger("biovl.worker")
@@ -171,15 +170,7 @@ class Worker:
         self.settings = settings
         self.runner = runner
         self.archive = archive or Archive(settings.archive_path)
-        if queue is None:
-            client = connect(settings.redis_url, self.archive.root / "redis")
-            queue = JobQueue(
-                client,
-                settings.redis_prefix,
-                max_attempts=settings.max_attempts,
-                visibility_timeout_s=settings.visibility_timeout_s,
-            )
-        self.queue = queue
+        self.queue = queue or JobQueue.from_settings(settings, self.archive.root)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.stop_event = threading.Event()
 
@@ -206,9 +197,7 @@ class Worker:
 
     def sample_queue(self) -> None:
         """Refresh the queue gauges (called by the metrics sampler thread)."""
-        metrics.QUEUE_DEPTH.set(self.queue.depth())
-        metrics.QUEUE_OLDEST.set(self.queue.oldest_pending_seconds())
-        metrics.DEAD_LETTER_DEPTH.set(self.queue.dead_depth())
+        metrics.sample_queue(self.queue)
         metrics.update_gpu_utilization()
 
     # ---- one job -------------------------------------------------------------------------
@@ -222,66 +211,80 @@ class Worker:
         if claim.exhausted(self.queue.max_attempts):
             return self._dead(claim, jf, claim.lost_error(self.queue.visibility_timeout_s))
         try:
-            cfg = self.settings.pipeline_config(**record.get("options", {}))
-            if not cfg.cache_dir:  # the archive keeps embeddings, so re-aligning never re-embeds
-                cfg = cfg.replace(cache_dir=str(self.archive.root / "embeddings"))
+            cfg = self._job_config(record)
             key = config_key(cfg, *self.runner.model_identity(cfg))
             existing = jf.find_result(key)
             if existing is not None:
                 self._succeed(claim, jf, existing)
                 metrics.JOBS.labels(state="deduplicated").inc()
                 return "deduplicated"
-            metrics.JOBS.labels(state="started").inc()
-            if claim.attempts == 1:
-                metrics.STAGE_SECONDS.labels(stage="queue_wait").observe(
-                    max(0.0, self.queue.now() - claim.enqueued_at)
-                )
-            result = self._run_with_heartbeat(claim, jf, record, cfg)
-            if not self.queue.owns(claim) or jf.find_result(key) is not None:
-                log.warning(
-                    "job %s was taken over by another worker; dropping this run", claim.job_id
-                )
-                return "lost"
-            start = time.perf_counter()
-            service = {
-                "job_id": claim.job_id,
-                "lab": claim.lab,
-                "config_key": key,
-                "attempts": claim.attempts,
-                "worker": self.consumer,
-                "finished_at": time.time(),
-            }
-            version = jf.write_result(
-                annotate_payload(result_payload(result, service), jf),
-                to_csv(result),
-                to_webvtt(result),
-            )
-            metrics.STAGE_SECONDS.labels(stage="write").observe(time.perf_counter() - start)
-            # Stages a runner's deployments time themselves are not counted twice.
-            remote = getattr(self.runner, "remote_stages", ())
-            metrics.observe_stages({k: v for k, v in result.timings.items() if k not in remote})
-            metrics.VIDEO_SECONDS.inc(result.duration_s)
-            metrics.SEGMENTS_EMBEDDED.inc(result.num_segments)
-            self._succeed(claim, jf, version)
-            metrics.JOBS.labels(state="succeeded").inc()
-            return "succeeded"
+            return self._align_and_write(claim, jf, record, cfg, key)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "job %s attempt %d failed: %s\n%s",
-                claim.job_id,
-                claim.attempts,
-                error,
-                traceback.format_exc(),
+            return self._failed(claim, jf, exc)
+
+    def _job_config(self, record: dict[str, Any]) -> PipelineConfig:
+        """The job's pipeline config; embeddings cached in the archive unless configured elsewhere,
+        so re-aligning never re-embeds."""
+        cfg = self.settings.pipeline_config(**record.get("options", {}))
+        if not cfg.cache_dir:
+            cfg = cfg.replace(cache_dir=str(self.archive.root / "embeddings"))
+        return cfg
+
+    def _align_and_write(
+        self, claim: Claim, jf: JobFiles, record: dict[str, Any], cfg: PipelineConfig, key: str
+    ) -> str:
+        """Run the pipeline, then commit its result as a new version while the claim is ours."""
+        metrics.JOBS.labels(state="started").inc()
+        if claim.attempts == 1:
+            metrics.STAGE_SECONDS.labels(stage="queue_wait").observe(
+                max(0.0, self.queue.now() - claim.enqueued_at)
             )
-            metrics.JOBS.labels(state="failed").inc()
-            outcome = self.queue.fail(claim, error)
-            if outcome == "dead":
-                jf.update_record(status="dead", error=error, attempts=claim.attempts)
-                metrics.JOBS.labels(state="dead_lettered").inc()
-            else:
-                metrics.JOBS.labels(state="retried").inc()
-            return outcome
+        result = self._run_with_heartbeat(claim, jf, record, cfg)
+        if not self.queue.owns(claim) or jf.find_result(key) is not None:
+            log.warning("job %s was taken over by another worker; dropping this run", claim.job_id)
+            return "lost"
+        start = time.perf_counter()
+        service = {
+            "job_id": claim.job_id,
+            "lab": claim.lab,
+            "config_key": key,
+            "attempts": claim.attempts,
+            "worker": self.consumer,
+            "finished_at": time.time(),
+        }
+        version = jf.write_result(
+            annotate_payload(result_payload(result, service), jf),
+            to_csv(result),
+            to_webvtt(result),
+        )
+        metrics.STAGE_SECONDS.labels(stage="write").observe(time.perf_counter() - start)
+        # Stages a runner's deployments time themselves are not counted twice.
+        remote = getattr(self.runner, "remote_stages", ())
+        metrics.observe_stages({k: v for k, v in result.timings.items() if k not in remote})
+        metrics.VIDEO_SECONDS.inc(result.duration_s)
+        metrics.SEGMENTS_EMBEDDED.inc(result.num_segments)
+        self._succeed(claim, jf, version)
+        metrics.JOBS.labels(state="succeeded").inc()
+        return "succeeded"
+
+    def _failed(self, claim: Claim, jf: JobFiles, exc: Exception) -> str:
+        """Report a failed attempt to the queue: retried, or dead-lettered after the last one."""
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "job %s attempt %d failed: %s\n%s",
+            claim.job_id,
+            claim.attempts,
+            error,
+            traceback.format_exc(),
+        )
+        metrics.JOBS.labels(state="failed").inc()
+        outcome = self.queue.fail(claim, error)
+        if outcome == "dead":
+            jf.update_record(status="dead", error=error, attempts=claim.attempts)
+            metrics.JOBS.labels(state="dead_lettered").inc()
+        else:
+            metrics.JOBS.labels(state="retried").inc()
+        return outcome
 
     def _run_with_heartbeat(
         self, claim: Claim, jf: JobFiles, record: dict[str, Any], cfg: PipelineConfig
@@ -342,14 +345,7 @@ def requeue(
 ) -> list[str]:
     """Rebuild the queue from the archive: queue every job without a result that Redis lacks."""
     archive = archive or Archive(settings.archive_path)
-    if queue is None:
-        client = connect(settings.redis_url, archive.root / "redis")
-        queue = JobQueue(
-            client,
-            settings.redis_prefix,
-            max_attempts=settings.max_attempts,
-            visibility_timeout_s=settings.visibility_timeout_s,
-        )
+    queue = queue or JobQueue.from_settings(settings, archive.root)
     queued: list[str] = []
     for jf in archive.iter_jobs():
         if jf.versions():

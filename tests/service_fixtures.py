@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from biovl_core.synthetic_video import make_recording
-from services.app import JobService, create_app
+from services.api import JobService, create_app
 from services.queue import JobQueue
 from services.settings import ServiceSettings
 from services.worker import LocalRunner, Worker

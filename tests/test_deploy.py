@@ -889,7 +889,7 @@ def _check_serve_config(config: dict[str, Any], where: str) -> None:
     names = {app.name: app for app in parsed.applications}
     assert "biovl" in names, f"{where}: no application named biovl"
     app = names["biovl"]
-    assert app.import_path.startswith("services.app:"), app.import_path
+    assert app.import_path.startswith("services.serve.app:"), app.import_path
     assert app.route_prefix == "/", app.route_prefix
 
 
@@ -1385,7 +1385,7 @@ def test_dockerignore_keeps_build_inputs_and_drops_the_rest() -> None:
         "constraints.txt",
         "README.md",
         "biovl_core/align.py",
-        "services/app.py",
+        "services/serve/app.py",
         "deploy/serve_config.yaml",
     ):
         assert not _dockerignored(kept, patterns), f"{kept} is needed by the build"

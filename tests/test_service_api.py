@@ -226,7 +226,7 @@ def test_aligner_batches_requests_of_different_protocols_together() -> None:
     """The Aligner deployment's grouping: per-video step texts do not split a batch."""
     from biovl_core.align import align
     from biovl_core.synthetic import make_benchmark
-    from services.app import _align_group_key, align_requests
+    from services.serve.deployments import _align_group_key, align_requests
 
     problems = make_benchmark(seed=3, difficulty=1.0)[:4]
     requests = [

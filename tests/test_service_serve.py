@@ -36,7 +36,7 @@ def test_serve_app_aligns_like_the_pipeline(
 ) -> None:
     from ray import serve
 
-    from services.app import build_app
+    from services.serve.app import build_app
 
     settings = make_settings(
         tmp_path,
@@ -138,7 +138,7 @@ def test_serve_config_yaml_fits_the_env_built_app(monkeypatch: pytest.MonkeyPatc
     metrics folder per role as the code derives from the ConfigMap's BIOVL_METRICS_DIR."""
     from ray.serve._private.build_app import build_app as build_serve_app
 
-    from services.app import app_builder
+    from services.serve.app import app_builder
     from services.settings import CONFIG_ENV, ServiceSettings
 
     config = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())

@@ -10,11 +10,14 @@ import av
 import numpy as np
 import pytest
 
+from biovl_core.device import cuda_available
 from biovl_core.errors import VideoError
 from biovl_core.synthetic_video import SyntheticVideo, read_frame_counter, write_video
 from biovl_core.video import (
+    DecoderChoice,
     PyAVSampler,
     VideoInfo,
+    choose_decoder,
     dali_available,
     frame_index_at,
     frame_times,
@@ -305,9 +308,44 @@ def test_video_sha256_streams_the_file(videos: dict[str, SyntheticVideo], tmp_pa
 
 def test_get_sampler_by_name() -> None:
     assert isinstance(get_sampler("pyav"), PyAVSampler)
-    assert get_sampler("auto").name == ("dali" if dali_available() else "pyav")
+    assert get_sampler("auto").name == choose_decoder("auto").backend
     with pytest.raises(ValueError, match="auto, pyav, dali"):
         get_sampler("ffmpeg-gpu")
+
+
+def test_choose_decoder_names_the_reason() -> None:
+    assert choose_decoder("pyav") == DecoderChoice("pyav", "requested")
+    assert choose_decoder("DALI").backend == "dali"
+    with pytest.raises(ValueError, match="auto, pyav, dali"):
+        choose_decoder("nvdec")
+    if not cuda_available():
+        assert choose_decoder("auto").backend == "pyav"
+        assert choose_decoder("auto").reason == "no_cuda"
+
+
+def test_gpu_node_without_nvdec_serves_on_pyav_after_one_warning(
+    videos: dict[str, SyntheticVideo],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A GPU with DALI installed but a driver without libnvcuvid: PyAV, reason no_nvcuvid."""
+    import biovl_core.video as video
+
+    monkeypatch.setattr(video, "cuda_available", lambda: True)
+    monkeypatch.setattr(video, "dali_available", lambda: True)
+    monkeypatch.setattr(video, "nvdec_library", lambda: None)
+    choose_decoder.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="biovl_core.video"):
+            first = choose_decoder("auto")
+            sampler = get_sampler("auto")
+        assert (first.backend, first.reason) == ("pyav", "no_nvcuvid")
+        assert "NVIDIA_DRIVER_CAPABILITIES" in first.detail
+        assert len([r for r in caplog.records if "falls back to PyAV" in r.message]) == 1
+        frames = sampler.sample(videos["cfr"].path, np.array([[2.0]]), size=SIZE)
+        assert counters(frames)[0, 0] == 60
+    finally:
+        choose_decoder.cache_clear()
 
 
 @pytest.mark.gpu

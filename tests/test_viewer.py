@@ -92,7 +92,7 @@ class LiveService:
     def __init__(self, settings: Any) -> None:
         import uvicorn
 
-        from services.app import JobService, create_app
+        from services.api import JobService, create_app
         from services.worker import LocalRunner, Worker
 
         self.settings = settings

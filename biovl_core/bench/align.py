@@ -114,6 +114,7 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
     import numba
 
     from biovl_core import _align_numba
+    from biovl_core._align_pack import pack_batch
     from biovl_core.align import align_batch, pack_flat
 
     repeats = 1 if quick else 3
@@ -152,6 +153,11 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
     rows.append(_row("numba align()", "single", problems, t, "api"))
     t = best_seconds(lambda: align_batch(sims, method="drop_dtw", backend="numba"), repeats)
     rows.append(_row("numba align_batch()", "batch", problems, t, "api"))
+    matches, drops = [p.match for p in problems], [p.drop for p in problems]
+    t = best_seconds(lambda: pack_flat(problems), repeats)
+    rows.append(_row("pack_flat (old)", "pack", problems, t, "pack"))
+    t = best_seconds(lambda: pack_batch(matches, drops), repeats)
+    rows.append(_row("pack_batch (1 buffer)", "pack", problems, t, "pack"))
     if cupy_usable():
         for backend in ("cupy_xp", "cupy"):
             t = best_seconds(lambda b=backend: solve_segmentation(problems, b), repeats)
@@ -192,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("aligner: drop_dtw segmentation, K=4..30 steps, N=50..400 segments, float32 + traceback")
     print(
         "all rows on the same problems (python loop on every one unless --quick); kernel = bare "
-        "solver, api = align()/align_batch() incl. validation, percentile drop cost, spans, score"
+        "solver, api = align()/align_batch() incl. validation, percentile drop cost, spans, score, "
+        "pack = packing the batch for the flat kernels (cells packed per second)"
     )
     print(format_table(rows))
     return 0
@@ -344,3 +351,54 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
             "shfl variant: MISMATCH (the fused RawKernel passed all its checks): "
             + " | ".join(shfl_failures)
         )
+
+
+def host_arrays_check(quick: bool = False, repeats: int = 3) -> None:
+    """On a GPU: the cupy path from host arrays (pack once, one pinned copy, one launch) vs numba.
+
+    Asserts the same labels as numba; prints G cells/s of packing alone, of the whole host
+    path and of numba per batch size, and where the GPU starts to win (the size rule behind
+    ``align.AUTO_CUPY_MIN_CELLS``).
+    """
+    import cupy as cp
+
+    from biovl_core import _align_cupy, _align_numba
+    from biovl_core._align_pack import pack_batch
+    from biovl_core.align import AUTO_CUPY_MIN_CELLS, pack_flat
+
+    sizes = (1, 10, 100, 1000, 5000) if quick else (1, 10, 100, 1000, 5000, 20000)
+    crossover = None
+    for size in sizes:
+        probs = make_problems(size, seed=5)
+        matches, drops = [p.match for p in probs], [p.drop for p in probs]
+        cells = _cells(probs)
+        ref, _ = _align_numba.solve_flat(*pack_flat(probs))
+        labels, _, _ = _align_cupy.solve_from_host(matches, drops)
+        assert np.array_equal(labels, ref), f"host-array cupy labels differ from numba ({size})"
+
+        def host(m: list = matches, d: list = drops) -> None:
+            _align_cupy.solve_from_host(m, d)
+            cp.cuda.get_current_stream().synchronize()
+
+        t_pack = best_seconds(
+            lambda m=matches, d=drops: pack_batch(m, d, allocate=_align_cupy.PINNED.allocate),
+            repeats,
+        )
+        t_host = best_seconds(host, repeats)
+        packed = pack_flat(probs)
+        t_numba = best_seconds(lambda p=packed: _align_numba.solve_flat(*p), repeats)
+        if crossover is None and t_host < t_numba:
+            crossover = cells
+        print(
+            f"batch {size:>6} ({cells / 1e6:7.2f} M cells): from host arrays "
+            f"{cells / t_host / 1e9:6.2f} G cells/s (packing alone {cells / t_pack / 1e9:6.2f}); "
+            f"numba {cells / t_numba / 1e9:6.2f} G cells/s; {'cupy' if t_host < t_numba else 'numba'} wins"
+        )
+    where = (
+        "never in these sizes" if crossover is None else f"from about {crossover / 1e6:.2f} M cells"
+    )
+    print(
+        f"same labels as numba at every size; the GPU path wins {where} "
+        f"(auto switches at AUTO_CUPY_MIN_CELLS = {AUTO_CUPY_MIN_CELLS / 1e6:.1f} M cells); "
+        "target >= 5 G cells/s from host arrays"
+    )

@@ -1,0 +1,318 @@
+"""Group alignment: recordings of one protocol align each other (SPEC.md "Group alignment").
+
+```python
+from biovl_core.align import align_group
+alignments = align_group(frames=[F1, F2, ...], texts=T, annotations=[None, spans, ...],
+                         segment_seconds=5.0)
+```
+
+``frames[i]`` float32 [N_i, D] L2-normalised segment embeddings, ``texts`` [K, D] the step
+texts, ``annotations[i]`` None or K spans ``(start_s, end_s)`` each possibly None (not
+performed); annotated recordings are ground truth. One ``Alignment`` per recording, with a
+per-step ``confidence`` in [0, 1]; ``spans[k] is None`` = step k judged not performed, said
+only when the frames show strong evidence against it. A group of one without annotation
+returns exactly ``align(texts @ F.T)``.
+
+Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluation):
+
+1. Frames are centred per recording (the recording's mean frame removed: the shared scene
+   look, the camera offset) and re-normalised.
+2. Every recording gets soft step labels ``Q_i`` [K, N_i]: its annotation, or, to start, the
+   posterior of the text-only "biovl" problem (``_align_skip.posterior``).
+3. Rounds: for recording i, step exemplars are the confidence-weighted mean of the other
+   recordings' frames under their labels (leave-one-out, so a recording never confirms
+   itself); annotated recordings weigh ``annotated_weight``, the others their agreement
+   weight. The exemplar similarity is turned into per-step log-likelihood ratios exactly as
+   "biovl" turns text similarity (``standardize``, ``signal_strength``) and added, times
+   ``exemplar_weight``, to the text problem's scores. The new posterior, at ``temperature``,
+   is the recording's next ``Q_i``; a step may be skipped at ``skip_penalty``.
+4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
+   the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of something else: it stops
+   teaching the others and is aligned from text alone.
+5. Final: the best labeling with skips (``_align_skip.solve_skip``); then each skipped step
+   whose best run among background segments gains more than ``place_gain`` is placed
+   there, out of order (two steps swapped). Confidence: the posterior mass of the chosen
+   span (or of the skip), 1 for annotated recordings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from biovl_core import _align_skip
+from biovl_core.align import Alignment, Span, align_batch, objective, resolve_method
+from biovl_core.errors import BioVLError
+from biovl_core.methods import signal_strength, standardize
+
+GROUP_METHOD = "group"
+TEXT_METHOD = "biovl"  # the per-recording text problem, as ``align`` builds it by default
+
+# Chosen by scripts/eval_group.py on tuning seeds 0-9; see docs/QUALITY.md "Group alignment".
+GROUP_DEFAULTS: dict[str, float] = {
+    "rounds": 4,
+    "exemplar_weight": 2.0,
+    "annotated_weight": 3.0,
+    "temperature": 3.0,
+    "skip_penalty": 2.0,
+    "min_agreement": 0.6,
+    "place_gain": 32.0,
+}
+
+
+def _check_frames(frames: Sequence[Any], texts: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames [N_i, D] and texts [K, D] as finite float32, with matching D; errors say which."""
+    t = np.asarray(texts, dtype=np.float32)
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise BioVLError(f"texts must be a non-empty 2-D array [K steps, D]; got shape {t.shape}")
+    if not np.isfinite(t).all():
+        raise BioVLError("texts has NaN/inf values; check the text embeddings")
+    if len(frames) == 0:
+        raise BioVLError("frames is empty: give at least one recording's [N, D] embeddings")
+    out = []
+    for i, f in enumerate(frames):
+        arr = np.asarray(f, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != t.shape[1]:
+            raise BioVLError(
+                f"frames[{i}] must be [N segments, D={t.shape[1]}] like texts; got {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise BioVLError(f"frames[{i}] has NaN/inf values; check its embeddings")
+        out.append(arr)
+    return out, t
+
+
+def _check_annotation(spans: Any, i: int, k: int) -> list[Span]:
+    """K spans (start_s <= end_s, or None) of recording i, or an error naming what is wrong."""
+    spans = list(spans)
+    if len(spans) != k:
+        raise BioVLError(f"annotations[{i}] has {len(spans)} spans for {k} steps; give one each")
+    out: list[Span] = []
+    for s, span in enumerate(spans):
+        if span is None:
+            out.append(None)
+            continue
+        a, b = (float(x) for x in span)
+        if not (math.isfinite(a) and math.isfinite(b) and 0.0 <= a <= b):
+            raise BioVLError(f"annotations[{i}][{s}] = {span!r}: need 0 <= start_s <= end_s")
+        out.append((a, b))
+    return out
+
+
+def _group_params(params: dict[str, Any]) -> dict[str, float]:
+    """GROUP_DEFAULTS overlaid with ``params``; unknown names and bad values are refused."""
+    unknown = sorted(set(params) - set(GROUP_DEFAULTS))
+    if unknown:
+        raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
+    full = {**GROUP_DEFAULTS, **params}
+    for name, value in full.items():
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
+    if full["temperature"] <= 0:
+        raise BioVLError("align_group: temperature must be > 0")
+    return full
+
+
+def _segment_labels(spans: list[Span], n: int, seg: float) -> np.ndarray:
+    """Step index per segment by its midpoint (-1 = background); later steps win overlaps."""
+    mids = (np.arange(n) + 0.5) * seg
+    labels = np.full(n, -1, dtype=np.int64)
+    for k, span in enumerate(spans):
+        if span is not None:
+            labels[(mids >= span[0]) & (mids < span[1])] = k
+    return labels
+
+
+def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    """[K, N] indicator of each segment's step (background rows all zero)."""
+    q = np.zeros((k, labels.shape[0]))
+    cols = np.flatnonzero(labels >= 0)
+    q[labels[cols], cols] = 1.0
+    return q
+
+
+def _with_background(q: np.ndarray) -> np.ndarray:
+    """Soft labels [K, N] plus a background row: the mass no step holds."""
+    return np.vstack([q, np.clip(1.0 - q.sum(axis=0, keepdims=True), 0.0, 1.0)])
+
+
+def _centred(frames: np.ndarray) -> np.ndarray:
+    """Frames less the recording's mean frame, rows re-normalised (zero rows stay zero)."""
+    x = frames.astype(np.float64) - frames.mean(axis=0, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _exemplar_llr(
+    prototypes: np.ndarray, x: np.ndarray, text_params: dict[str, Any]
+) -> tuple[np.ndarray, float]:
+    """Log-likelihood ratios [K + 1, N] of frames ``x`` against step and background prototypes.
+
+    The same model "biovl" uses for text: standardized similarity z, signal mu from the
+    row's top cells, ``mu z - mu**2 / 2``; a prototype with no mass gives zeros. Also the
+    fit of the recording to the steps: the mean over frames of the best step-prototype
+    cosine (a recording of something else resembles none of them).
+    """
+    norm = np.linalg.norm(prototypes, axis=1, keepdims=True)
+    p = np.where(norm > 1e-12, prototypes / np.maximum(norm, 1e-12), 0.0)
+    cos = p @ x.T
+    z = standardize(cos)
+    mu = signal_strength(z, text_params["top_share"], text_params["signal_offset"])
+    mu = np.where(norm[:, 0] > 1e-12, mu, 0.0)
+    return mu[:, None] * z - 0.5 * mu[:, None] ** 2, float(cos[:-1].max(axis=0).mean())
+
+
+def _confidence(labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int) -> np.ndarray:
+    """Per step: mean posterior over its labelled segments, or its skip probability."""
+    conf = np.empty(k)
+    for s in range(k):
+        cols = np.flatnonzero(labels == s)
+        conf[s] = post[s, cols].mean() if cols.size else p_skip[s]
+    return np.clip(conf, 0.0, 1.0)
+
+
+def _place_skipped(
+    labels: np.ndarray, match: np.ndarray, drop: np.ndarray, min_gain: float, temp: float
+) -> dict[int, float]:
+    """Put skipped steps into background runs where they gain > ``min_gain`` (swaps).
+
+    Returns the confidence of each placed step: a logistic of its margin over ``min_gain``.
+    Runs are found with Kadane's maximum-sum subarray over each background stretch.
+    """
+    k = match.shape[0]
+    placed: dict[int, float] = {}
+    missing = [s for s in range(k) if not (labels == s).any()]
+    while missing:
+        best = (min_gain, -1, 0, 0)
+        free = labels < 0
+        for s in missing:
+            gain = np.where(free, match[s] - drop, -np.inf)
+            run, start = 0.0, 0
+            for j in range(gain.shape[0]):
+                if run <= 0.0:
+                    run, start = 0.0, j
+                run += gain[j]
+                if run > best[0]:
+                    best = (run, s, start, j)
+        g, s, a, b = best
+        if s < 0:
+            break
+        labels[a : b + 1] = s
+        placed[s] = 1.0 / (1.0 + math.exp(-(g - min_gain) / temp))
+        missing.remove(s)
+    return placed
+
+
+def _spans(labels: np.ndarray, k: int, seg: float, duration: float) -> list[Span]:
+    """Span per step from its first and last segment (labels need not be monotonic)."""
+    out: list[Span] = []
+    for s in range(k):
+        cols = np.flatnonzero(labels == s)
+        if cols.size == 0:
+            out.append(None)
+        else:
+            out.append((float(cols[0] * seg), float(min((cols[-1] + 1) * seg, duration))))
+    return out
+
+
+def align_group(
+    frames: Sequence[Any],
+    texts: Any,
+    annotations: Sequence[Sequence[Span] | None] | None = None,
+    segment_seconds: float = 5.0,
+    **params: float,
+) -> list[Alignment]:
+    """Align every recording of one protocol using the others (module doc; SPEC.md contract)."""
+    feats, t = _check_frames(frames, texts)
+    g, k = len(feats), t.shape[0]
+    annotations = [None] * g if annotations is None else list(annotations)
+    if len(annotations) != g:
+        raise BioVLError(
+            f"annotations has {len(annotations)} entries for {g} recordings; give one each "
+            "(None for a recording without annotation)"
+        )
+    gt = [None if a is None else _check_annotation(a, i, k) for i, a in enumerate(annotations)]
+    p = _group_params(params)
+    seg = float(segment_seconds)
+    if not (math.isfinite(seg) and seg > 0):
+        raise BioVLError(f"segment_seconds must be positive, got {segment_seconds!r}")
+    sims = [t @ f.T for f in feats]
+    free = [i for i in range(g) if gt[i] is None]
+    alone = dict(zip(free, align_batch([sims[i] for i in free], seg, TEXT_METHOD), strict=True))
+    spec = resolve_method(TEXT_METHOD)
+    text_params = dict(spec.defaults)
+    problems = [spec.prepare(s, dict(text_params)) for s in sims]  # type: ignore[misc]
+    no_skip = np.full(k, -np.inf)
+    temp = p["temperature"]
+
+    labelled = [
+        None if a is None else _segment_labels(a, f.shape[0], seg)
+        for a, f in zip(gt, feats, strict=True)
+    ]
+    soft: list[np.ndarray] = []
+    for i in range(g):
+        if labelled[i] is not None:
+            soft.append(_one_hot(labelled[i], k))
+        else:
+            m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
+            soft.append(_align_skip.posterior(m, d, no_skip, temp)[0])
+    source_weight = np.array([p["annotated_weight"] if a is not None else 1.0 for a in gt])
+    x = [_centred(f) for f in feats]
+    scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    agreement = np.ones(g)
+    teaching = np.ones(g, dtype=bool)
+    skip = np.full(k, -p["skip_penalty"])
+    for _ in range(int(p["rounds"]) if g > 1 else 0):
+        # Row K is the background: frames no step claims, so idle looks stop matching steps.
+        sums = np.stack([_with_background(q) @ xi for q, xi in zip(soft, x, strict=True)])
+        weights = source_weight * teaching
+        total = np.tensordot(weights, sums, axes=1)
+        fit = np.zeros(g)
+        for i in free:
+            llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
+            match = problems[i].match + p["exemplar_weight"] * llr[:k]
+            drop = problems[i].drop + p["exemplar_weight"] * llr[k]
+            post, p_skip, _ = _align_skip.posterior(match, drop, skip, temp)
+            soft[i] = post
+            scores[i] = (match, drop, p_skip)
+        for i in [j for j in range(g) if gt[j] is not None]:
+            fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)[1]
+        reference = float(np.median(fit))
+        agreement = fit / reference if reference > 0 else np.zeros(g)
+        teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
+
+    out: list[Alignment] = []
+    for i in range(g):
+        n = feats[i].shape[0]
+        base = {**p, "recordings": g, "annotated": int(sum(a is not None for a in gt))}
+        if gt[i] is not None:
+            labels = labelled[i]
+            score = objective(problems[i].match, problems[i].drop, labels)
+            conf = np.ones(k)
+            info = {**base, "agreement": float(agreement[i])}
+            out.append(Alignment(gt[i], labels, score, GROUP_METHOD, info, confidence=conf))
+            continue
+        if i not in scores or not teaching[i]:
+            a = alone[i]
+            m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
+            post, p_skip, _ = _align_skip.posterior(m, d, no_skip, temp)
+            a.confidence = _confidence(a.labels, post, p_skip, k)
+            a.params = {
+                **a.params,
+                "group": {**base, "agreement": float(agreement[i]), "used": False},
+            }
+            out.append(a)
+            continue
+        match, drop, p_skip = scores[i]
+        labels, _ = _align_skip.solve_skip(match, drop, skip)
+        conf = _confidence(labels, soft[i], p_skip, k)
+        for s, c in _place_skipped(labels, match, drop, p["place_gain"], temp).items():
+            conf[s] = c
+        spans = _spans(labels, k, seg, n * seg)
+        score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
+        info = {**base, "agreement": float(agreement[i]), "used": True}
+        out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))
+    return out
