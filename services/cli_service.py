@@ -44,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sigterm_as_interrupt()
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        sigterm_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which aborts
         serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
         serve.run(build_app(settings), name="biovl", route_prefix="/")
         print(

@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         stop_descendants()
         return 130
+    sigterm_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which aborts
     lab = next(iter(stack.tokens), "demo")
     print(f"Service: {stack.base_url}/  lab tokens: {stack.tokens}", flush=True)
     try:

@@ -4,11 +4,12 @@ DashboardAgent, RuntimeEnvAgent, workers, and the embedded redis-server)."""
 from __future__ import annotations
 
 import os
-import selectors
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,20 +27,20 @@ def _free_port() -> int:
 
 
 def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> str:
-    """Read the command's output until a line contains ``needle``; the output so far."""
-    seen: list[str] = []
-    sel = selectors.DefaultSelector()
+    """Read the command's output (in a thread) until a line contains ``needle``."""
+    lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    stdout = proc.stdout
+    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+    seen: list[str] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not sel.select(timeout=1.0):
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
             if proc.poll() is not None:
                 break
             continue
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
         seen.append(line)
         if needle in line:
             return "".join(seen)
@@ -96,6 +97,7 @@ def test_sigterm_leaves_no_process_behind(command: str, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    started: set[int] = set()
     try:
         _wait_for_line(proc, ready, timeout_s=300)
         started = {p.pid for p in _tree(proc.pid)}
@@ -110,5 +112,5 @@ def test_sigterm_leaves_no_process_behind(command: str, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-        for p in _leftovers(set(), str(var)):
+        for p in _leftovers(started, str(var)):
             os.kill(int(p.split(":")[0]), signal.SIGKILL)
