@@ -10,6 +10,7 @@ found before the model loads: options first, then the protocol, then the video.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -220,6 +221,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse and dispatch; user errors print one clear line and exit 2."""
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        # --quiet: no banners or library warnings; the summary line still names the weights.
+        logging.getLogger("biovl_core").setLevel(logging.ERROR)
+        logging.getLogger().setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except BioVLError as exc:

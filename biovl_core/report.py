@@ -158,7 +158,7 @@ def protocol_listing(protocol: Protocol, name: str) -> str:
     ):
         where = f"line {line}" if line is not None else ""
         lines.append(f"{k + 1:>4}  {where:<10} {text}")
-        lines.extend(f"{'':>16}note: {note}" for note in notes)
+        lines.extend(f"{'':>16}└ {note}" for note in notes)
     return "\n".join(lines)
 
 
