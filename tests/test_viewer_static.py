@@ -196,8 +196,14 @@ def test_viewer_has_the_required_parts() -> None:
     for needed in ("video", "steps", "timeline", "heatmap", "dl-json", "dl-csv", "dl-vtt"):
         assert needed in ids, f"viewer.html lacks #{needed}"
     js = (STATIC / "viewer.js").read_text(encoding="utf-8")
-    for needle in ('kind: "chapters"', '"aria-current"', "alignment.vtt", "similarity=1"):
+    # the track, video and downloads use the job's signed links (the API's "links"), never
+    # a URL built with the lab token
+    for needle in ('kind: "chapters"', '"aria-current"', 'mediaUrl("vtt")', "similarity=1"):
         assert needle in js, f"viewer.js lacks {needle}"
+    for path in sorted(STATIC.glob("*.js")):
+        script = path.read_text(encoding="utf-8")
+        assert not re.search(r"""searchParams\.(set|append)\(\s*["']token""", script), path.name
+        assert not re.search(r"""[?&]token=""", script), f"{path.name} puts the token in a URL"
 
 
 def test_index_has_upload_form() -> None:
