@@ -140,6 +140,10 @@ def test_link_secret_is_private_and_shared_by_replicas(make_env: Any, recording:
     configured = env.settings.replace(link_secret="s" * 40)
     other = TestClient(create_app(JobService(configured)))
     assert other.get(job["links"]["video"]).status_code == 403
+    # a lab whose token the operator removed: its links stop working at once
+    only_b = env.settings.replace(lab_tokens=f"lab-b:{TOKENS['lab-b']}")
+    revoked = TestClient(create_app(JobService(only_b))).get(job["links"]["video"])
+    assert revoked.status_code == 403 and "no longer configured" in revoked.json()["error"]
     with pytest.raises(ValueError, match="at least 32"):
         LinkSigner.from_settings(env.settings.replace(link_secret="short"))
 
