@@ -163,8 +163,7 @@ def print_job(job: dict[str, Any], stack: LocalStack, lab: str) -> None:
     token = stack.tokens.get(lab, "<your token>")
     print(f"\nJob:     {stack.base_url}/v1/jobs/{job['job_id']}   (Authorization: Bearer {token})")
     print(f"Viewer:  {stack.base_url}/jobs/{job['job_id']}#token={token}")
-    print(f"Metrics: {stack.base_url}/metrics (ingress), ", end="")
-    print(f"http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics (workers, embedder)")
+    print(f"Metrics: http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics (every process)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

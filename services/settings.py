@@ -34,6 +34,10 @@ class ServiceSettings:
     # auth: tokens file ({lab: sha256(token)}, JSON or YAML) and/or dev tokens "lab:token,..."
     tokens_file: str | None = None
     lab_tokens: str | None = None
+    # signed media links (<video>, <track>, downloads): HMAC key shared by every replica (None:
+    # generated once, kept in <archive>/secrets/link-secret, mode 0600) and lifetime in seconds
+    link_secret: str | None = None
+    link_ttl_s: int = 3600
     # job-end webhooks, registered per lab by the operator ({lab: {url, secret}}, JSON or YAML)
     webhooks_file: str | None = None
     # upload limits (bytes)
@@ -69,7 +73,9 @@ class ServiceSettings:
     replica_num_cpus: float = 0.0
     # metrics
     metrics_dir: str | None = None  # prometheus multiprocess dir shared by this node's processes
-    worker_metrics_port: int = 9464  # standalone worker's /metrics (0: off)
+    # this node's biovl_* metrics (Ingress and pipeline replicas, a standalone worker), never on
+    # the API port; the first process of a node to bind it serves the node's sums (0: off)
+    worker_metrics_port: int = 9464
 
     def pipeline_config(self, **overrides: Any) -> PipelineConfig:
         """The operator's PipelineConfig with ``overrides`` applied."""

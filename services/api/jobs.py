@@ -53,11 +53,9 @@ class JobService:
             )
 
     # ---- auth / lookup -------------------------------------------------------------------
-    def lab_of(self, request: Request, allow_query_token: bool = False) -> str:
-        """The caller's lab from its bearer token (or ``?token=`` where allowed)."""
+    def lab_of(self, request: Request) -> str:
+        """The caller's lab from its bearer token (never from the URL: see api.hardening)."""
         token = bearer_token(request.headers.get("authorization"))
-        if token is None and allow_query_token:
-            token = request.query_params.get("token")
         try:
             return self.tokens.lab_for(token)
         except AuthError as exc:
