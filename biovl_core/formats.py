@@ -146,6 +146,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
                 "score": _num(score),
             }
         )
+        if result.confidence is not None:
+            steps[-1]["confidence"] = _num(result.confidence[i])
     d: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -168,6 +170,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
         d["baseline_spans"] = [
             [_num(s[0]), _num(s[1])] if s else None for s in result.baseline_spans
         ]
+    if result.group is not None:
+        d["group"] = dict(result.group)
     if include_similarity:
         sim = np.round(np.asarray(result.similarity, dtype=np.float64), 4)
         d["similarity"] = [[_num(x) for x in row] for row in sim.tolist()]

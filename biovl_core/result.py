@@ -31,6 +31,8 @@ class AlignmentResult:
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     baseline_spans: list[Span] | None = None  # the uniform baseline, for reports
+    confidence: list[float] | None = None  # per step in [0, 1], where the aligner gives one
+    group: dict[str, Any] | None = None  # the recordings of its protocol that helped (groups)
 
     @property
     def num_segments(self) -> int:
