@@ -75,6 +75,8 @@ def test_corrections_are_versions_lab_scoped_and_checked(make_env, recording):  
         r = env.client.put(url, json=bad, headers=AUTH_A)
         assert r.status_code == 422 and "step" in r.json()["error"], r.text
     assert env.client.put(url, content=b"{nope", headers=AUTH_A).status_code == 422
+    huge = b"[" + b"null," * 60_000 + b"null]"
+    assert env.client.put(url, content=huge, headers=AUTH_A).status_code == 413
     first = env.client.put(url, json=body, headers=AUTH_A).json()
     assert first["version"] == 1 and first["source"] == "correction" and first["lab"] == "lab-a"
     assert first["spans"][2] is None and first["spans"][0] == [0.0, 3.0]

@@ -5,21 +5,20 @@ recording of that protocol is aligned with it (its result counts one correction)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fixtures_embed import make_tiny_clip_checkpoint
-from service_fixtures import make_settings, poll, upload
-from test_viewer import (  # noqa: F401  (browser is a fixture)
+from service_fixtures import poll, upload
+from test_viewer import (  # noqa: F401  (browser, live_service: fixtures, one per module)
     JOB_TIMEOUT_MS,
     TOKEN,
     LiveService,
     PageWatch,
     _shot,
     browser,
+    live_service,
     wait_in_page,
 )
 
@@ -31,19 +30,6 @@ from biovl_core.synthetic_video import make_recording
 pytestmark = pytest.mark.slow
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LiveService]:
-    """A running service (uvicorn + one worker thread) on its own archive and Redis prefix."""
-    root = tmp_path_factory.mktemp("corrections-service")
-    checkpoint = make_tiny_clip_checkpoint(root / "tiny.pt", seed=0)
-    service = LiveService(make_settings(root, redis_url, checkpoint))
-    service.start()
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +80,10 @@ def _open(page: Any, base: str, job_id: str) -> None:
 
 def test_edit_save_reload_and_the_next_recording_learns(
     browser: Any,  # noqa: F811
-    live: LiveService,
+    live_service: LiveService,  # noqa: F811
     recordings: list[Path],
 ) -> None:
+    live = live_service
     first = _submit(live, recordings[0])
     k = len(first["steps"])
     assert first["group"]["recordings"] == 0 and first["method"] == "biovl"
