@@ -129,10 +129,19 @@ def test_edit_save_reload_and_the_next_recording_learns(
     assert _span_texts(page)[k - 1] == before
     last.locator(".corr-skip").click()
     edited = _span_texts(page)
+    page.locator("#corr-steps li[data-index='2'] .corr-end-here").click()  # at 0:0x.x: a slip
+    assert _span_texts(page) != edited
+    page.keyboard.press("Control+z")
+    assert _span_texts(page) == edited
     page.click("#corr-save")
     page.wait_for_selector("#corr-status:has-text('Saved as correction v1')")
     assert page.locator("#corr-save").is_disabled()
     _shot(page, "corrections-1280x800.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow"
+    _shot(page, "corrections-390x844.png")
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     # Reload: the saved correction is what the editor shows.
     page.reload()

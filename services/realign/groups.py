@@ -22,6 +22,7 @@ import numpy as np
 
 from biovl_core.config import PipelineConfig
 from biovl_core.group import TEXT_METHOD, GroupContext, GroupMember, coalign
+from biovl_core.pipeline import resolve_method
 from services.archive import Archive, JobFiles
 from services.groups import map_spans, protocol_groups
 from services.realign.plan import ModelIdentity, experiment_of, job_config, realign_key
@@ -71,8 +72,8 @@ def plan_groups(
             latest = rec.jf.latest_alignment()
             sha = rec.record.get("video_sha256")
             job_cfg = job_config(cfg, rec.record, method)
-            chosen = job_cfg.method if job_cfg.method != "default" else TEXT_METHOD
-            if latest is None or not sha or chosen != TEXT_METHOD or not job_cfg.cache_dir:
+            grouped = resolve_method(job_cfg) == TEXT_METHOD  # as the worker's align_in_group
+            if latest is None or not sha or not grouped or not job_cfg.cache_dir:
                 continue
             spans, corrected = rec.annotation()
             members.append(

@@ -8,6 +8,14 @@ const MIN_SPAN_S = 0.5;
 const SNAP_S = 0.1;
 const $ = (sel, root = document) => root.querySelector(sel);
 
+let undoCurrent = null; // the mounted editor's undo, for Ctrl+Z (one listener per page)
+document.addEventListener("keydown", (event) => {
+  if ((event.ctrlKey || event.metaKey) && event.key === "z" && undoCurrent && !event.target.closest("input, textarea")) {
+    event.preventDefault();
+    undoCurrent();
+  }
+});
+
 const snap = (t) => Math.round(t / SNAP_S) * SNAP_S;
 const copy = (spans) => spans.map((s) => (s ? [s[0], s[1]] : null));
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
@@ -45,12 +53,7 @@ export function mountCorrections({ jobId, raw, data, video, seekTo }) {
   track.addEventListener("pointermove", onDrag);
   track.addEventListener("pointerup", endDrag);
   track.addEventListener("pointercancel", endDrag);
-  document.addEventListener("keydown", (event) => {
-    if ((event.ctrlKey || event.metaKey) && event.key === "z" && !event.target.closest("input, textarea")) {
-      event.preventDefault();
-      undoLast();
-    }
-  });
+  undoCurrent = undoLast;
 
   api(url)
     .then((body) => {
