@@ -157,6 +157,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
             step["line"] = result.step_line(i)  # where the step is in the protocol file
         if result.step_notes(i):
             step["notes"] = result.step_notes(i)  # the protocol's notes on this step
+        if result.confidence is not None:
+            step["confidence"] = _num(result.confidence[i])
         steps.append(step)
     d: dict[str, Any] = {
         "schema": SCHEMA,
@@ -180,6 +182,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
         d["baseline_spans"] = [
             [_num(s[0]), _num(s[1])] if s else None for s in result.baseline_spans
         ]
+    if result.group is not None:
+        d["group"] = dict(result.group)
     if include_similarity:
         sim = np.round(np.asarray(result.similarity, dtype=np.float64), 4)
         d["similarity"] = [[_num(x) for x in row] for row in sim.tolist()]

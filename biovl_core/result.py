@@ -33,6 +33,8 @@ class AlignmentResult:
     baseline_spans: list[Span] | None = None  # the uniform baseline, for reports
     notes: list[list[str]] = field(default_factory=list)  # per step: its protocol notes
     step_lines: list[int | None] = field(default_factory=list)  # per step: protocol line
+    confidence: list[float] | None = None  # per step in [0, 1], where the aligner gives one
+    group: dict[str, Any] | None = None  # the recordings of its protocol that helped (groups)
 
     def step_notes(self, k: int) -> list[str]:
         """The notes of step k ([] where the protocol gave none)."""

@@ -22,6 +22,9 @@ MiB = 1024 * 1024
 
 # Pipeline options a lab may override per job (everything else is fixed by the operator).
 SAFE_OPTION_KEYS = frozenset({"method", "method_params", "segment_seconds"})
+# Per-job options that are not pipeline settings: which group a recording joins (services/groups.py).
+GROUP_OPTION_KEYS = frozenset({"protocol_id"})
+JOB_OPTION_KEYS = SAFE_OPTION_KEYS | GROUP_OPTION_KEYS
 
 
 @dataclass
@@ -78,9 +81,9 @@ class ServiceSettings:
     worker_metrics_port: int = 9464
 
     def pipeline_config(self, **overrides: Any) -> PipelineConfig:
-        """The operator's PipelineConfig with ``overrides`` applied."""
+        """The operator's PipelineConfig with ``overrides`` applied (group options left out)."""
         data = dict(self.pipeline)
-        data.update(overrides)
+        data.update({k: v for k, v in overrides.items() if k not in GROUP_OPTION_KEYS})
         return PipelineConfig.from_dict(data)
 
     @property

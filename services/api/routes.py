@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 
 from biovl_core.errors import BioVLError
 from services import metrics
+from services.api.corrections import add_correction_routes
 from services.api.errors import HTTPProblem, problem_response
 from services.api.hardening import Hardening
 from services.api.jobs import JobService
@@ -136,6 +137,8 @@ def create_app(service: JobService) -> FastAPI:
                 data.pop("similarity", None)
             return JSONResponse(data)
         return Response(path.read_bytes(), media_type=ALIGNMENT_MEDIA[fmt])
+
+    add_correction_routes(app, service)
 
     @app.get("/v1/jobs/{job_id}/video")
     def get_video(job_id: str, request: Request) -> FileResponse:

@@ -19,7 +19,8 @@ from biovl_core.errors import AnnotationError, ProtocolError, VideoError
 from services import metrics
 from services.api.errors import HTTPProblem
 from services.archive import Archive, annotations_ext
-from services.settings import SAFE_OPTION_KEYS, ServiceSettings
+from services.groups import check_protocol_id
+from services.settings import JOB_OPTION_KEYS, ServiceSettings
 
 if TYPE_CHECKING:
     from biovl_core.protocol import Protocol
@@ -185,7 +186,7 @@ class UploadChecker:
         return tmp, ext
 
     def _options(self, raw: Any) -> dict[str, Any]:
-        """Parse and check the ``options`` JSON (only SAFE_OPTION_KEYS; method checked by aligning)."""
+        """Parse and check the ``options`` JSON (only JOB_OPTION_KEYS; method checked by aligning)."""
         if raw is None or raw == "":
             return {}
         if not isinstance(raw, str):
@@ -196,11 +197,16 @@ class UploadChecker:
             raise HTTPProblem(422, f"options is not valid JSON ({exc})") from None
         if not isinstance(options, dict):
             raise HTTPProblem(422, 'options must be a JSON object, e.g. {"method": "nw"}')
-        unknown = sorted(set(options) - SAFE_OPTION_KEYS)
+        unknown = sorted(set(options) - JOB_OPTION_KEYS)
         if unknown:
             raise HTTPProblem(
-                422, f"options {unknown} cannot be set per job; allowed: {sorted(SAFE_OPTION_KEYS)}"
+                422, f"options {unknown} cannot be set per job; allowed: {sorted(JOB_OPTION_KEYS)}"
             )
+        if "protocol_id" in options:
+            try:
+                check_protocol_id(options["protocol_id"])
+            except ValueError as exc:
+                raise HTTPProblem(422, str(exc)) from None
         seg = options.get("segment_seconds")
         if seg is not None and (
             not isinstance(seg, int | float) or isinstance(seg, bool) or not 0.5 <= seg <= 60

@@ -14,6 +14,7 @@ import {
   stepColor,
   wireSignIn,
 } from "./app.js";
+import { mountCorrections } from "./corrections.js";
 
 const POLL_MS = 2000;
 const LINK_REFRESH_MARGIN_MS = 60_000; // renew the signed media links this long before they expire
@@ -200,12 +201,13 @@ async function loadJob() {
   setStatus("success", statusBadge(job.status));
   try {
     const raw = await api(`/v1/jobs/${encodeURIComponent(state.jobId)}/alignment.json?similarity=1`);
-    state.data = normalise(raw, job);
+    state.data = { ...normalise(raw, job), raw };
   } catch (err) {
     setStatus("error", `The job succeeded but its alignment could not be loaded: ${err.message}`);
     return;
   }
   renderViewer();
+  mountCorrections({ jobId: state.jobId, raw: state.data.raw, data: state.data, video: $("#video"), seekTo });
 }
 
 function formatProgress(p) {
