@@ -659,20 +659,34 @@ class RawUpload:
         self.sock.close()
 
 
-def refused_once_slots_are_full(port: int, timeout_s: float = 30.0) -> tuple[int, dict, dict]:
-    """Send small complete uploads until one is refused with 503 (the held uploads reach their
-    slots a moment after their first bytes); the answer of the last one."""
-    body = multipart([("video", "v.mp4", b"x"), ("protocol", None, THREE_STEPS)])
+def hold_every_slot(
+    port: int, count: int, first_bytes: bytes, timeout_s: float = 60.0
+) -> tuple[list[RawUpload], tuple[int, dict, dict]]:
+    """Open ``count`` uploads that send ``first_bytes`` and then stall, until a small complete
+    upload is refused with 503 while none of them has been answered: (the stalled uploads, the
+    refusal). An upload reaches its slot a moment after its first bytes, so one overtaken by a
+    probe and refused is replaced."""
+    probe_body = multipart([("video", "v.mp4", b"x"), ("protocol", None, THREE_STEPS)])
+    held: list[RawUpload] = []
     deadline = time.monotonic() + timeout_s
     while True:
+        for answered_upload in [u for u in held if u.answered()]:
+            answered_upload.close()
+            held.remove(answered_upload)
+        while len(held) < count:
+            held.append(RawUpload(port))
+            assert held[-1].send(first_bytes)
+        time.sleep(1.0)
+        if any(u.answered() for u in held):
+            continue
         probe = RawUpload(port)
-        probe.send(body)
+        probe.send(probe_body)
         probe.finish()
         answer = probe.response()
         probe.close()
-        if answer[0] == 503 or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.2)
+        if answer[0] == 503 and not any(u.answered() for u in held):
+            return held, answer
+        assert time.monotonic() < deadline, f"the upload slots never filled; last answer {answer}"
 
 
 def _server_settings(
@@ -738,10 +752,7 @@ def test_stalled_uploads_hold_a_bounded_number_of_slots_and_time_out(
     )
     partial = multipart(job_parts(recording, (recording / "video.mp4").read_bytes()), close=False)
     with serve_in_subprocess(settings) as server:
-        stalled = [RawUpload(server.port) for _ in range(2)]
-        for s in stalled:
-            assert s.send(partial[: 200 * 1024])
-        status, headers, body = refused_once_slots_are_full(server.port)
+        stalled, (status, headers, body) = hold_every_slot(server.port, 2, partial[: 200 * 1024])
         assert status == 503 and headers["retry-after"] == str(settings.retry_after_s)
         assert "2 uploads are already in progress" in body["error"] and "retry in" in body["error"]
         assert httpx.get(f"{server.base}/v1/jobs", headers=AUTH_A, timeout=10).status_code == 200
@@ -785,10 +796,7 @@ def test_serve_ingress_answers_status_polls_while_slow_uploads_are_in_flight(
             base_url=f"http://127.0.0.1:{port}", headers=AUTH_A, timeout=30
         ) as client:
             job_id = client.post("/v1/jobs", files=upload(recording)[0]).json()["job_id"]
-            for _ in range(uploads):
-                slow.append(RawUpload(port))
-                assert slow[-1].send(partial[: 100 * 1024])
-            status, _, body = refused_once_slots_are_full(port)
+            slow, (status, _, body) = hold_every_slot(port, uploads, partial[: 100 * 1024])
             assert status == 503 and "uploads are already in progress" in body["error"], body
             poll = client.get(f"/v1/jobs/{job_id}")
             assert poll.status_code == 200 and poll.json()["status"] == "queued"
