@@ -746,7 +746,8 @@ def test_stalled_uploads_hold_a_bounded_number_of_slots_and_time_out(
     tmp_path: Path, redis_url: str, checkpoint: Path, recording: Path
 ) -> None:
     """Two stalled uploads fill the slots: a third gets 503 + Retry-After, status polls answer,
-    the stalled ones get 408 after the idle timeout and free their slots and temp files."""
+    the stalled ones get 408 after the idle timeout and free their slots and temp files; so does
+    a client that hangs up mid-upload."""
     settings = _server_settings(
         tmp_path, redis_url, checkpoint, max_concurrent_uploads=2, upload_idle_timeout_s=3.0
     )
@@ -761,6 +762,14 @@ def test_stalled_uploads_hold_a_bounded_number_of_slots_and_time_out(
             status, _, body = s.response()
             assert status == 408 and "sent no data for 3 s" in body["error"], body
             s.close()
+        assert list(server.tmp_dir.iterdir()) == []
+        gone = RawUpload(server.port)  # a client that hangs up mid-upload leaves nothing behind
+        assert gone.send(partial[: 300 * 1024])
+        time.sleep(0.5)
+        gone.close()
+        deadline = time.monotonic() + 10
+        while list(server.tmp_dir.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert list(server.tmp_dir.iterdir()) == []
         files, data = upload(recording)
         r = httpx.post(f"{server.base}/v1/jobs", files=files, data=data, headers=AUTH_A, timeout=60)

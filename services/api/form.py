@@ -14,6 +14,7 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from services.api.errors import HTTPProblem
 
@@ -261,6 +262,9 @@ async def read_streamed_form(
         if pending:
             await run_in_threadpool(sink.feed, b"".join(pending))
         return sink.finish()
+    except ClientDisconnect:
+        sink.abort()
+        raise HTTPProblem(400, "the client disconnected mid-upload; send it again") from None
     except BaseException:
         sink.abort()
         raise
