@@ -193,11 +193,27 @@ def _fill_queue(env: Any, recording: Path, media: dict[str, bytes]) -> None:
     assert env.post(recording).status_code == 202
 
 
+Part = tuple[str, str | None, bytes]
+Attack = Callable[[Any, Path, dict[str, bytes]], httpx.Response]
+
+
+def with_recording(*extra: Part) -> Attack:
+    """An attack: the generated recording's video and protocol, plus ``extra`` parts."""
+    return lambda env, rec, m: _post(
+        env, job_parts(rec, (rec / "video.mp4").read_bytes()) + list(extra)
+    )
+
+
+def with_parts(*parts: Part) -> Attack:
+    """An attack of exactly these parts."""
+    return lambda env, rec, m: _post(env, list(parts))
+
+
 @dataclass
 class Case:
     """One hostile upload: settings, an optional setup, the attack and the answer it must get."""
 
-    attack: Callable[[Any, Path, dict[str, bytes]], httpx.Response]
+    attack: Attack
     status: int
     needles: tuple[str, ...]
     setup: Callable[[Any, Path, dict[str, bytes]], None] | None = None
@@ -220,11 +236,7 @@ CASES = {
         ("3 steps but only 2 segments", "merge steps"),
     ),
     "segments-over-max-segments": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes())
-            + [("options", None, b'{"segment_seconds": 0.5}')],
-        ),
+        with_recording(("options", None, b'{"segment_seconds": 0.5}')),
         422,
         ("makes 60 segments", "max_segments", "use longer segments"),
         changes={"max_segments": 50},
@@ -281,28 +293,22 @@ CASES = {
         ("is empty (0 bytes)", "pick the recording file again"),
     ),
     "oversize-protocol-file": Case(
-        lambda env, rec, m: _post(
-            env, [("video", "v.mp4", b"x"), ("protocol", "p.txt", b"1. Mix.\n" * 1000)]
-        ),
+        with_parts(("video", "v.mp4", b"x"), ("protocol", "p.txt", b"1. Mix.\n" * 1000)),
         413,
         ("'protocol'", "limit of 4096 bytes", "one step per line"),
     ),
     "oversize-protocol-text": Case(
-        lambda env, rec, m: _post(env, [("protocol", None, b"1. Mix.\n" * 1000)]),
+        with_parts(("protocol", None, b"1. Mix.\n" * 1000)),
         413,
         ("'protocol'", "limit of 4096 bytes", "max_protocol_bytes"),
     ),
     "oversize-annotations": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes())
-            + [("annotations", "a.csv", b"step,start,end\n" + b"1,0,1\n" * 2000)],
-        ),
+        with_recording(("annotations", "a.csv", b"step,start,end\n" + b"1,0,1\n" * 2000)),
         413,
         ("'annotations'", "limit of 4096 bytes", "step,start,end"),
     ),
     "oversize-options": Case(
-        lambda env, rec, m: _post(env, [("options", None, b'{"method": "' + b"n" * 2000 + b'"}')]),
+        with_parts(("options", None, b'{"method": "' + b"n" * 2000 + b'"}')),
         413,
         ("'options'", "max_options_bytes"),
     ),
@@ -318,7 +324,7 @@ CASES = {
         ("not UTF-8", "save it as UTF-8"),
     ),
     "protocol-empty": Case(
-        lambda env, rec, m: _post(env, [("video", "v.mp4", b"x"), ("protocol", None, b"  \n")]),
+        with_parts(("video", "v.mp4", b"x"), ("protocol", None, b"  \n")),
         422,
         ("protocol is empty",),
     ),
@@ -334,51 +340,32 @@ CASES = {
         ("8 steps but only 6 segments", "method 'uniform'"),
     ),
     "annotations-garbage": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes())
-            + [("annotations", "a.csv", b"\x00\x01,\x02\n")],
-        ),
+        with_recording(("annotations", "a.csv", b"\x00\x01,\x02\n")),
         422,
         ("annotations: a.csv: contains NUL bytes", "write a CSV with header step,start,end"),
     ),
     "annotations-bad-times": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes())
-            + [("annotations", "a.csv", b"step,start,end\n1,abc,3\n")],
-        ),
+        with_recording(("annotations", "a.csv", b"step,start,end\n1,abc,3\n")),
         422,
         ("start 'abc' is not a number", "write seconds"),
     ),
     "options-not-json": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes()) + [("options", None, b"{method: nw")],
-        ),
+        with_recording(("options", None, b"{method: nw")),
         422,
         ("options is not valid JSON",),
     ),
     "options-operator-key": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes())
-            + [("options", None, b'{"checkpoint": "/etc/passwd"}')],
-        ),
+        with_recording(("options", None, b'{"checkpoint": "/etc/passwd"}')),
         422,
         ("cannot be set per job", "allowed:"),
     ),
     "options-bad-method-param": Case(
-        lambda env, rec, m: _post(
-            env,
-            job_parts(rec, (rec / "video.mp4").read_bytes())
-            + [
-                (
-                    "options",
-                    None,
-                    b'{"method": "drop_dtw", "method_params": {"drop_percentile": 900}}',
-                )
-            ],
+        with_recording(
+            (
+                "options",
+                None,
+                b'{"method": "drop_dtw", "method_params": {"drop_percentile": 900}}',
+            )
         ),
         422,
         ("drop_percentile must be in [0, 100]",),
@@ -391,12 +378,12 @@ CASES = {
         ("ended before its closing boundary", "send it again"),
     ),
     "unknown-field": Case(
-        lambda env, rec, m: _post(env, [("callback_url", None, b"http://169.254.169.254/")]),
+        with_parts(("callback_url", None, b"http://169.254.169.254/")),
         400,
         ("unexpected form field 'callback_url'", "'video'"),
     ),
     "duplicate-video": Case(
-        lambda env, rec, m: _post(env, [("video", "a.mp4", b"x"), ("video", "b.mp4", b"y")]),
+        with_parts(("video", "a.mp4", b"x"), ("video", "b.mp4", b"y")),
         400,
         ("sends 'video' twice", "send each field once"),
     ),
@@ -410,9 +397,7 @@ CASES = {
         ("takes multipart/form-data", "curl -F video=@"),
     ),
     "queue-full": Case(
-        lambda env, rec, m: _post(
-            env, [("video", "v.mp4", b"\0" * MiB), ("protocol", None, THREE_STEPS)]
-        ),
+        with_parts(("video", "v.mp4", b"\0" * MiB), ("protocol", None, THREE_STEPS)),
         503,
         ("queue is full", "retry in 7 s"),
         setup=_fill_queue,
