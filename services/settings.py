@@ -43,7 +43,7 @@ class ServiceSettings:
     max_options_bytes: int = 64 * 1024
     upload_chunk_bytes: int = 1 * MiB  # body bytes parsed and written per worker-thread call
     upload_idle_timeout_s: float = 60.0  # 408 when an upload sends nothing for this long
-    max_concurrent_uploads: int = 4  # per ingress replica; more get 503 + Retry-After
+    max_concurrent_uploads: int = 8  # per ingress replica; more get 503 + Retry-After
     stale_temp_grace_s: float = 3600.0  # ingress start removes upload temp files older than this
     # probe limits, checked right after the probe and before any work that scales with the video
     max_video_duration_s: float = 4 * 3600.0

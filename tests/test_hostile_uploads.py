@@ -370,6 +370,13 @@ CASES = {
         422,
         ("drop_percentile must be in [0, 100]",),
     ),
+    "options-per-segment-list-of-wrong-length": Case(
+        with_recording(
+            ("options", None, b'{"method": "drop_dtw", "method_params": {"drop_cost": [0.1, 0.2]}}')
+        ),
+        422,
+        ("method_params.drop_cost has 2 values for 6 segments", "give one per segment"),
+    ),
     "multipart-cut-off": Case(
         lambda env, rec, m: _post(
             env, job_parts(rec, (rec / "video.mp4").read_bytes()), close=False

@@ -276,18 +276,7 @@ class UploadChecker:
                 "segment; use shorter segments (options segment_seconds), merge steps, or "
                 "method 'uniform'",
             )
-        params = dict(cfg.method_params)
-        for name, size, what in (("steps", num_steps, "steps"), ("drop_cost", n, "segments")):
-            value = params.get(name)
-            if value is not None and np.ndim(value) > 0:
-                if len(value) != size:
-                    raise HTTPProblem(
-                        422,
-                        f"method_params.{name} has {len(value)} values for {size} {what}; "
-                        f"give one per {what[:-1]}"
-                        + (" or a single number" if name == "drop_cost" else ""),
-                    )
-                params.pop(name)  # its values are checked by the worker's full-size run
+        params = self._scalar_params(cfg.method_params, num_steps, n)
         try:
             align(
                 np.zeros((1, 1), dtype=np.float32),
@@ -299,6 +288,25 @@ class UploadChecker:
             )
         except (ValueError, TypeError) as exc:
             raise HTTPProblem(422, f"options: {exc}") from None
+
+    @staticmethod
+    def _scalar_params(params: dict[str, Any], num_steps: int, n: int) -> dict[str, Any]:
+        """``params`` less its per-step / per-segment lists, whose lengths are checked here (422);
+        what is left can be checked on a 1 x 1 matrix."""
+        sizes = {"steps": (num_steps, "step"), "drop_cost": (n, "segment")}
+        out = dict(params)
+        for name, (size, unit) in sizes.items():
+            value = out.get(name)
+            if not isinstance(value, list):
+                continue
+            if len(value) != size:
+                raise HTTPProblem(
+                    422,
+                    f"method_params.{name} has {len(value)} values for {size} {unit}s of this "
+                    f"upload; give one per {unit}",
+                )
+            del out[name]  # the values themselves are checked by the worker's full-size run
+        return out
 
     @staticmethod
     def _probe(path: Path, filename: str | None) -> VideoInfo:
