@@ -47,7 +47,14 @@ class ServiceSettings:
     max_video_bytes: int = 2048 * MiB
     max_protocol_bytes: int = 256 * 1024
     max_annotations_bytes: int = 1 * MiB
-    upload_chunk_bytes: int = 1 * MiB
+    max_options_bytes: int = 64 * 1024
+    upload_chunk_bytes: int = 1 * MiB  # body bytes parsed and written per worker-thread call
+    upload_idle_timeout_s: float = 60.0  # 408 when an upload sends nothing for this long
+    max_concurrent_uploads: int = 8  # per ingress replica; more get 503 + Retry-After
+    stale_temp_grace_s: float = 3600.0  # ingress start removes upload temp files older than this
+    # probe limits, checked right after the probe and before any work that scales with the video
+    max_video_duration_s: float = 4 * 3600.0
+    max_segments: int = 20_000
     # queue
     max_queue_depth: int = 1000
     retry_after_s: int = 30
@@ -60,6 +67,9 @@ class ServiceSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     ingress_replicas: int = 1
+    # requests one ingress replica serves at once (status polls, video range streams, uploads);
+    # Ray's default of 5 lets a few slow uploads or streams starve every short request
+    ingress_max_ongoing_requests: int = 100
     worker_replicas: int = 1  # QueueWorker deployments inside Serve (0: use standalone workers)
     decoder_replicas: int = 1
     embedder_replicas: int = 1

@@ -42,7 +42,14 @@ ALIGNMENT_MEDIA = {
     "csv": "text/csv; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
 }
-VIDEO_MEDIA = {".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime"}
+VIDEO_MEDIA = {
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
+    ".ts": "video/mp2t",
+    ".mov": "video/quicktime",
+}
 # the archived video never changes (the job id is its content hash): the browser may keep it
 VIDEO_CACHE_CONTROL = "private, max-age=3600"
 
