@@ -196,7 +196,7 @@ def read_job_record(jf: JobFiles) -> dict[str, Any]:
     except OSError as exc:
         raise ArchiveUnavailable(
             f"the job's record cannot be read from the archive ({exc.strerror or exc}); "
-            "it is retried, check the archive volume if this persists"
+            "check that the archive volume is mounted and readable on every worker"
         ) from exc
     except ValueError as exc:
         raise ArchiveError(
