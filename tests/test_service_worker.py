@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -255,3 +256,26 @@ def test_archive_commits_fsync_their_folders(
     synced.clear()
     assert jf.write_result({"service": {}}, "step,start,end\n", "WEBVTT\n") == 1
     assert jf.dir in synced and synced[-1] == jf.alignments_dir
+
+
+def test_worker_threads_sharing_one_queue_run_each_job_once(make_env: Any, recording: Path) -> None:
+    env = make_env()
+    protocols = ["1. Add water.\n2. Mix.\n", "1. Add buffer.\n2. Spin.\n", "1. Pipette.\n"]
+    job_ids = [env.post(recording, protocol=p).json()["job_id"] for p in protocols]
+    workers = [env.worker(), env.worker()]
+    assert workers[0].consumer != workers[1].consumer  # one lease owner per thread
+    threads = [threading.Thread(target=w.run_forever, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        for job_id in job_ids:
+            env.queue.wait_for(job_id, ("succeeded", "dead"), timeout_s=120)
+    finally:
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(30)
+    for job_id in job_ids:
+        assert env.queue.status(job_id)["status"] == "succeeded"
+        assert env.service.archive.job("lab-a", job_id).versions() == [1]
+    assert env.queue.depth() == 0
