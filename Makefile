@@ -27,7 +27,7 @@ test-fast: $(STAMP) ## the suite without the slow service/browser tests
 	$(PY) -m pytest -q -m "not slow"
 
 run: $(STAMP) ## start the service locally, submit a sample recording, print its alignment
-	$(PY) -m services.run_local
+	$(PY) -m services.run_local $(RUN_ARGS)
 
 bench: $(STAMP) ## benchmarks: aligner, decoder, embedder, end to end (ratios side by side)
 	$(PY) -m biovl_core.bench all

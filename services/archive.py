@@ -47,12 +47,6 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def video_ext(filename: str | None) -> str:
-    """The archive extension for an uploaded video name ('.mp4' when unknown or odd)."""
-    ext = Path(filename or "").suffix.lower()
-    return ext if VIDEO_EXT_RE.match(ext) else ".mp4"
-
-
 def annotations_ext(filename: str | None) -> str:
     """'.json' for JSON annotations, else '.csv'."""
     return ".json" if Path(filename or "").suffix.lower() == ".json" else ".csv"
@@ -196,7 +190,7 @@ class Archive:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         (self.root / "labs").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def job(self, lab: str, job_id: str) -> JobFiles:
         """Paths of job ``job_id`` of ``lab`` (validated; the folder may not exist)."""
@@ -208,9 +202,28 @@ class Archive:
         """True when the job has a committed record."""
         return self.job(lab, job_id).record_path.is_file()
 
+    @property
+    def tmp_dir(self) -> Path:
+        """Where uploads wait until they are checked (same filesystem, so os.replace is atomic)."""
+        return self.root / "tmp"
+
     def temp_path(self, suffix: str = "") -> Path:
-        """A fresh path in the archive's tmp folder (same filesystem, so os.replace is atomic)."""
-        return self.root / "tmp" / f"{uuid.uuid4().hex}{suffix}.part"
+        """A fresh path in the archive's tmp folder."""
+        return self.tmp_dir / f"{uuid.uuid4().hex}{suffix}.part"
+
+    def remove_stale_temps(self, grace_s: float) -> int:
+        """Delete temp files of killed uploads: those in tmp not written for ``grace_s`` seconds
+        (a younger file may belong to an upload another replica is still receiving)."""
+        cutoff = time.time() - grace_s
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another replica removed it first
+                continue
+        return removed
 
     def create_job(
         self,
@@ -225,6 +238,8 @@ class Archive:
         record: dict[str, Any],
     ) -> JobFiles:
         """Move uploaded temp files into the job folder and commit ``job.json`` last."""
+        if not VIDEO_EXT_RE.match(video_ext):
+            raise ArchiveError(f"invalid video extension {video_ext!r}: expected e.g. '.mp4'")
         jf = self.job(lab, job_id)
         make_dirs_durable(jf.dir)
         video_name = "video" + video_ext

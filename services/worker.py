@@ -43,6 +43,7 @@ from biovl_core.protocol import parse_protocol
 from biovl_core.result import AlignmentResult
 from services import metrics
 from services.archive import Archive, ArchiveError, JobFiles
+from services.groups import group_context
 from services.notify import Notifier, job_summary, load_webhooks
 from services.queue import Claim, JobQueue
 from services.settings import ServiceSettings
@@ -73,8 +74,9 @@ class Runner(Protocol):
         protocol_name: str,
         cfg: PipelineConfig,
         progress: Any,
+        group: Any = None,
     ) -> AlignmentResult:
-        """Align the protocol to the video."""
+        """Align the protocol to the video (with its group: ``services.groups.group_context``)."""
 
 
 def config_key(cfg: PipelineConfig, model_id: str, weights: str, model_key: str) -> str:
@@ -120,12 +122,14 @@ class LocalRunner:
         protocol_name: str,
         cfg: PipelineConfig,
         progress: Any,
+        group: Any = None,
     ) -> AlignmentResult:
         """``biovl_core.pipeline.align_video`` on the archived inputs."""
         from biovl_core.pipeline import align_video
 
         protocol = parse_protocol(protocol_text, filename=protocol_name)
-        return align_video(video, protocol, cfg, embedder=self.embedder(cfg), progress=progress)
+        embedder = self.embedder(cfg)
+        return align_video(video, protocol, cfg, embedder=embedder, progress=progress, group=group)
 
 
 def result_payload(result: AlignmentResult, service: dict[str, Any]) -> dict[str, Any]:
@@ -363,6 +367,7 @@ class Worker:
             record.get("protocol_filename") or "protocol.txt",
             cfg,
             progress,
+            group=group_context(self.archive, jf),
         )
 
     @contextmanager

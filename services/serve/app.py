@@ -42,7 +42,9 @@ def build_app(settings: ServiceSettings) -> Any:
         return {"num_cpus": cpus, "num_gpus": num_gpus, "runtime_env": env}
 
     ingress = d["Ingress"].options(
-        num_replicas=settings.ingress_replicas, ray_actor_options=opts(0.0, "ingress")
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+        ray_actor_options=opts(0.0, "ingress"),
     )
     if settings.worker_replicas <= 0:
         return ingress.bind(cfg)
