@@ -59,7 +59,10 @@ class ServiceSettings:
     max_queue_depth: int = 1000
     retry_after_s: int = 30
     max_attempts: int = 3
-    visibility_timeout_s: float = 300.0
+    # the lease: a claim whose heartbeat (every third of it) stops is taken over after this long
+    visibility_timeout_s: float = 15.0
+    retry_backoff_s: float = 5.0  # transient failures wait this, doubling per attempt
+    retry_backoff_max_s: float = 300.0
     claim_block_ms: int = 1000
     # pipeline defaults (a PipelineConfig as a dict; per-job options may override SAFE_OPTION_KEYS)
     pipeline: dict[str, Any] = field(default_factory=dict)

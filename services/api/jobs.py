@@ -113,6 +113,7 @@ class JobService:
             "options": record.get("options", {}),
             "stage": live.get("stage"),
             "progress": live.get("progress"),
+            "notification": record.get("notification"),
             "urls": self.urls(jf.job_id),
             "result": None,
         }
