@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -416,7 +417,7 @@ class Worker:
     def _failed(self, claim: Claim, jf: JobFiles | None, exc: Exception) -> str:
         """Report a failed attempt: dead-lettered at once when retrying cannot help, else
         retried after a backoff (dead after the last attempt)."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = self._public_error(f"{type(exc).__name__}: {exc}")
         retryable = is_retryable(exc)
         log.error(
             "job %s attempt %d failed (%s): %s\n%s",
@@ -435,6 +436,14 @@ class Worker:
         else:
             return self._lost(claim)
         return outcome
+
+    def _public_error(self, text: str) -> str:
+        """The error as a lab may read it (API, webhook): no server paths, only archive-relative
+        names (``labs/<lab>/jobs/<id>/video.mp4`` -> ``video.mp4``)."""
+        root = str(self.archive.root)
+        return re.sub(re.escape(root) + r"/labs/[^/\s]+/jobs/[0-9a-f]+/", "", text).replace(
+            root, "<archive>"
+        )
 
     def _dead(self, claim: Claim, jf: JobFiles | None, error: str) -> str:
         """Dead-letter a job without running it."""

@@ -49,7 +49,8 @@ def test_serve_worker_aligns_with_the_corrected_group(
         redis_url,
         checkpoint,
         worker_replicas=1,
-        metrics_dir=ray_cluster["metrics_dir"],
+        # A folder of its own: the session's is counted by test_service_serve.
+        metrics_dir=str(tmp_path / "prom"),
         http_port=int(ray_cluster["port"]),  # type: ignore[arg-type]
         worker_metrics_port=free_port(),
     )

@@ -160,6 +160,8 @@ def test_corrupt_video_is_dead_lettered_at_once(make_env: Any, recording: Path) 
     assert env.worker().run_forever(max_jobs=1) == 1  # a bad input is not run again
     body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
     assert body["status"] == "dead" and body["attempts"] == 1 and body["error"]
+    root = str(env.service.archive.root)
+    assert root not in body["error"] and "video" in body["error"], "no server paths for labs"
     dead = env.queue.dead_letters()
     assert [d["job_id"] for d in dead] == [job_id] and dead[0]["attempts"] == "1"
     assert env.queue.depth() == 0 and env.queue.dead_depth() == 1
