@@ -30,7 +30,7 @@ test-cluster: $(STAMP) ## a real two-node Ray cluster here: jobs + realign, seco
 	BIOVL_CLUSTER_TEST=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=600 -s -W ignore::DeprecationWarning tests/cluster
 
 run: $(STAMP) ## start the service locally, submit a sample recording, print its alignment
-	$(PY) -m services.run_local
+	$(PY) -m services.run_local $(RUN_ARGS)
 
 bench: $(STAMP) ## benchmarks: aligner, decoder, embedder, end to end (ratios side by side)
 	$(PY) -m biovl_core.bench all

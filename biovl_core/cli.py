@@ -1,4 +1,7 @@
-"""The `biovl` command line: align one recording, evaluate a data set.
+"""The `biovl` command line: check a protocol, align one recording, evaluate a data set.
+
+Every user mistake ends in one line on stderr naming the problem and the fix, exit code 2,
+found before the model loads: options first, then the protocol, then the video.
 
 ``services/cli.py`` adds the service commands (serve, worker, requeue, realign) on top of
 ``build_parser()``; this module stays free of service dependencies.
@@ -7,12 +10,41 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from biovl_core.config import RANDOM_WEIGHTS_ENV, PipelineConfig
 from biovl_core.errors import BioVLError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (problem and where to look), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``prog: error: message`` and the help hint on one line, then exit 2."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Refuse option values that cannot work, naming the flag and a value that does."""
+    seg = args.segment_seconds
+    if not (math.isfinite(seg) and seg > 0):
+        raise BioVLError(
+            f"--segment-seconds {seg:g}: a segment must last a positive number of seconds; "
+            "try --segment-seconds 5 (the paper's setting)"
+        )
+    if args.frames_per_segment is not None and args.frames_per_segment < 1:
+        raise BioVLError(
+            f"--frames-per-segment {args.frames_per_segment}: at least 1 frame per segment is "
+            "needed; pass --frames-per-segment 1 (or 8 for clip_pooled/s3d), or leave it out"
+        )
+    if args.batch_size < 1:
+        raise BioVLError(
+            f"--batch-size {args.batch_size}: at least 1 segment per batch; try --batch-size 64"
+        )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +108,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Build the PipelineConfig the model flags describe."""
-    frames = args.frames_per_segment or (1 if args.embedder == "clip" else 8)
+    frames = args.frames_per_segment
+    if frames is None:
+        frames = 1 if args.embedder == "clip" else 8
     cfg = PipelineConfig(
         segment_seconds=args.segment_seconds,
         embedder=args.embedder,
@@ -100,17 +134,27 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with the core commands; services add theirs to its subparsers."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="biovl", description="Align protocol steps to the lab video where they happen."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("protocol", help="show the steps found in a protocol file, with notes")
+    p.add_argument("file", type=Path, help="plain text, Markdown, JSON or protocols.io JSON")
+    p.add_argument("--json", action="store_true", help="print the steps as JSON")
+    p.add_argument(
+        "--split-verbs",
+        action="store_true",
+        help="also split list items at coordinated verbs (prose is always split)",
+    )
+    p.set_defaults(func=_cmd_protocol)
 
     p = sub.add_parser("align", help="align one video with its protocol")
     p.add_argument("video", type=Path)
     p.add_argument("protocol", type=Path, help="plain text, numbered/bulleted list, or JSON")
     p.add_argument("--annotations", type=Path, help="ground truth (CSV step,start,end or JSON)")
-    p.add_argument("--out", type=Path, help="folder for alignment.json/.csv/.vtt")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, help="folder for alignment.json/.csv/.vtt/.eaf (ELAN)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or banners")
     add_model_arguments(p)
     p.set_defaults(func=_cmd_align)
 
@@ -131,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated aligner methods to compare",
     )
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or banners")
     add_model_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -141,15 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_protocol(args: argparse.Namespace) -> int:
+    from biovl_core.report import run_protocol
+
+    return run_protocol(args)
+
+
 def _cmd_align(args: argparse.Namespace) -> int:
     from biovl_core.report import run_align
 
+    check_model_arguments(args)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise BioVLError(
+            f"--out {args.out}: is an existing file; pass a folder for alignment.json/.csv/.vtt "
+            "(it is created if missing)"
+        )
     return run_align(args, config_from_args(args))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from biovl_core.report import run_eval
+    from biovl_core.report import check_eval_arguments, run_eval
 
+    check_model_arguments(args)
+    check_eval_arguments(args)
     return run_eval(args, config_from_args(args))
 
 
@@ -163,6 +221,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse and dispatch; user errors print one clear line and exit 2."""
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        # --quiet: no banners or library warnings; the summary line still names the weights.
+        logging.getLogger("biovl_core").setLevel(logging.ERROR)
+        logging.getLogger().setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except BioVLError as exc:

@@ -1,7 +1,9 @@
-"""Files in and out: BioVL annotations (CSV / JSON) in; alignments as JSON, CSV and WebVTT out.
+"""Files in and out: annotations (CSV / JSON / ELAN) in and out; alignments as JSON, CSV,
+WebVTT and ELAN out.
 
 Annotations (SPEC.md "Data formats"): CSV with header ``step,start,end`` (seconds; extra
-columns ignored) or JSON ``[{"step": ..., "start": ..., "end": ...}]``. Times may also be
+columns ignored), JSON ``[{"step": ..., "start": ..., "end": ...}]``, or an ELAN ``.eaf``
+file with one tier of step spans (``biovl_core.elan``). Times may also be
 written ``mm:ss`` or ``hh:mm:ss.mmm``. A row whose start and end are both empty (as
 ``to_csv`` writes for a step that was not found) is a step without a span and is skipped.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from biovl_core.elan import read_eaf_rows, write_eaf
 from biovl_core.errors import AnnotationError
 from biovl_core.result import AlignmentResult, Span
 
@@ -58,7 +61,7 @@ def read_annotations(path: str | Path, fmt: str | None = None) -> list[Annotatio
 def parse_annotations(
     text: str | bytes, filename: str | None = None, fmt: str | None = None
 ) -> list[Annotation]:
-    """Parse annotations text; ``fmt`` is "csv", "json" or None (guess)."""
+    """Parse annotations text; ``fmt`` is "csv", "json", "eaf" or None (guess)."""
     where = filename or "annotations"
     if isinstance(text, bytes | bytearray):
         if b"\x00" in text:
@@ -80,6 +83,8 @@ def parse_annotations(
         suffix = Path(filename).suffix.lower() if filename else ""
         if suffix in (".csv", ".tsv", ".txt"):
             fmt = "csv"
+        elif suffix == ".eaf" or text.lstrip()[:1] == "<":
+            fmt = "eaf"
         elif suffix == ".json" or text.lstrip()[:1] in "[{":
             fmt = "json"
         else:
@@ -89,8 +94,12 @@ def parse_annotations(
         rows = _read_csv_rows(text, where)
     elif fmt == "json":
         rows = _read_json_rows(text, where)
+    elif fmt == "eaf":
+        rows = read_eaf_rows(text, where)
     else:
-        raise AnnotationError(f"{where}: unknown annotations format {fmt!r}; use 'csv' or 'json'.")
+        raise AnnotationError(
+            f"{where}: unknown annotations format {fmt!r}; use 'csv', 'json' or 'eaf'."
+        )
     annotations = []
     for label, step, start, end in rows:
         ann = _make_annotation(where, label, step, start, end)
@@ -136,16 +145,21 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
     for i, (text, span, score) in enumerate(
         zip(result.steps, result.spans, result.step_scores, strict=True)
     ):
-        steps.append(
-            {
-                "index": i,
-                "number": i + 1,
-                "text": text,
-                "start": _num(span[0]) if span else None,
-                "end": _num(span[1]) if span else None,
-                "score": _num(score),
-            }
-        )
+        step: dict[str, Any] = {
+            "index": i,
+            "number": i + 1,
+            "text": text,
+            "start": _num(span[0]) if span else None,
+            "end": _num(span[1]) if span else None,
+            "score": _num(score),
+        }
+        if result.step_line(i) is not None:
+            step["line"] = result.step_line(i)  # where the step is in the protocol file
+        if result.step_notes(i):
+            step["notes"] = result.step_notes(i)  # the protocol's notes on this step
+        if result.confidence is not None:
+            step["confidence"] = _num(result.confidence[i])
+        steps.append(step)
     d: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -168,6 +182,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
         d["baseline_spans"] = [
             [_num(s[0]), _num(s[1])] if s else None for s in result.baseline_spans
         ]
+    if result.group is not None:
+        d["group"] = dict(result.group)
     if include_similarity:
         sim = np.round(np.asarray(result.similarity, dtype=np.float64), 4)
         d["similarity"] = [[_num(x) for x in row] for row in sim.tolist()]
@@ -218,6 +234,8 @@ def alignment_from_dict(d: dict[str, Any]) -> AlignmentResult:
         baseline_spans=None
         if baseline is None
         else [(float(s[0]), float(s[1])) if s else None for s in baseline],
+        notes=[list(s.get("notes") or []) for s in steps],
+        step_lines=[s.get("line") for s in steps],
     )
 
 
@@ -248,6 +266,17 @@ def to_csv(result: AlignmentResult) -> str:
             ]
         )
     return out.getvalue()
+
+
+def annotations_to_eaf(annotations: Sequence[Annotation], media_url: str = "") -> str:
+    """Annotations as an ELAN .eaf document (one "steps" tier), readable back losslessly."""
+    return write_eaf([(a.step, a.start, a.end) for a in annotations], media_url)
+
+
+def to_eaf(result: AlignmentResult, media_url: str = "") -> str:
+    """The predicted spans as an ELAN .eaf document, to check or correct them in ELAN."""
+    rows = [(text, s[0], s[1]) for text, s in zip(result.steps, result.spans, strict=True) if s]
+    return write_eaf(rows, media_url)
 
 
 def to_webvtt(result: AlignmentResult) -> str:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -315,4 +316,47 @@ def align_group(
         score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
         info = {**base, "agreement": float(agreement[i]), "used": True}
         out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))
+    return out
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """Another archived recording of the same lab and protocol, as the new one's group sees it."""
+
+    job_id: str
+    video_sha256: str  # its segment embeddings are looked up in the cache by this
+    annotation: tuple[Span, ...] | None = None  # K spans in the new recording's step order
+    corrected: bool = False  # the annotation is a correction saved from the viewer
+
+
+@dataclass(frozen=True)
+class GroupContext:
+    """The group a recording belongs to: its protocol key and the other recordings in it."""
+
+    protocol_key: str
+    members: tuple[GroupMember, ...] = field(default_factory=tuple)
+
+    def info(self, used: Sequence[GroupMember], applied: bool) -> dict[str, Any]:
+        """What the result says about its group: how many recordings and corrections helped."""
+        return {
+            "protocol_key": self.protocol_key,
+            "recordings": len(used),
+            "annotated": sum(m.annotation is not None for m in used),
+            "corrections": sum(m.annotation is not None and m.corrected for m in used),
+            "used": bool(applied),
+        }
+
+
+def coalign(
+    frames: Sequence[Any],
+    texts: Any,
+    annotations: Sequence[Sequence[Span] | None],
+    durations_s: Sequence[float],
+    segment_seconds: float = 5.0,
+) -> list[Alignment]:
+    """``align_group`` with each span's end clipped to its recording's true duration (the last
+    segment of a recording is usually shorter than ``segment_seconds``)."""
+    out = align_group(frames, texts, annotations, segment_seconds)
+    for a, d in zip(out, durations_s, strict=True):
+        a.spans = [None if s is None else (s[0], min(s[1], float(d))) for s in a.spans]
     return out

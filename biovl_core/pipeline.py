@@ -6,6 +6,7 @@ Each stage is timed (``AlignmentResult.timings``) and reported through an option
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from biovl_core.align import resolve_method as method_spec
 from biovl_core.cache import EmbeddingCache
 from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, load_embedder
+from biovl_core.errors import BioVLError
+from biovl_core.group import TEXT_METHOD, GroupContext, GroupMember, coalign
 from biovl_core.protocol import Protocol
 from biovl_core.result import AlignmentResult
 from biovl_core.video import (
@@ -31,6 +34,7 @@ from biovl_core.video import (
     VideoInfo,
     get_sampler,
     probe,
+    segment_count,
     segment_timestamps,
     video_sha256,
 )
@@ -89,6 +93,8 @@ class RecordingSimilarity:
     duration_s: float
     video_sha256: str
     timings: dict[str, float] = field(default_factory=dict)
+    frames: np.ndarray | None = None  # float32 [N, D] segment embeddings (for group alignment)
+    texts: np.ndarray | None = None  # float32 [K, D] step embeddings
 
 
 def embed_video(
@@ -166,7 +172,7 @@ def recording_similarity(
             cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
         )
     similarity = np.ascontiguousarray(text_emb @ video_emb.T, dtype=np.float32)
-    return RecordingSimilarity(similarity, info.duration_s, sha, timings)
+    return RecordingSimilarity(similarity, info.duration_s, sha, timings, video_emb, text_emb)
 
 
 def aligner_params(
@@ -184,6 +190,42 @@ def aligner_params(
     return params
 
 
+MIN_SEGMENT_SECONDS = 1.0  # the shortest segments the CLI falls back to for step-dense videos
+
+
+def fit_segment_seconds(
+    cfg: PipelineConfig, num_steps: int, duration_s: float, what: str
+) -> tuple[PipelineConfig, str | None]:
+    """Decide before decoding that every step can get a segment: shorter segments if needed.
+
+    Methods that give each step at least one segment need K <= N. When the configured
+    segments are too long, the longest segment length (0.1 s steps, at least
+    ``MIN_SEGMENT_SECONDS``) that gives N >= K is used, with a note saying so; below that
+    floor the recording is refused with a fix that names CLI flags.
+    """
+    if method_spec(resolve_method(cfg)).direct is not None:
+        return cfg, None
+    seg = cfg.segment_seconds
+    have = segment_count(duration_s, seg)
+    if num_steps <= have:
+        return cfg, None
+    shorter = math.floor(duration_s / num_steps * 10) / 10
+    while shorter >= MIN_SEGMENT_SECONDS and segment_count(duration_s, shorter) < num_steps:
+        shorter = round(shorter - 0.1, 1)
+    if shorter < MIN_SEGMENT_SECONDS:
+        most = segment_count(duration_s, MIN_SEGMENT_SECONDS)
+        raise BioVLError(
+            f"{what}: {num_steps} steps need at least {num_steps} segments, but {duration_s:.1f} s "
+            f"of video gives only {most} even with {MIN_SEGMENT_SECONDS:g} s segments; merge "
+            "steps in the protocol, or align with --method uniform"
+        )
+    note = (
+        f"note: {num_steps} steps but only {have} segments of {seg:g} s in {duration_s:.1f} s "
+        f"of video; using {shorter:g} s segments (choose with --segment-seconds)"
+    )
+    return cfg.replace(segment_seconds=shorter), note
+
+
 def resolve_method(cfg: PipelineConfig) -> str:
     """The aligner method the configuration asks for ('default' -> the project's best)."""
     return DEFAULT_METHOD if cfg.method == "default" else cfg.method
@@ -198,11 +240,14 @@ def align_video(
     progress: ProgressFn | None = None,
     sampler: FrameSampler | None = None,
     align_fn: AlignFn = align,
+    group: GroupContext | None = None,
 ) -> AlignmentResult:
     """Align every protocol step of ``protocol`` to its span in the video at ``video_path``.
 
     ``embedder``, ``sampler`` and ``align_fn`` replace the configured stages (the service
-    passes stand-ins that call its Embedder, Decoder and Aligner deployments).
+    passes stand-ins that call its Embedder, Decoder and Aligner deployments). ``group``: the
+    other recordings of this protocol (``services/groups.py``); with the default method and
+    members whose embeddings are cached, ``coalign`` replaces ``align_fn``.
     """
     cfg = cfg or PipelineConfig()
     total_start = time.perf_counter()
@@ -216,14 +261,16 @@ def align_video(
     method = resolve_method(cfg)
     params = aligner_params(method, cfg.method_params, protocol.steps)
     with timed(timings, "align"):
-        alignment = align_fn(
-            rec.similarity,
-            segment_seconds=cfg.segment_seconds,
-            method=method,
-            backend=cfg.backend,
-            duration_s=rec.duration_s,
-            **params,
-        )
+        alignment, group_info = align_in_group(rec, group, cfg, embedder, method)
+        if alignment is None:
+            alignment = align_fn(
+                rec.similarity,
+                segment_seconds=cfg.segment_seconds,
+                method=method,
+                backend=cfg.backend,
+                duration_s=rec.duration_s,
+                **params,
+            )
         baseline = align(
             rec.similarity,
             segment_seconds=cfg.segment_seconds,
@@ -244,7 +291,47 @@ def align_video(
         title=protocol.title,
         config=cfg.to_dict(),
         timings=timings,
+        notes=protocol.notes,
+        step_lines=protocol.lines,
+        group=group_info,
     )
+
+
+def align_in_group(
+    rec: RecordingSimilarity,
+    group: GroupContext | None,
+    cfg: PipelineConfig,
+    embedder: Embedder,
+    method: str,
+) -> tuple[Alignment | None, dict[str, Any] | None]:
+    """(alignment, group info) of a recording with its group's cached embeddings; the alignment
+    is None (align alone) without a group, with another method than the group's text method,
+    or when no member's embeddings are in the cache."""
+    if group is None:
+        return None, None
+    used: list[GroupMember] = []
+    frames: list[np.ndarray] = []
+    if method == TEXT_METHOD and cfg.cache_dir and rec.frames is not None:
+        cache = EmbeddingCache(cfg.cache_dir)
+        key, fps = embedder.cache_key(), embedder.frames_per_segment
+        for member in group.members:
+            if member.video_sha256 == rec.video_sha256:
+                continue  # the same video cannot confirm itself
+            emb = cache.get(member.video_sha256, key, cfg.segment_seconds, fps)
+            if emb is not None and emb.shape[1] == rec.frames.shape[1]:
+                used.append(member)
+                frames.append(emb)
+    if not used:
+        return None, group.info(used, applied=False)
+    durations = [f.shape[0] * cfg.segment_seconds for f in frames] + [rec.duration_s]
+    alignment = coalign(
+        [*frames, rec.frames],
+        rec.texts,
+        [m.annotation for m in used] + [None],
+        durations,
+        cfg.segment_seconds,
+    )[-1]
+    return alignment, group.info(used, applied=alignment.method != TEXT_METHOD)
 
 
 def alignment_result(
@@ -261,9 +348,13 @@ def alignment_result(
     title: str,
     config: dict[str, Any],
     timings: dict[str, float],
+    notes: list[list[str]] | None = None,
+    step_lines: list[int | None] | None = None,
+    group: dict[str, Any] | None = None,
 ) -> AlignmentResult:
     """The ``AlignmentResult`` of one recording; ``align_video`` and ``biovl realign`` both
-    build theirs here, so a re-aligned result has exactly the fields of a fresh one."""
+    build theirs here, so a re-aligned result has exactly the fields of a fresh one.
+    ``notes`` / ``step_lines``: the protocol's notes and source line per step."""
     return AlignmentResult(
         steps=list(steps),
         spans=list(alignment.spans),
@@ -282,6 +373,10 @@ def alignment_result(
         config=config,
         timings=dict(timings),
         baseline_spans=list(baseline.spans),
+        notes=[list(n) for n in notes or []],
+        step_lines=list(step_lines or []),
+        confidence=None if alignment.confidence is None else list(map(float, alignment.confidence)),
+        group=group,
     )
 
 

@@ -31,6 +31,18 @@ class AlignmentResult:
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     baseline_spans: list[Span] | None = None  # the uniform baseline, for reports
+    notes: list[list[str]] = field(default_factory=list)  # per step: its protocol notes
+    step_lines: list[int | None] = field(default_factory=list)  # per step: protocol line
+    confidence: list[float] | None = None  # per step in [0, 1], where the aligner gives one
+    group: dict[str, Any] | None = None  # the recordings of its protocol that helped (groups)
+
+    def step_notes(self, k: int) -> list[str]:
+        """The notes of step k ([] where the protocol gave none)."""
+        return list(self.notes[k]) if k < len(self.notes) else []
+
+    def step_line(self, k: int) -> int | None:
+        """The protocol source line of step k (None where unknown)."""
+        return self.step_lines[k] if k < len(self.step_lines) else None
 
     @property
     def num_segments(self) -> int:

@@ -93,6 +93,36 @@ def evaluate(labs: list[LabGroup], **params: float) -> dict[str, Tally]:
     return cols
 
 
+def evaluate_pairs(seeds: Iterable[int], **knobs: float) -> dict[str, Tally]:
+    """Groups of two: the second recording scored alone, with an unannotated or annotated partner."""
+    cols = {"text": Tally(), "group 0": Tally(), "group 1": Tally(), "snapped": Tally()}
+    for seed in seeds:
+        for exp in sorted(EXPERIMENTS):
+            lab = make_lab_group(exp, 2, seed, **knobs)
+            r = lab.recordings[1]
+            cols["text"].add(align(lab.texts @ r.frames.T, lab.segment_seconds).spans, r.gt_spans)
+            n, seg = r.frames.shape[0], lab.segment_seconds
+            cols["snapped"].add(
+                _spans(_segment_labels(r.gt_spans, n, seg), len(lab.steps), seg, n * seg),
+                r.gt_spans,
+            )
+            for a in (0, 1):
+                ann = [lab.recordings[0].gt_spans if a else None, None]
+                res = align_group(lab.frames, lab.texts, ann, lab.segment_seconds)
+                cols[f"group {a}"].add(res[1].spans, r.gt_spans)
+    return cols
+
+
+def _pair_row(name: str, cols: dict[str, Tally]) -> str:
+    """A table row for groups of two (no 3-annotation column)."""
+    m = {k: f"{100 * np.mean(t.mious):5.1f}" for k, t in cols.items()}
+    prf = ["/".join(f"{100 * v:.0f}" for v in cols[c].prf()) for c in ("group 0", "group 1")]
+    return (
+        f"| {name} | {m['text']} | {m['group 0']} | {m['group 1']} | — | {m['snapped']} | "
+        f"{prf[0]} | {prf[1]} | — |"
+    )
+
+
 def _seeds(text: str) -> list[int]:
     """'0-9' or '1,2,5' to a list of ints."""
     if "-" in text:
@@ -148,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(groups(seeds, False, **HARD)),
         )
     )
+    print(_pair_row("two recordings (one partner)", evaluate_pairs(seeds)))
+    print(_pair_row("two recordings, harder lab", evaluate_pairs(seeds, **HARD)))
     return 0
 
 

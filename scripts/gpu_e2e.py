@@ -127,7 +127,7 @@ class Service:
 
     def __init__(self, work: Path, decoder: str, port: int, device: str = "cuda") -> None:
         self.base = f"http://127.0.0.1:{port}"
-        self.metrics_urls = [f"{self.base}/metrics", f"http://127.0.0.1:{port + 100}/metrics"]
+        self.metrics_urls = [f"http://127.0.0.1:{port + 100}/metrics"]  # the node's, not the API's
         self.token = secrets.token_urlsafe(16)
         config = work / f"service-{decoder}.yaml"
         config.write_text(
@@ -155,7 +155,7 @@ class Service:
         )
 
     def stage_totals(self, client: Any) -> dict[str, list[float]]:
-        """Stage sums from the ingress and the workers' metrics port (the larger of the two)."""
+        """Stage sums from the node's metrics port (the larger where several are listed)."""
         totals: dict[str, list[float]] = {}
         for url in self.metrics_urls:
             try:

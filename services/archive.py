@@ -3,7 +3,8 @@
 A job folder holds the uploaded ``video.<ext>``, ``protocol.txt``, optional
 ``annotations.<ext>``, ``job.json`` (who, what, options, status) and ``alignments/vNNNN.{json,csv,vtt}``
 (one version per completed run; the JSON is written last and is the commit marker). Every write
-goes through a temp file and ``os.replace``, so a reader never sees half a file. Lab names and
+goes through a temp file and ``os.replace``, so a reader never sees half a file, and fsyncs the
+file and its folder (``biovl_core.cache.fsync_dir``), so a commit survives a crash. Lab names and
 job ids are checked against strict patterns before they touch a path.
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biovl_core.cache import atomic_write
+from biovl_core.cache import atomic_write, fsync_dir
 
 LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -46,12 +47,6 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def video_ext(filename: str | None) -> str:
-    """The archive extension for an uploaded video name ('.mp4' when unknown or odd)."""
-    ext = Path(filename or "").suffix.lower()
-    return ext if VIDEO_EXT_RE.match(ext) else ".mp4"
-
-
 def annotations_ext(filename: str | None) -> str:
     """'.json' for JSON annotations, else '.csv'."""
     return ".json" if Path(filename or "").suffix.lower() == ".json" else ".csv"
@@ -66,6 +61,27 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """``write_atomic`` of ``obj`` as indented JSON."""
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def move_durable(src: Path, dst: Path) -> None:
+    """``os.replace(src, dst)`` that survives a power cut once it returns: the file's data is
+    flushed first and the destination folder after."""
+    with open(src, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
+def make_dirs_durable(folder: Path) -> None:
+    """``mkdir -p folder``, fsyncing the parent of each folder it creates, so a crash cannot
+    lose a folder whose files were already committed."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        fsync_dir(path.parent)
 
 
 @dataclass
@@ -148,7 +164,7 @@ class JobFiles:
         """
         versions = self.versions()
         v = (versions[-1] + 1) if versions else 1
-        self.alignments_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs_durable(self.alignments_dir)
         while True:
             lock = self.alignments_dir / f"v{v:04d}.lock"
             try:
@@ -174,7 +190,7 @@ class Archive:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         (self.root / "labs").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def job(self, lab: str, job_id: str) -> JobFiles:
         """Paths of job ``job_id`` of ``lab`` (validated; the folder may not exist)."""
@@ -186,9 +202,28 @@ class Archive:
         """True when the job has a committed record."""
         return self.job(lab, job_id).record_path.is_file()
 
+    @property
+    def tmp_dir(self) -> Path:
+        """Where uploads wait until they are checked (same filesystem, so os.replace is atomic)."""
+        return self.root / "tmp"
+
     def temp_path(self, suffix: str = "") -> Path:
-        """A fresh path in the archive's tmp folder (same filesystem, so os.replace is atomic)."""
-        return self.root / "tmp" / f"{uuid.uuid4().hex}{suffix}.part"
+        """A fresh path in the archive's tmp folder."""
+        return self.tmp_dir / f"{uuid.uuid4().hex}{suffix}.part"
+
+    def remove_stale_temps(self, grace_s: float) -> int:
+        """Delete temp files of killed uploads: those in tmp not written for ``grace_s`` seconds
+        (a younger file may belong to an upload another replica is still receiving)."""
+        cutoff = time.time() - grace_s
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another replica removed it first
+                continue
+        return removed
 
     def create_job(
         self,
@@ -203,15 +238,17 @@ class Archive:
         record: dict[str, Any],
     ) -> JobFiles:
         """Move uploaded temp files into the job folder and commit ``job.json`` last."""
+        if not VIDEO_EXT_RE.match(video_ext):
+            raise ArchiveError(f"invalid video extension {video_ext!r}: expected e.g. '.mp4'")
         jf = self.job(lab, job_id)
-        jf.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs_durable(jf.dir)
         video_name = "video" + video_ext
-        os.replace(video_tmp, jf.dir / video_name)
+        move_durable(video_tmp, jf.dir / video_name)
         write_atomic(jf.protocol_path, protocol_text)
         ann_name = None
         if annotations_tmp is not None:
             ann_name = "annotations" + (annotations_ext or ".csv")
-            os.replace(annotations_tmp, jf.dir / ann_name)
+            move_durable(annotations_tmp, jf.dir / ann_name)
         full = dict(record, lab=lab, job_id=job_id, video=video_name, annotations=ann_name)
         full.setdefault("created_at", time.time())
         write_json_atomic(jf.record_path, full)

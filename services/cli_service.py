@@ -25,9 +25,12 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start Ray (or join RAY_ADDRESS), deploy the Serve app, block until Ctrl-C."""
+    """Start Ray (or join RAY_ADDRESS), deploy the Serve app, serve until Ctrl-C or SIGTERM;
+    then stop everything it started, embedded redis-servers included."""
     import os
     import time
+
+    from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
 
     settings = _settings(args)
     if settings.metrics_dir:
@@ -37,17 +40,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from services.serve.app import build_app
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(build_app(settings), name="biovl", route_prefix="/")
-    print(
-        f"serving on http://{settings.http_host}:{settings.http_port}/ (Ctrl-C stops)", flush=True
-    )
+    adopt_orphans()
+    sigterm_as_interrupt()
     try:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        sigterm_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which aborts
+        serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+        serve.run(build_app(settings), name="biovl", route_prefix="/")
+        print(
+            f"serving on http://{settings.http_host}:{settings.http_port}/ (Ctrl-C stops)",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        pass
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        stop_descendants()
     return 0
 
 

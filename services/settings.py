@@ -22,6 +22,9 @@ MiB = 1024 * 1024
 
 # Pipeline options a lab may override per job (everything else is fixed by the operator).
 SAFE_OPTION_KEYS = frozenset({"method", "method_params", "segment_seconds"})
+# Per-job options that are not pipeline settings: which group a recording joins (services/groups.py).
+GROUP_OPTION_KEYS = frozenset({"protocol_id"})
+JOB_OPTION_KEYS = SAFE_OPTION_KEYS | GROUP_OPTION_KEYS
 
 
 @dataclass
@@ -34,18 +37,32 @@ class ServiceSettings:
     # auth: tokens file ({lab: sha256(token)}, JSON or YAML) and/or dev tokens "lab:token,..."
     tokens_file: str | None = None
     lab_tokens: str | None = None
+    # signed media links (<video>, <track>, downloads): HMAC key shared by every replica (None:
+    # generated once, kept in <archive>/secrets/link-secret, mode 0600) and lifetime in seconds
+    link_secret: str | None = None
+    link_ttl_s: int = 3600
     # job-end webhooks, registered per lab by the operator ({lab: {url, secret}}, JSON or YAML)
     webhooks_file: str | None = None
     # upload limits (bytes)
     max_video_bytes: int = 2048 * MiB
     max_protocol_bytes: int = 256 * 1024
     max_annotations_bytes: int = 1 * MiB
-    upload_chunk_bytes: int = 1 * MiB
+    max_options_bytes: int = 64 * 1024
+    upload_chunk_bytes: int = 1 * MiB  # body bytes parsed and written per worker-thread call
+    upload_idle_timeout_s: float = 60.0  # 408 when an upload sends nothing for this long
+    max_concurrent_uploads: int = 8  # per ingress replica; more get 503 + Retry-After
+    stale_temp_grace_s: float = 3600.0  # ingress start removes upload temp files older than this
+    # probe limits, checked right after the probe and before any work that scales with the video
+    max_video_duration_s: float = 4 * 3600.0
+    max_segments: int = 20_000
     # queue
     max_queue_depth: int = 1000
     retry_after_s: int = 30
     max_attempts: int = 3
-    visibility_timeout_s: float = 300.0
+    # the lease: a claim whose heartbeat (every third of it) stops is taken over after this long
+    visibility_timeout_s: float = 15.0
+    retry_backoff_s: float = 5.0  # transient failures wait this, doubling per attempt
+    retry_backoff_max_s: float = 300.0
     claim_block_ms: int = 1000
     # pipeline defaults (a PipelineConfig as a dict; per-job options may override SAFE_OPTION_KEYS)
     pipeline: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +70,9 @@ class ServiceSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     ingress_replicas: int = 1
+    # requests one ingress replica serves at once (status polls, video range streams, uploads);
+    # Ray's default of 5 lets a few slow uploads or streams starve every short request
+    ingress_max_ongoing_requests: int = 100
     worker_replicas: int = 1  # QueueWorker deployments inside Serve (0: use standalone workers)
     decoder_replicas: int = 1
     embedder_replicas: int = 1
@@ -77,12 +97,14 @@ class ServiceSettings:
     deployment_resources: dict[str, dict[str, float]] = field(default_factory=dict)
     # metrics
     metrics_dir: str | None = None  # prometheus multiprocess dir shared by this node's processes
-    worker_metrics_port: int = 9464  # standalone worker's /metrics (0: off)
+    # this node's biovl_* metrics (Ingress and pipeline replicas, a standalone worker), never on
+    # the API port; the first process of a node to bind it serves the node's sums (0: off)
+    worker_metrics_port: int = 9464
 
     def pipeline_config(self, **overrides: Any) -> PipelineConfig:
-        """The operator's PipelineConfig with ``overrides`` applied."""
+        """The operator's PipelineConfig with ``overrides`` applied (group options left out)."""
         data = dict(self.pipeline)
-        data.update(overrides)
+        data.update({k: v for k, v in overrides.items() if k not in GROUP_OPTION_KEYS})
         return PipelineConfig.from_dict(data)
 
     @property

@@ -7,20 +7,33 @@ the same ``align_video``, with decoding, embedding and aligning on the Decoder, 
 Aligner deployments).
 
 Delivery is at-least-once, so processing is idempotent: a job whose archive already holds a
-result for the same configuration key is acknowledged without recomputing, and a result is
-written only while this worker still owns the claim.
+result for the same configuration key is acknowledged without recomputing (checked before
+anything else, even before dead-lettering a claim whose earlier deliveries were all lost), and
+a result is written only while this worker still owns the claim.
+
+One job, start to end, runs under its lease (``services.queue``): a heartbeat thread renews it
+every third of ``visibility_timeout_s``; when a beat finds another worker owns the job, the run
+is cancelled at its next progress report and this worker never writes, acks or fails it.
+A failure is dead-lettered at once with its error when running again cannot help (bad input:
+``is_retryable``), else retried after an exponential backoff, up to ``max_attempts``.
+When a job succeeds or is dead-lettered, the lab's webhook (``webhooks_file``) gets a signed
+summary (``services.notify``) and the delivery is recorded on the job as ``notification``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +44,8 @@ from biovl_core.protocol import parse_protocol
 from biovl_core.result import AlignmentResult
 from services import metrics
 from services.archive import Archive, ArchiveError, JobFiles
+from services.groups import group_context
+from services.notify import Notifier, job_summary, load_webhooks
 from services.queue import Claim, JobQueue
 from services.settings import ServiceSettings
 
@@ -60,8 +75,9 @@ class Runner(Protocol):
         protocol_name: str,
         cfg: PipelineConfig,
         progress: Any,
+        group: Any = None,
     ) -> AlignmentResult:
-        """Align the protocol to the video."""
+        """Align the protocol to the video (with its group: ``services.groups.group_context``)."""
 
 
 def config_key(cfg: PipelineConfig, model_id: str, weights: str, model_key: str) -> str:
@@ -107,12 +123,14 @@ class LocalRunner:
         protocol_name: str,
         cfg: PipelineConfig,
         progress: Any,
+        group: Any = None,
     ) -> AlignmentResult:
         """``biovl_core.pipeline.align_video`` on the archived inputs."""
         from biovl_core.pipeline import align_video
 
         protocol = parse_protocol(protocol_text, filename=protocol_name)
-        return align_video(video, protocol, cfg, embedder=self.embedder(cfg), progress=progress)
+        embedder = self.embedder(cfg)
+        return align_video(video, protocol, cfg, embedder=embedder, progress=progress, group=group)
 
 
 def result_payload(result: AlignmentResult, service: dict[str, Any]) -> dict[str, Any]:
@@ -155,8 +173,52 @@ def annotate_payload(payload: dict[str, Any], jf: JobFiles) -> dict[str, Any]:
     return payload
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed attempt may succeed when run again (retry with backoff) or not (dead-letter).
+
+    Bad input fails the same way every time: every ``ValueError`` -- ``BioVLError`` (corrupt
+    video, protocol error, missing weights), ``ArchiveError``, malformed JSON, PyAV's
+    InvalidDataError, and a deployment's such error re-raised by Ray (still an instance of it)
+    -- is not retried. Everything else may pass: ``OSError`` (disk full, NFS hiccup), Redis
+    connection errors and timeouts, Ray actor and system errors, and unexpected errors, which
+    are retried up to ``max_attempts`` so a bug costs a bounded number of runs.
+    """
+    return not isinstance(exc, ValueError)
+
+
+class ArchiveUnavailable(OSError):
+    """The job's record could not be read right now (retried: NFS hiccup, permissions)."""
+
+
+class LeaseLost(Exception):
+    """Raised into the pipeline when the heartbeat finds the job taken over by another worker."""
+
+
+def read_job_record(jf: JobFiles) -> dict[str, Any]:
+    """``job.json``, with errors worded for the lab (no server paths) and typed for the retry rule."""
+    try:
+        return jf.record()
+    except OSError as exc:
+        raise ArchiveUnavailable(
+            f"the job's record cannot be read from the archive ({exc.strerror or exc}); "
+            "check that the archive volume is mounted and readable on every worker"
+        ) from exc
+    except ValueError as exc:
+        raise ArchiveError(
+            f"job is not in the archive (job.json is not valid JSON: {exc})"
+        ) from exc
+
+
+_WORKER_SEQ = itertools.count(1)
+
+
 class Worker:
-    """Processes queue entries until stopped."""
+    """Processes queue entries until stopped.
+
+    Several ``Worker``s may run in threads of one process and share one ``JobQueue``; each has
+    its own consumer name, and everything about one job (its lease, its cancel flag) lives in
+    that job's call of ``process``.
+    """
 
     def __init__(
         self,
@@ -166,12 +228,14 @@ class Worker:
         queue: JobQueue | None = None,
         archive: Archive | None = None,
         consumer: str | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
         self.archive = archive or Archive(settings.archive_path)
         self.queue = queue or JobQueue.from_settings(settings, self.archive.root)
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{next(_WORKER_SEQ)}"
+        self.notifier = notifier or Notifier(load_webhooks(settings.webhooks_file))
         self.stop_event = threading.Event()
 
     # ---- loop ----------------------------------------------------------------------------
@@ -181,13 +245,13 @@ class Worker:
         while not self.stop_event.is_set() and (max_jobs is None or handled < max_jobs):
             try:
                 claim = self.queue.claim(self.consumer, block_ms=self.settings.claim_block_ms)
+                if claim is None:
+                    continue
+                self.process(claim)
             except Exception as exc:  # Redis down: wait and retry rather than die
-                log.exception("claim failed (%s); retrying in 2s", exc)
+                log.exception("queue call failed (%s); retrying in 2s", exc)
                 self.stop_event.wait(2.0)
                 continue
-            if claim is None:
-                continue
-            self.process(claim)
             handled += 1
         return handled
 
@@ -202,25 +266,30 @@ class Worker:
 
     # ---- one job -------------------------------------------------------------------------
     def process(self, claim: Claim) -> str:
-        """Handle one claim; returns the outcome (succeeded, deduplicated, retried, dead, lost)."""
-        try:
-            jf = self.archive.job(claim.lab, claim.job_id)
-            record = jf.record()
-        except (ArchiveError, OSError, ValueError) as exc:
-            return self._dead(claim, None, f"job is not in the archive ({exc})")
+        """Handle one claim under its lease; returns the outcome
+        (succeeded, deduplicated, retried, dead, or lost: taken over, left to the new owner)."""
+        jf: JobFiles | None = None
+        with self._lease(claim) as lost:
+            try:
+                jf = self.archive.job(claim.lab, claim.job_id)
+                return self._run_job(claim, jf, lost)
+            except Exception as exc:
+                if lost.is_set():
+                    return self._lost(claim)
+                return self._failed(claim, jf, exc)
+
+    def _run_job(self, claim: Claim, jf: JobFiles, lost: threading.Event) -> str:
+        """An existing result first (even for an exhausted claim), then dead-letter an
+        exhausted claim, else align."""
+        record = read_job_record(jf)
+        cfg = self._job_config(record)
+        key = config_key(cfg, *self.runner.model_identity(cfg))
+        existing = jf.find_result(key)
+        if existing is not None:
+            return self._succeed(claim, jf, record, existing, "deduplicated")
         if claim.exhausted(self.queue.max_attempts):
             return self._dead(claim, jf, claim.lost_error(self.queue.visibility_timeout_s))
-        try:
-            cfg = self._job_config(record)
-            key = config_key(cfg, *self.runner.model_identity(cfg))
-            existing = jf.find_result(key)
-            if existing is not None:
-                self._succeed(claim, jf, existing)
-                metrics.JOBS.labels(state="deduplicated").inc()
-                return "deduplicated"
-            return self._align_and_write(claim, jf, record, cfg, key)
-        except Exception as exc:
-            return self._failed(claim, jf, exc)
+        return self._align_and_write(claim, jf, record, cfg, key, lost)
 
     def _job_config(self, record: dict[str, Any]) -> PipelineConfig:
         """The job's pipeline config; embeddings cached in the archive unless configured elsewhere,
@@ -231,7 +300,13 @@ class Worker:
         return cfg
 
     def _align_and_write(
-        self, claim: Claim, jf: JobFiles, record: dict[str, Any], cfg: PipelineConfig, key: str
+        self,
+        claim: Claim,
+        jf: JobFiles,
+        record: dict[str, Any],
+        cfg: PipelineConfig,
+        key: str,
+        lost: threading.Event,
     ) -> str:
         """Run the pipeline, then commit its result as a new version while the claim is ours."""
         metrics.JOBS.labels(state="started").inc()
@@ -239,10 +314,12 @@ class Worker:
             metrics.STAGE_SECONDS.labels(stage="queue_wait").observe(
                 max(0.0, self.queue.now() - claim.enqueued_at)
             )
-        result = self._run_with_heartbeat(claim, jf, record, cfg)
-        if not self.queue.owns(claim) or jf.find_result(key) is not None:
-            log.warning("job %s was taken over by another worker; dropping this run", claim.job_id)
-            return "lost"
+        result = self._run_pipeline(claim, jf, record, cfg, lost)
+        if lost.is_set() or not self.queue.owns(claim):
+            return self._lost(claim)
+        existing = jf.find_result(key)
+        if existing is not None:  # committed meanwhile (``biovl realign``, or a takeover)
+            return self._succeed(claim, jf, record, existing, "deduplicated")
         start = time.perf_counter()
         service = {
             "job_id": claim.job_id,
@@ -263,77 +340,147 @@ class Worker:
         metrics.observe_stages({k: v for k, v in result.timings.items() if k not in remote})
         metrics.VIDEO_SECONDS.inc(result.duration_s)
         metrics.SEGMENTS_EMBEDDED.inc(result.num_segments)
-        self._succeed(claim, jf, version)
-        metrics.JOBS.labels(state="succeeded").inc()
-        return "succeeded"
+        return self._succeed(claim, jf, record, version, "succeeded")
 
-    def _failed(self, claim: Claim, jf: JobFiles, exc: Exception) -> str:
-        """Report a failed attempt to the queue: retried, or dead-lettered after the last one."""
-        error = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "job %s attempt %d failed: %s\n%s",
-            claim.job_id,
-            claim.attempts,
-            error,
-            traceback.format_exc(),
-        )
-        metrics.JOBS.labels(state="failed").inc()
-        outcome = self.queue.fail(claim, error)
-        if outcome == "dead":
-            jf.update_record(status="dead", error=error, attempts=claim.attempts)
-            metrics.JOBS.labels(state="dead_lettered").inc()
-        else:
-            metrics.JOBS.labels(state="retried").inc()
-        return outcome
-
-    def _run_with_heartbeat(
-        self, claim: Claim, jf: JobFiles, record: dict[str, Any], cfg: PipelineConfig
+    def _run_pipeline(
+        self,
+        claim: Claim,
+        jf: JobFiles,
+        record: dict[str, Any],
+        cfg: PipelineConfig,
+        lost: threading.Event,
     ) -> AlignmentResult:
-        """Run the pipeline while a thread keeps the claim alive and progress is published."""
-        done = threading.Event()
-        interval = max(0.5, self.queue.visibility_timeout_s / 4)
-
-        def beat() -> None:
-            while not done.wait(interval):
-                try:
-                    self.queue.heartbeat(claim)
-                except Exception as exc:  # transient Redis error: the next beat retries
-                    log.warning("heartbeat for %s failed: %s", claim.job_id, exc)
-
+        """Run the pipeline, publishing progress; stops (``LeaseLost``) at the next progress
+        report once the lease is lost."""
         last = [0.0]
 
         def progress(stage: str, n: int, total: int) -> None:
+            if lost.is_set():
+                raise LeaseLost(f"job {claim.job_id} was taken over by another worker")
             now = time.monotonic()
             if now - last[0] > 1.0 or n == total:
                 last[0] = now
                 self.queue.set_status(claim.job_id, stage=stage, progress=f"{n}/{total}")
 
+        return self.runner.run(
+            jf.video_path(),
+            jf.protocol_path.read_text(encoding="utf-8"),
+            record.get("protocol_filename") or "protocol.txt",
+            cfg,
+            progress,
+            group=group_context(self.archive, jf),
+        )
+
+    @contextmanager
+    def _lease(self, claim: Claim) -> Iterator[threading.Event]:
+        """Keep the claim's lease renewed while the block runs; the event is set (and the
+        renewing stops) once the heartbeat finds another worker owns the job."""
+        lost = threading.Event()
+        done = threading.Event()
+
+        def beat() -> None:
+            while True:
+                try:
+                    if not self.queue.heartbeat(claim):
+                        log.warning("job %s: lease lost to another worker; stopping", claim.job_id)
+                        lost.set()
+                        return
+                except Exception as exc:  # transient Redis error: the next beat retries
+                    log.warning("heartbeat for %s failed: %s", claim.job_id, exc)
+                if done.wait(self.queue.heartbeat_interval_s):
+                    return
+
         thread = threading.Thread(target=beat, name=f"heartbeat-{claim.job_id[:8]}", daemon=True)
         thread.start()
         try:
-            return self.runner.run(
-                jf.video_path(),
-                jf.protocol_path.read_text(encoding="utf-8"),
-                record.get("protocol_filename") or "protocol.txt",
-                cfg,
-                progress,
-            )
+            yield lost
         finally:
             done.set()
             thread.join()
 
-    def _succeed(self, claim: Claim, jf: JobFiles, version: int) -> None:
-        """Mark the job succeeded in the archive, then acknowledge it."""
-        jf.update_record(status="succeeded", version=version, error=None, attempts=claim.attempts)
-        self.queue.ack(claim, version=version)
+    def _succeed(
+        self, claim: Claim, jf: JobFiles, record: dict[str, Any], version: int, outcome: str
+    ) -> str:
+        """Mark the job succeeded in the archive, acknowledge it, and tell the lab (once)."""
+        told = record.get("status") == "succeeded" and record.get("version") == version
+        told = told and bool(record.get("notification"))
+        updated = jf.update_record(
+            status="succeeded", version=version, error=None, attempts=claim.attempts
+        )
+        if not self.queue.ack(claim, version=version):
+            return self._lost(claim)
+        metrics.JOBS.labels(state=outcome).inc()
+        if not told:
+            self._notify(jf, updated, "job.succeeded")
+        return outcome
+
+    def _failed(self, claim: Claim, jf: JobFiles | None, exc: Exception) -> str:
+        """Report a failed attempt: dead-lettered at once when retrying cannot help, else
+        retried after a backoff (dead after the last attempt)."""
+        error = self._public_error(f"{type(exc).__name__}: {exc}")
+        retryable = is_retryable(exc)
+        log.error(
+            "job %s attempt %d failed (%s): %s\n%s",
+            claim.job_id,
+            claim.attempts,
+            "retryable" if retryable else "not retryable",
+            error,
+            traceback.format_exc(),
+        )
+        metrics.JOBS.labels(state="failed").inc()
+        outcome = self.queue.fail(claim, error, retryable=retryable)
+        if outcome == "dead":
+            self._record_dead(claim, jf, error)
+        elif outcome == "retried":
+            metrics.JOBS.labels(state="retried").inc()
+        else:
+            return self._lost(claim)
+        return outcome
+
+    def _public_error(self, text: str) -> str:
+        """The error as a lab may read it (API, webhook): no server paths, only archive-relative
+        names (``labs/<lab>/jobs/<id>/video.mp4`` -> ``video.mp4``)."""
+        root = str(self.archive.root)
+        return re.sub(re.escape(root) + r"/labs/[^/\s]+/jobs/[0-9a-f]+/", "", text).replace(
+            root, "<archive>"
+        )
 
     def _dead(self, claim: Claim, jf: JobFiles | None, error: str) -> str:
         """Dead-letter a job without running it."""
-        self.queue.dead_letter(claim, error)
-        if jf is not None and jf.record_path.exists():
-            jf.update_record(status="dead", error=error, attempts=claim.attempts)
-        metrics.JOBS.labels(state="dead_lettered").inc()
+        if not self.queue.dead_letter(claim, error):
+            return self._lost(claim)
+        self._record_dead(claim, jf, error)
         return "dead"
+
+    def _record_dead(self, claim: Claim, jf: JobFiles | None, error: str) -> None:
+        """After the queue dead-lettered the job: mark it dead in the archive, tell the lab."""
+        metrics.JOBS.labels(state="dead_lettered").inc()
+        record = {"job_id": claim.job_id, "lab": claim.lab, "status": "dead", "error": error}
+        record["attempts"] = claim.attempts
+        if jf is None:
+            return  # an invalid lab or job id: no archive entry, no lab to tell
+        try:
+            record = jf.update_record(status="dead", error=error, attempts=claim.attempts)
+        except (OSError, ValueError) as exc:  # the queue already holds the verdict
+            log.warning("job %s: could not mark the record dead: %s", claim.job_id, exc)
+        self._notify(jf, record, "job.dead")
+
+    def _lost(self, claim: Claim) -> str:
+        """The job was taken over: leave it alone (no write, no ack, no fail)."""
+        log.warning("job %s was taken over by another worker; dropping this run", claim.job_id)
+        return "lost"
+
+    def _notify(self, jf: JobFiles, record: dict[str, Any], event: str) -> None:
+        """Send the lab's job-end webhook in the background; the delivery is recorded on the job."""
+
+        def record_delivery(delivery: dict[str, Any]) -> None:
+            jf.update_record(notification=delivery)
+
+        self.notifier.submit(jf.lab, job_summary(record, event), on_done=record_delivery)
+
+    def close(self) -> None:
+        """Wait for webhook deliveries under way (call when the worker is done)."""
+        self.notifier.close(wait=True)
 
 
 def requeue(

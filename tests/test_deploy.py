@@ -792,7 +792,8 @@ def test_rayservice_cluster_shape() -> None:
     assert cluster["rayVersion"] == ray.__version__, "rayVersion must match the pinned ray"
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert not any(k.endswith("/gpu") for k in head["resources"]["limits"]), "head is CPU only"
-    assert {"serve": 8000}.items() <= {p["name"]: p["containerPort"] for p in head["ports"]}.items()
+    head_ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert {"serve": 8000, "biovl-metrics": _worker_metrics_port()}.items() <= head_ports.items()
     gpu_groups = [
         g
         for g in cluster["workerGroupSpecs"]
@@ -856,6 +857,11 @@ def test_podmonitor_scrapes_declared_ports() -> None:
         assert endpoint["port"] in declared, (
             f"PodMonitor scrapes undeclared port {endpoint['port']}"
         )
+    # biovl_* on every Ray pod's own metrics port (head: Ingress, workers: pipeline), none on
+    # the public Serve port, which has no /metrics
+    endpoints = {e["port"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert "serve" not in endpoints, "the public Serve port has no /metrics"
+    assert not endpoints["biovl-metrics"].get("relabelings"), "scrape biovl-metrics on every pod"
     selector = monitor["spec"]["selector"]["matchLabels"]
     cluster = _find("RayService")["spec"]["rayClusterConfig"]
     templates = [cluster["headGroupSpec"]["template"]]
@@ -1208,7 +1214,15 @@ def test_prometheus_config() -> None:
     targets = {
         t for s in cfg["scrape_configs"] for c in s.get("static_configs", []) for t in c["targets"]
     }
-    assert {"localhost:8000", f"localhost:{_worker_metrics_port()}"} <= targets
+    # the biovl_* metrics are on their own port, never on the public API port
+    assert f"localhost:{_worker_metrics_port()}" in targets and "localhost:8000" not in targets
+    scraped_ports = {
+        r["regex"]
+        for s in cfg["scrape_configs"]
+        for r in s.get("relabel_configs", [])
+        if r.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]
+    }
+    assert "biovl-metrics" in scraped_ports and "serve" not in scraped_ports, scraped_ports
 
 
 # ---------------------------------------------------------------- Grafana

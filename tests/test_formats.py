@@ -13,10 +13,12 @@ from biovl_core.formats import (
     Annotation,
     alignment_from_dict,
     alignment_to_dict,
+    annotations_to_eaf,
     annotations_to_spans,
     parse_annotations,
     read_annotations,
     to_csv,
+    to_eaf,
     to_json,
     to_webvtt,
 )
@@ -187,3 +189,32 @@ def test_webvtt_escapes_arrow_in_text_and_handles_hours() -> None:
     assert "01:02:05.500 --> 01:02:10.000" in vtt
     assert "01:02:10.000 --> 01:02:10.001" in vtt
     assert "Step 2: Spin --&gt; down." in vtt
+
+
+def test_elan_round_trip_is_lossless(tmp_path) -> None:
+    extra = Annotation("チューブを遠心する & <mix>", 270.125, 281.5)
+    anns = [*parse_annotations(PCR_CSV, "a.csv"), extra]
+    path = tmp_path / "steps.eaf"
+    path.write_text(annotations_to_eaf(anns, media_url="file:///video.mp4"), encoding="utf-8")
+    assert read_annotations(path) == anns
+    assert parse_annotations(path.read_text(encoding="utf-8")) == anns  # found by content too
+
+
+def test_elan_tier_choice_and_errors() -> None:
+    doc = annotations_to_eaf([Annotation("add water", 1.0, 2.0)])
+    speech = doc.replace('TIER_ID="steps"', 'TIER_ID="speech"')
+    assert parse_annotations(speech, "x.eaf") == [Annotation("add water", 1.0, 2.0)]
+    tier = re.search(r"<TIER .*?</TIER>", speech, re.S).group(0)
+    two_tiers = speech.replace(tier, tier + "\n" + tier.replace('"speech"', '"gaze"'))
+    with pytest.raises(AnnotationError, match="rename the tier"):
+        parse_annotations(two_tiers, "x.eaf")
+    with pytest.raises(AnnotationError, match="unaligned time slot"):
+        parse_annotations(doc.replace(' TIME_VALUE="2000"', ""), "x.eaf")
+    with pytest.raises(AnnotationError, match="well-formed"):
+        parse_annotations("<ANNOTATION_DOCUMENT>", "x.eaf")
+
+
+def test_alignment_as_elan() -> None:
+    result = make_result()
+    rows = parse_annotations(to_eaf(result), "alignment.eaf")
+    assert [(r.start, r.end) for r in rows] == [s for s in result.spans if s is not None]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,55 +18,10 @@ av = pytest.importorskip("av")
 
 from biovl_core.errors import VideoError  # noqa: E402
 from biovl_core.video import PyAVSampler, canonical_extension, probe, segment_timestamps  # noqa: E402
+from tests.media_fixtures import encode_video as _encode  # noqa: E402
 
 FUZZ_CASES = 200
 FUZZ_TIME_LIMIT_S = 20.0
-
-
-def _encode(
-    path: Path,
-    *,
-    fmt: str | None = None,
-    seconds: float = 2.0,
-    fps: int = 10,
-    audio_seconds: float = 0.0,
-    pts_ms: list[int] | None = None,
-) -> Path:
-    """A small H.264 video (optionally with a silent AAC track, or frames at given ms)."""
-    with av.open(str(path), "w", format=fmt) as c:
-        v = c.add_stream("libx264", rate=fps)
-        v.width = v.height = 64
-        v.pix_fmt = "yuv420p"
-        a = c.add_stream("aac", rate=48000) if audio_seconds else None
-        times = (
-            pts_ms
-            if pts_ms is not None
-            else [int(i * 1000 / fps) for i in range(int(seconds * fps))]
-        )
-        v.codec_context.time_base = Fraction(1, 1000)
-        for i, t in enumerate(times):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((64, 64, 3), i * 40 % 255, np.uint8), format="rgb24"
-            )
-            frame.pts = t
-            frame.time_base = Fraction(1, 1000)
-            for p in v.encode(frame):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
-        if a is not None:
-            n = 0
-            while n < audio_seconds * 48000:
-                frame = av.AudioFrame.from_ndarray(
-                    np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-                )
-                frame.sample_rate, frame.pts = 48000, n
-                for p in a.encode(frame):
-                    c.mux(p)
-                n += 1024
-            for p in a.encode():
-                c.mux(p)
-    return path
 
 
 @pytest.fixture(scope="module")

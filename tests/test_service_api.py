@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -17,9 +22,11 @@ from biovl_core.protocol import parse_protocol
 from services import metrics
 from services.worker import requeue
 from tests import service_fixtures as sf
+from tests.conftest import free_port
 from tests.service_fixtures import AUTH_A, AUTH_B, TOKENS, upload
 
 checkpoint, recording, runner, make_env = sf.checkpoint, sf.recording, sf.runner, sf.make_env
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_submit_process_and_fetch_equals_pipeline(make_env: Any, recording: Path) -> None:
@@ -69,7 +76,7 @@ def test_submit_process_and_fetch_equals_pipeline(make_env: Any, recording: Path
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text.splitlines()[0] == "step,start,end,score"
     assert len(csv.text.strip().splitlines()) == len(want["steps"]) + 1
-    vtt = env.client.get(f"/v1/jobs/{job_id}/alignment.vtt?token={TOKENS['lab-a']}")
+    vtt = env.client.get(body["links"]["vtt"])  # a signed link: no header, no lab token
     assert vtt.status_code == 200 and vtt.text.startswith("WEBVTT") and "Step 1:" in vtt.text
 
     size = (recording / "video.mp4").stat().st_size
@@ -106,10 +113,10 @@ def test_auth_and_lab_isolation(make_env: Any, recording: Path) -> None:
         "0" * 40, "X"
     )
     assert env.client.get("/v1/jobs/../../etc", headers=AUTH_A).status_code == 404
-    # ?token= only where a browser element cannot send headers
-    assert env.client.get(f"/v1/jobs/{job_id}/video?token={TOKENS['lab-a']}").status_code == 200
-    assert env.client.get(f"/v1/jobs/{job_id}?token={TOKENS['lab-a']}").status_code == 401
-    assert env.client.get(f"/v1/jobs/{job_id}/video?token={TOKENS['lab-b']}").status_code == 404
+    # the lab token is never accepted in a URL, not even where a browser cannot send headers
+    for path in ("/video", "/alignment.vtt", ""):
+        query = env.client.get(f"/v1/jobs/{job_id}{path}?token={TOKENS['lab-a']}")
+        assert query.status_code == 401 and "Authorization" in query.json()["error"], path
 
 
 def test_bad_inputs_get_clear_4xx(make_env: Any, recording: Path) -> None:
@@ -145,16 +152,18 @@ def test_backpressure_503_with_retry_after(make_env: Any, recording: Path) -> No
     assert "queue is full" in full.json()["error"]
 
 
-def test_failing_job_is_dead_lettered_after_max_attempts(make_env: Any, recording: Path) -> None:
+def test_corrupt_video_is_dead_lettered_at_once(make_env: Any, recording: Path) -> None:
     env = make_env(max_attempts=2)
     job_id = env.post(recording).json()["job_id"]
     video = env.service.archive.job("lab-a", job_id).video_path()
     video.write_bytes(video.read_bytes()[:4000])  # corrupt after it passed the probe
-    assert env.worker().run_forever(max_jobs=2) == 2
+    assert env.worker().run_forever(max_jobs=1) == 1  # a bad input is not run again
     body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
-    assert body["status"] == "dead" and body["attempts"] == 2 and body["error"]
+    assert body["status"] == "dead" and body["attempts"] == 1 and body["error"]
+    root = str(env.service.archive.root)
+    assert root not in body["error"] and "video" in body["error"], "no server paths for labs"
     dead = env.queue.dead_letters()
-    assert [d["job_id"] for d in dead] == [job_id] and dead[0]["attempts"] == "2"
+    assert [d["job_id"] for d in dead] == [job_id] and dead[0]["attempts"] == "1"
     assert env.queue.depth() == 0 and env.queue.dead_depth() == 1
     assert env.service.archive.job("lab-a", job_id).record()["status"] == "dead"
     fetch = env.client.get(f"/v1/jobs/{job_id}/alignment.csv", headers=AUTH_A)
@@ -176,18 +185,73 @@ def test_requeue_after_redis_loses_everything(make_env: Any, recording: Path) ->
 
 
 def test_metrics_and_health(make_env: Any, recording: Path) -> None:
+    """The biovl_* metrics are served on their own port, not the API's; the queue gauges there
+    come from the sampler thread, so a scrape does not call Redis."""
     env = make_env()
     before = metrics.JOBS.labels(state="submitted")._value.get()
     assert env.post(recording).status_code == 202
     assert metrics.JOBS.labels(state="submitted")._value.get() == before + 1
     health = env.client.get("/-/healthz")
     assert health.status_code == 200 and health.json()["queue_depth"] == 1
-    text = env.client.get("/metrics").text
-    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
-    assert metrics.METRIC_NAMES - {"biovl_gpu_utilization_ratio"} <= families
-    assert 'biovl_http_requests_total{code="202",method="POST",route="/v1/jobs"}' in text
-    assert "biovl_queue_depth 1.0" in text
+    assert env.client.get("/metrics").status_code == 404  # never on the public API port
+    port = free_port()
+    node = metrics.NodeMetrics(env.queue, port, interval_s=3600)  # one sample, at start
+    try:
+        assert node.serving
+        sibling = metrics.NodeMetrics(env.queue, port, interval_s=3600)
+        assert not sibling.serving  # the port is taken: a second Ingress on the node skips
+        sibling.close()
+        scrape = f"http://127.0.0.1:{port}/metrics"
+        text = _poll_text(scrape, "biovl_queue_depth 1.0", timeout_s=10)
+        families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+        assert metrics.METRIC_NAMES - {"biovl_gpu_utilization_ratio"} <= families
+        assert 'biovl_http_requests_total{code="202",method="POST",route="/v1/jobs"}' in text
+        assert env.post(recording, protocol="1. Add water.\n2. Mix.\n").status_code == 202
+        assert env.queue.depth() == 2
+        assert "biovl_queue_depth 1.0" in httpx.get(scrape, timeout=10).text  # not re-sampled
+    finally:
+        node.close()
     assert json.loads(env.client.get("/nope").text)["detail"]
+
+
+def test_node_endpoint_sums_every_role_folder(tmp_path: Path) -> None:
+    """In multiprocess mode the node's one endpoint (whichever replica binds it) serves what the
+    Ingress and the pipeline replicas recorded in their role folders, each family once."""
+    record = (
+        "import sys; from services import metrics; "
+        "metrics.JOBS.labels(state=sys.argv[1]).inc(int(sys.argv[2])); metrics.QUEUE_DEPTH.set(4)"
+    )
+    for role, state, count in (("ingress", "submitted", 3), ("pipeline", "succeeded", 2)):
+        _python(tmp_path / role, record, state, str(count))
+    text = _python(
+        tmp_path / "pipeline", "from services import metrics; print(metrics.render()[0].decode())"
+    )
+    assert 'biovl_jobs_total{state="submitted"} 3.0' in text
+    assert 'biovl_jobs_total{state="succeeded"} 2.0' in text
+    assert text.count("# TYPE biovl_jobs_total counter") == 1
+    assert text.count("# TYPE biovl_queue_depth gauge") == 1 and "biovl_queue_depth 4.0" in text
+
+
+def _poll_text(url: str, wanted: str, timeout_s: float) -> str:
+    """GET ``url`` until its body contains ``wanted``; fail with the last body after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(url, timeout=10).text
+        if wanted in text:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never showed {wanted!r} in {timeout_s} s; last body:\n{text}")
+
+
+def _python(multiproc_dir: Path, code: str, *args: str) -> str:
+    """Run ``code`` in a fresh interpreter recording into ``multiproc_dir``; its stdout."""
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(multiproc_dir), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_concurrent_writers_never_replace_each_others_version(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 A generated recording is uploaded through the job list's form, processed by a real worker
 (tiny CPU model), and opened in the viewer; the test clicks a step and checks the video
 seeks to it, the heatmap is drawn, the WebVTT track is loaded, no request leaves the
-service's origin, and the layout fits 1280x800 and 390x844 (screenshots in artifacts/).
+service's origin or carries the lab token in its URL (the video, track and downloads use signed
+links), and the layout fits 1280x800 and 390x844 (screenshots in artifacts/).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from fixtures_embed import make_tiny_clip_checkpoint
 from service_fixtures import TOKENS, make_settings, poll, upload
 
+from biovl_core.protocol import read_protocol
 from biovl_core.synthetic_video import make_recording
 
 pytestmark = pytest.mark.slow
@@ -166,6 +168,7 @@ class PageWatch:
     def __init__(self, page: Any, origin: str) -> None:
         self.origin = origin
         self.foreign: list[str] = []
+        self.urls: list[str] = []
         self.errors: list[str] = []
         page.on("request", self._request)
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
@@ -173,6 +176,7 @@ class PageWatch:
 
     def _request(self, request: Any) -> None:
         url = request.url
+        self.urls.append(url.split("#")[0])  # a fragment never leaves the browser
         if not (url.startswith(self.origin + "/") or url.startswith("data:")):
             self.foreign.append(url)
 
@@ -200,6 +204,14 @@ def _upload_through_form(page: Any, base: str, recording: Path) -> str:
     assert "token" not in page.url, "the token must be removed from the address bar"
     page.set_input_files("#video", str(recording / "video.mp4"))
     page.set_input_files("#protocol", str(recording / "protocol.txt"))
+    steps = read_protocol(recording / "protocol.txt").steps
+    shown = wait_in_page(
+        page,
+        "(n) => { const s = [...document.querySelectorAll('#protocol-preview .preview-text')];"
+        " return s.length === n && s.map((e) => e.textContent); }",
+        len(steps),
+    )
+    assert shown == steps, "the upload form previews the steps the worker will align"
     page.set_input_files("#annotations", str(recording / "annotations.csv"))
     page.click("#upload-submit")
     link = page.wait_for_selector("#new-job-link", timeout=60_000)
@@ -304,12 +316,15 @@ def test_upload_view_seek_and_layout(
         assert page.locator(".tl-gt .tl-block").count() > 0
         assert page.locator("#steps .badge-iou").count() > 0
 
-    # Downloads work with the token in the query (links cannot send headers).
+    # Downloads work through their signed links (a link cannot send headers), without the token.
     for link_id, prefix in (("dl-json", "{"), ("dl-csv", "step,start,end"), ("dl-vtt", "WEBVTT")):
         href = page.get_attribute(f"#{link_id}", "href")
         assert href and href.startswith(f"/v1/jobs/{job_id}/alignment."), href
+        assert "sig=" in href and TOKEN not in href, href
         response = page.request.get(base + href)
         assert response.ok and response.text().startswith(prefix), (link_id, response.status)
+    video_src = page.evaluate("document.getElementById('video').getAttribute('src')")
+    assert video_src.startswith(f"/v1/jobs/{job_id}/video?") and "sig=" in video_src, video_src
 
     assert page.locator("#demo-banner").is_hidden(), "banner shown for real (tiny) weights"
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
@@ -329,6 +344,9 @@ def test_upload_view_seek_and_layout(
 
     assert not watch.foreign, f"requests left the service's origin: {watch.foreign}"
     assert not watch.errors, f"console errors: {watch.errors}"
+    assert any("/video?" in u for u in watch.urls), "the page never requested the video"
+    leaked = [u for u in watch.urls if TOKEN in u]
+    assert not leaked, f"the lab token travelled in a URL: {leaked}"
     context.close()
     live_service.job_id = job_id  # for the next test
 
@@ -362,6 +380,7 @@ def test_demo_banner_and_annotation_ious(
     assert len(ious) == len(annotations) and all(t.startswith("IoU ") for t in ious)
     assert "mIoU" in page.locator(".tl-gt").locator("xpath=..").inner_text()
     assert not watch.foreign and not watch.errors, (watch.foreign, watch.errors)
+    assert not [u for u in watch.urls if TOKEN in u], watch.urls
     context.close()
 
 

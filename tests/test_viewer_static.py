@@ -196,7 +196,8 @@ def test_viewer_has_the_required_parts() -> None:
     for needed in ("video", "steps", "timeline", "heatmap", "dl-json", "dl-csv", "dl-vtt"):
         assert needed in ids, f"viewer.html lacks #{needed}"
     js = (STATIC / "viewer.js").read_text(encoding="utf-8")
-    for needle in ('kind: "chapters"', '"aria-current"', "alignment.vtt", "similarity=1"):
+    # the track loads from the job's signed link (the API's "links")
+    for needle in ('kind: "chapters"', '"aria-current"', 'mediaUrl("vtt")', "similarity=1"):
         assert needle in js, f"viewer.js lacks {needle}"
 
 
@@ -217,12 +218,15 @@ def test_css_has_focus_styles_and_narrow_layout() -> None:
 
 
 def test_no_token_in_urls_of_pages() -> None:
-    """The token travels in sessionStorage and headers; only media/download URLs carry ?token=."""
+    """The token travels in sessionStorage and headers, never in a URL: media and download URLs
+    are the signed links the API returns (the server refuses ?token= anyway)."""
     js = "".join(
         (STATIC / n).read_text(encoding="utf-8") for n in ("app.js", "jobs.js", "viewer.js")
     )
     assert "sessionStorage" in js and "localStorage" not in js
     assert "replaceState" in js, "the #token fragment must be removed from the address bar"
+    assert not re.search(r"""searchParams\.(set|append)\(\s*["']token""", js)
+    assert not re.search(r"""[?&]token=""", js), "a script puts the token in a URL"
 
 
 # ---- scripts/ensure_test_deps.py ----------------------------------------------------------

@@ -78,6 +78,11 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self._by_digest)
 
+    @property
+    def labs(self) -> frozenset[str]:
+        """The labs that hold a token (a signed link of any other lab is refused)."""
+        return frozenset(self._by_digest.values())
+
     def lab_for(self, token: str | None) -> str:
         """The lab owning ``token``; AuthError when missing or unknown."""
         if not token:

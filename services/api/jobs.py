@@ -6,17 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from services import metrics
 from services.api.auth import AuthError, TokenStore, bearer_token
 from services.api.errors import HTTPProblem
 from services.api.upload import Upload, UploadChecker
-from services.archive import Archive, ArchiveError, JobFiles, video_ext
+from services.archive import Archive, ArchiveError, JobFiles
 from services.queue import JobQueue
 from services.settings import ServiceSettings
 
@@ -46,6 +48,11 @@ class JobService:
         self.queue = JobQueue.from_settings(settings, self.archive.root)
         self.redis = self.queue.r
         self.uploads = UploadChecker(settings, self.archive)
+        # non-blocking slots (works across event loops and threads): excess uploads get 503
+        self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
+        removed = self.archive.remove_stale_temps(settings.stale_temp_grace_s)
+        if removed:
+            log.info("removed %d stale upload temp file(s) from %s", removed, self.archive.tmp_dir)
         self.tokens = TokenStore.from_settings(settings.tokens_file, settings.lab_tokens)
         if not len(self.tokens):
             log.warning(
@@ -53,11 +60,9 @@ class JobService:
             )
 
     # ---- auth / lookup -------------------------------------------------------------------
-    def lab_of(self, request: Request, allow_query_token: bool = False) -> str:
-        """The caller's lab from its bearer token (or ``?token=`` where allowed)."""
+    def lab_of(self, request: Request) -> str:
+        """The caller's lab from its bearer token (never from the URL: see api.hardening)."""
         token = bearer_token(request.headers.get("authorization"))
-        if token is None and allow_query_token:
-            token = request.query_params.get("token")
         try:
             return self.tokens.lab_for(token)
         except AuthError as exc:
@@ -108,6 +113,7 @@ class JobService:
             "options": record.get("options", {}),
             "stage": live.get("stage"),
             "progress": live.get("progress"),
+            "notification": record.get("notification"),
             "urls": self.urls(jf.job_id),
             "result": None,
         }
@@ -131,16 +137,29 @@ class JobService:
 
     # ---- submission ----------------------------------------------------------------------
     async def submit(self, request: Request) -> tuple[int, dict[str, Any]]:
-        """Read the form, check the upload, then archive and queue it (or return the existing job)."""
+        """Read the form as a stream, check the upload, then archive and queue it (or return the
+        existing job). Redis, the probe and the disk work run in worker threads."""
         started = time.perf_counter()
         lab = self.lab_of(request)
-        self._check_capacity()
-        form = await self.uploads.read_form(request)
-        upload = await self.uploads.check(form)
+        await run_in_threadpool(self._check_capacity)
+        if not self._upload_slots.acquire(blocking=False):
+            metrics.JOBS.labels(state="rejected").inc()
+            s = self.settings
+            raise HTTPProblem(
+                503,
+                f"{s.max_concurrent_uploads} uploads are already in progress on this server "
+                f"(max_concurrent_uploads); retry in {s.retry_after_s} s",
+                {"Retry-After": str(s.retry_after_s)},
+            )
         try:
-            return 202, self._archive_and_enqueue(lab, upload, started)
+            form = await self.uploads.read_form(request)
+            upload = await run_in_threadpool(self.uploads.check, form)
+            try:
+                return 202, await run_in_threadpool(self._archive_and_enqueue, lab, upload, started)
+            finally:
+                upload.discard()
         finally:
-            upload.discard()
+            self._upload_slots.release()
 
     def _check_capacity(self) -> None:
         """503 with Retry-After when the queue is full."""
@@ -183,7 +202,7 @@ class JobService:
             lab,
             job_id,
             video_tmp=upload.video_tmp,
-            video_ext=video_ext(upload.video_filename),
+            video_ext=upload.video_ext,
             protocol_text=upload.protocol_text,
             annotations_tmp=upload.annotations_tmp,
             annotations_ext=upload.annotations_ext,

@@ -2,19 +2,23 @@
 
 - ``POST /v1/jobs``  multipart ``video`` file, ``protocol`` file or text field, optional
   ``annotations`` file and ``options`` JSON (keys: method, method_params, segment_seconds) -> 202
-- ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/alignment.{json,csv,vtt}``
-  (``?similarity=1`` adds the matrix to the JSON), ``GET /v1/jobs/{id}/video`` (HTTP Range)
-- ``/-/healthz``, ``/metrics``; ``/jobs/{id}`` and ``/`` serve the viewer from ``services/static``.
+- ``GET /v1/jobs``, ``GET /v1/jobs/{id}`` (with signed media ``links``),
+  ``GET /v1/jobs/{id}/alignment.{json,csv,vtt}`` (``?similarity=1`` adds the matrix to the
+  JSON), ``GET /v1/jobs/{id}/video`` (HTTP Range)
+- ``/-/healthz``; ``/jobs/{id}`` and ``/`` serve the viewer from ``services/static``.
+  No ``/docs``, ``/redoc`` or ``/openapi.json``; the metrics are on their own port
+  (``services.metrics.NodeMetrics``), never on this one.
 
-Auth: ``Authorization: Bearer <lab token>``; the video and alignment downloads also accept
-``?token=`` because a browser ``<video>``/``<track>`` element cannot send headers. Another lab's
-job answers 404, exactly like a job that does not exist.
+Auth: ``Authorization: Bearer <lab token>``, never a query string (``?token=`` gets 401). A browser
+``<video>``/``<track>`` element or download link cannot send headers, so the video and alignment
+routes also take the short-lived signed links of ``GET /v1/jobs/{id}`` (``services.api.links``);
+an expired, altered or other-job link gets 403. Another lab's job answers 404, exactly like a job
+that does not exist.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,13 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 
 from biovl_core.errors import BioVLError
 from services import metrics
+from services.api.corrections import add_correction_routes
 from services.api.errors import HTTPProblem, problem_response
+from services.api.hardening import Hardening
 from services.api.jobs import JobService
-
-log = logging.getLogger("biovl.service")
+from services.api.links import SIGNATURE_PARAMS, LinkError, LinkSigner
+from services.archive import JobFiles
+from services.protocol_preview import register_protocol_preview
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 ALIGNMENT_MEDIA = {
@@ -35,12 +42,40 @@ ALIGNMENT_MEDIA = {
     "csv": "text/csv; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
 }
+VIDEO_MEDIA = {
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
+    ".ts": "video/mp2t",
+    ".mov": "video/quicktime",
+}
+# the archived video never changes (the job id is its content hash): the browser may keep it
+VIDEO_CACHE_CONTROL = "private, max-age=3600"
 
 
 def create_app(service: JobService) -> FastAPI:
     """The FastAPI app serving ``service``."""
-    app = FastAPI(title="BioVL aligner", version="1", docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="BioVL aligner", version="1", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.service = service
+    register_protocol_preview(app, service)
+    links = LinkSigner.from_settings(service.settings)
+    app.add_middleware(Hardening)  # added first: the request metrics below also count its 401s
+
+    def media_job(request: Request, job_id: str, resource: str) -> JobFiles:
+        """The job behind a media route: by its signed link (403 when invalid) or the bearer token."""
+        query = request.query_params
+        if not any(p in query for p in SIGNATURE_PARAMS):
+            return service.job_of(service.lab_of(request), job_id)
+        try:
+            lab = links.verify(query, job_id, resource)
+        except LinkError as exc:
+            raise HTTPProblem(403, str(exc)) from None
+        if lab not in service.tokens.labs:
+            raise HTTPProblem(403, f"lab {lab!r} is no longer configured; ask the operator")
+        return service.job_of(lab, job_id)
 
     @app.exception_handler(HTTPProblem)
     async def _problem(_: Request, exc: HTTPProblem) -> JSONResponse:
@@ -80,15 +115,18 @@ def create_app(service: JobService) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}")
     def get_job(job_id: str, request: Request) -> dict[str, Any]:
-        """Status, attempts, error and result summary of one job."""
-        return service.summary(service.job_of(service.lab_of(request), job_id))
+        """Status, attempts, error and result summary of one job, and its signed media links."""
+        jf = service.job_of(service.lab_of(request), job_id)
+        body = service.summary(jf)
+        body["links"] = links.links(jf.lab, jf.job_id)
+        return body
 
     @app.get("/v1/jobs/{job_id}/alignment.{fmt}")
     def get_alignment(job_id: str, fmt: str, request: Request, similarity: int = 0) -> Response:
-        """The newest alignment as JSON, CSV or WebVTT (``?token=`` accepted)."""
-        jf = service.job_of(service.lab_of(request, allow_query_token=True), job_id)
+        """The newest alignment as JSON, CSV or WebVTT (bearer token or signed link)."""
         if fmt not in ALIGNMENT_MEDIA:
             raise HTTPProblem(404, f"unknown format {fmt!r}; use alignment.json, .csv or .vtt")
+        jf = media_job(request, job_id, f"alignment.{fmt}")
         versions = jf.versions()
         if not versions:
             st = service.summary(jf, with_result=False)
@@ -107,13 +145,17 @@ def create_app(service: JobService) -> FastAPI:
             return JSONResponse(data)
         return Response(path.read_bytes(), media_type=ALIGNMENT_MEDIA[fmt])
 
+    add_correction_routes(app, service)
+
     @app.get("/v1/jobs/{job_id}/video")
     def get_video(job_id: str, request: Request) -> FileResponse:
-        """The archived video, with HTTP Range support (``?token=`` accepted)."""
-        jf = service.job_of(service.lab_of(request, allow_query_token=True), job_id)
-        path = jf.video_path()
-        media = {".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime"}
-        return FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"))
+        """The archived video, with HTTP Range support (bearer token or signed link)."""
+        path = media_job(request, job_id, "video").video_path()
+        return FileResponse(
+            path,
+            media_type=VIDEO_MEDIA.get(path.suffix, "application/octet-stream"),
+            headers={"Cache-Control": VIDEO_CACHE_CONTROL},
+        )
 
     @app.get("/-/healthz")
     @app.get("/v1/healthz")
@@ -124,17 +166,6 @@ def create_app(service: JobService) -> FastAPI:
         except Exception as exc:
             raise HTTPProblem(503, f"redis unreachable: {exc}") from None
         return {"ok": True, "queue_depth": depth}
-
-    @app.get("/metrics")
-    def get_metrics() -> Response:
-        """Prometheus text exposition (this node's processes in multiprocess mode)."""
-        try:
-            metrics.sample_queue(service.queue)
-        except Exception as exc:  # scrape still answers with the other metrics
-            log.warning("queue gauges not updated: %s", exc)
-        metrics.update_gpu_utilization()
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
 
     @app.get("/jobs/{job_id}")
     def viewer(job_id: str) -> FileResponse:
@@ -150,7 +181,7 @@ def create_app(service: JobService) -> FastAPI:
         page = STATIC_DIR / "index.html"
         if page.is_file():
             return FileResponse(page, media_type="text/html")
-        return PlainTextResponse("BioVL aligner: POST /v1/jobs; see /docs\n")
+        return PlainTextResponse("BioVL aligner: POST /v1/jobs (see README.md)\n")
 
     if STATIC_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles

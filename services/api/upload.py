@@ -1,9 +1,9 @@
-"""Reading and checking an upload: the multipart form, size limits, protocol, annotations,
-options and the video probe; the checked files wait in the archive's temp folder."""
+"""Checking an upload: the streamed multipart form, size limits, protocol, annotations, options
+and the video probe with its duration and segment limits; the checked files wait in the
+archive's temp folder."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -12,17 +12,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 
-from biovl_core.errors import AnnotationError, ProtocolError, VideoError
+from biovl_core.errors import AnnotationError, BioVLError, ProtocolError, VideoError
 from services import metrics
 from services.api.errors import HTTPProblem
+from services.api.form import (
+    FormPart,
+    MultipartSink,
+    PartRule,
+    StreamedForm,
+    boundary_of,
+    read_streamed_form,
+)
 from services.archive import Archive, annotations_ext
-from services.settings import SAFE_OPTION_KEYS, ServiceSettings
+from services.groups import check_protocol_id
+from services.settings import JOB_OPTION_KEYS, ServiceSettings
 
 if TYPE_CHECKING:
     from biovl_core.protocol import Protocol
+    from biovl_core.video import VideoInfo
+
+FORM_OVERHEAD_BYTES = 1024 * 1024
+"""Multipart headers and boundaries allowed on top of the fields' own limits."""
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Upload:
     video_sha256: str
     video_bytes: int
     video_filename: str | None
+    video_ext: str  # from the probed container, never from the upload's name
     protocol_text: str
     protocol_filename: str | None
     protocol: Protocol
@@ -56,106 +68,119 @@ class UploadChecker:
         self.settings = settings
         self.archive = archive
 
-    async def read_form(self, request: Request) -> FormData:
-        """The multipart form (413 over the total size limit, 400 when it cannot be parsed)."""
+    def part_rules(self) -> dict[str, PartRule]:
+        """The form's fields: each one's byte limit, storage and the fix when it is too big."""
         s = self.settings
-        limit_total = (
-            s.max_video_bytes + s.max_protocol_bytes + s.max_annotations_bytes + 1024 * 1024
-        )
+        return {
+            "video": PartRule(
+                s.max_video_bytes,
+                True,
+                "send a shorter recording or one re-encoded at a lower bitrate "
+                "(the operator's limit is max_video_bytes)",
+            ),
+            "protocol": PartRule(
+                s.max_protocol_bytes,
+                False,
+                "a protocol is plain text or JSON with one step per line; send only the steps "
+                "(the operator's limit is max_protocol_bytes)",
+            ),
+            "annotations": PartRule(
+                s.max_annotations_bytes,
+                True,
+                "send one row per step, step,start,end (the operator's limit is "
+                "max_annotations_bytes)",
+            ),
+            "options": PartRule(
+                s.max_options_bytes,
+                False,
+                'options is a small JSON object, e.g. {"method": "nw"} (the operator\'s limit '
+                "is max_options_bytes)",
+            ),
+        }
+
+    async def read_form(self, request: Request) -> StreamedForm:
+        """The multipart form read as a stream: 413 the moment a field or the body is over its
+        limit (Content-Length or chunked), 400 when it cannot be parsed or was cut off."""
+        rules = self.part_rules()
+        limit_total = sum(r.limit for r in rules.values()) + FORM_OVERHEAD_BYTES
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit_total:
+            s = self.settings
             raise HTTPProblem(
                 413,
                 f"request body is {int(length)} bytes; the limit is {limit_total} bytes "
                 f"(video {s.max_video_bytes}, protocol {s.max_protocol_bytes}, "
-                f"annotations {s.max_annotations_bytes})",
+                f"annotations {s.max_annotations_bytes}, options {s.max_options_bytes}); "
+                f"{rules['video'].fix}",
             )
-        try:
-            return await request.form(
-                max_files=3, max_fields=8, max_part_size=s.max_protocol_bytes + 1
-            )
-        except Exception as exc:  # malformed multipart, too many parts, an oversize text field
-            raise HTTPProblem(
-                400,
-                f"could not read the multipart form ({exc}); send fields video, protocol, "
-                "annotations (optional), options (optional JSON)",
-            ) from None
+        sink = MultipartSink(
+            boundary_of(request.headers.get("content-type"), sorted(rules)),
+            rules,
+            self.archive.temp_path,
+        )
+        return await read_streamed_form(
+            request.stream(),
+            sink,
+            batch_bytes=self.settings.upload_chunk_bytes,
+            total_limit=limit_total,
+            idle_timeout_s=self.settings.upload_idle_timeout_s,
+        )
 
-    async def check(self, form: FormData) -> Upload:
-        """Every field checked in order (video, protocol, annotations, options, probe, aligner);
-        the first problem is raised as an ``HTTPProblem`` and the temp files are removed."""
-        temps: list[Path] = []
+    def check(self, form: StreamedForm) -> Upload:
+        """Every field checked in order (video, protocol, annotations, options, probe, probe
+        limits, method); the first problem is raised as an ``HTTPProblem`` and the form's temp
+        files are removed. Blocking (probe, parsing): the ingress runs it in a worker thread."""
         try:
-            video = form.get("video")
-            if not isinstance(video, UploadFile):
-                raise HTTPProblem(422, "missing the 'video' file field (multipart/form-data)")
-            video_tmp, sha, nbytes = await self._store(
-                video, self.settings.max_video_bytes, "video"
-            )
-            temps.append(video_tmp)
-            protocol_text, protocol_name = await self._protocol_text(form.get("protocol"))
+            video = self._video_part(form.get("video"))
+            protocol_text, protocol_name = self._protocol_text(form.get("protocol"))
             protocol = self._protocol(protocol_text, protocol_name)
-            ann_tmp, ann_ext = await self._annotations(form.get("annotations"), temps)
+            annotations = self._annotations(form.get("annotations"))
             options = self._options(form.get("options"))
+            assert video.path is not None
             probe_start = time.perf_counter()
-            info = await run_in_threadpool(self._probe, video_tmp, video.filename)
+            info = self._probe(video.path, video.filename)
             metrics.STAGE_SECONDS.labels(stage="probe").observe(time.perf_counter() - probe_start)
-            self._check_alignable(options, len(protocol.steps), info.duration_s)
+            video_ext = self._canonical_extension(info, video.filename)
+            self._check_alignable(options, len(protocol.steps), info.duration_s, video.filename)
         except BaseException:
-            for t in temps:
-                t.unlink(missing_ok=True)
+            form.discard()
             raise
         return Upload(
-            video_tmp=video_tmp,
-            video_sha256=sha,
-            video_bytes=nbytes,
+            video_tmp=video.path,
+            video_sha256=video.sha256,
+            video_bytes=video.size,
             video_filename=video.filename,
+            video_ext=video_ext,
             protocol_text=protocol_text,
             protocol_filename=protocol_name,
             protocol=protocol,
-            annotations_tmp=ann_tmp,
-            annotations_ext=ann_ext,
+            annotations_tmp=annotations.path if annotations else None,
+            annotations_ext=annotations_ext(annotations.filename) if annotations else None,
             options=options,
             duration_s=info.duration_s,
-            temps=temps,
+            temps=form.temp_files(),
         )
 
-    async def _store(self, upload: UploadFile, limit: int, field: str) -> tuple[Path, str, int]:
-        """Copy an upload in chunks to an archive temp file: (path, sha256, bytes); 413 over ``limit``."""
-        tmp = self.archive.temp_path()
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(tmp, "wb") as out:
-                while chunk := await upload.read(self.settings.upload_chunk_bytes):
-                    size += len(chunk)
-                    if size > limit:
-                        raise HTTPProblem(
-                            413,
-                            f"'{field}' is larger than the limit of {limit} bytes "
-                            f"({limit / 1024 / 1024:.1f} MiB)",
-                        )
-                    digest.update(chunk)
-                    out.write(chunk)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp, digest.hexdigest(), size
+    @staticmethod
+    def _video_part(part: FormPart | None) -> FormPart:
+        """The video file part (422 when missing, not a file, or empty)."""
+        if part is None or not part.is_file:
+            raise HTTPProblem(422, "missing the 'video' file field (multipart/form-data)")
+        if part.size == 0:
+            raise HTTPProblem(
+                422,
+                f"video {part.filename!r} is empty (0 bytes): the upload carried no data; "
+                "pick the recording file again",
+            )
+        return part
 
-    async def _protocol_text(self, field: Any) -> tuple[str, str | None]:
-        """The protocol from a file or text field (422 when missing, 413 over the limit)."""
-        limit = self.settings.max_protocol_bytes
-        if isinstance(field, UploadFile):
-            data = await field.read(limit + 1)
-            name = field.filename
-        elif isinstance(field, str):
-            data, name = field.encode("utf-8"), None
-        else:
+    @staticmethod
+    def _protocol_text(part: FormPart | None) -> tuple[str, str | None]:
+        """The protocol from a file or text field (422 when missing or not UTF-8)."""
+        if part is None:
             raise HTTPProblem(422, "missing the 'protocol' field: a text file or a text value")
-        if len(data) > limit:
-            raise HTTPProblem(413, f"'protocol' is larger than the limit of {limit} bytes")
         try:
-            return data.decode("utf-8-sig"), name
+            return part.value.decode("utf-8-sig"), part.filename
         except UnicodeDecodeError:
             raise HTTPProblem(422, "protocol: not UTF-8 text; save it as UTF-8") from None
 
@@ -169,38 +194,42 @@ class UploadChecker:
         except ProtocolError as exc:
             raise HTTPProblem(422, f"protocol: {exc}") from None
 
-    async def _annotations(self, field: Any, temps: list[Path]) -> tuple[Path | None, str | None]:
-        """The optional annotations file, stored and parsed: (temp path, extension) or Nones."""
-        if not isinstance(field, UploadFile):
-            return None, None
-        tmp, _, _ = await self._store(field, self.settings.max_annotations_bytes, "annotations")
-        temps.append(tmp)
-        ext = annotations_ext(field.filename)
+    @staticmethod
+    def _annotations(part: FormPart | None) -> FormPart | None:
+        """The optional annotations part, parsed (422 when it cannot be read)."""
+        if part is None:
+            return None
         from biovl_core.formats import parse_annotations
 
+        assert part.path is not None
         try:
-            parse_annotations(tmp.read_bytes(), filename=field.filename)
+            parse_annotations(part.path.read_bytes(), filename=part.filename)
         except AnnotationError as exc:
             raise HTTPProblem(422, f"annotations: {exc}") from None
-        return tmp, ext
+        return part
 
-    def _options(self, raw: Any) -> dict[str, Any]:
-        """Parse and check the ``options`` JSON (only SAFE_OPTION_KEYS; method checked by aligning)."""
-        if raw is None or raw == "":
+    def _options(self, part: FormPart | None) -> dict[str, Any]:
+        """Parse and check the ``options`` JSON (only JOB_OPTION_KEYS; method checked later)."""
+        if part is None or (not part.is_file and not part.value.strip()):
             return {}
-        if not isinstance(raw, str):
+        if part.is_file:
             raise HTTPProblem(422, "options must be a JSON text field, not a file")
         try:
-            options = json.loads(raw)
+            options = json.loads(part.value)
         except ValueError as exc:
             raise HTTPProblem(422, f"options is not valid JSON ({exc})") from None
         if not isinstance(options, dict):
             raise HTTPProblem(422, 'options must be a JSON object, e.g. {"method": "nw"}')
-        unknown = sorted(set(options) - SAFE_OPTION_KEYS)
+        unknown = sorted(set(options) - JOB_OPTION_KEYS)
         if unknown:
             raise HTTPProblem(
-                422, f"options {unknown} cannot be set per job; allowed: {sorted(SAFE_OPTION_KEYS)}"
+                422, f"options {unknown} cannot be set per job; allowed: {sorted(JOB_OPTION_KEYS)}"
             )
+        if "protocol_id" in options:
+            try:
+                check_protocol_id(options["protocol_id"])
+            except ValueError as exc:
+                raise HTTPProblem(422, str(exc)) from None
         seg = options.get("segment_seconds")
         if seg is not None and (
             not isinstance(seg, int | float) or isinstance(seg, bool) or not 0.5 <= seg <= 60
@@ -214,31 +243,79 @@ class UploadChecker:
             raise HTTPProblem(422, f"options: {exc}") from None
         return options
 
-    def _check_alignable(self, options: dict[str, Any], num_steps: int, duration_s: float) -> None:
-        """Run the job's aligner on a zero matrix of the real shape: 422 if it cannot work."""
-        from biovl_core.align import DEFAULT_METHOD, align
+    def _check_alignable(
+        self, options: dict[str, Any], num_steps: int, duration_s: float, filename: str | None
+    ) -> None:
+        """Probe limits and K <= N by arithmetic, then the method's parameter checks on a 1 x 1
+        matrix: 422 with the limit and the fix, before any work scales with the video."""
+        from biovl_core.align import align, resolve_method
         from biovl_core.video import segment_count
 
-        try:
-            cfg = self.settings.pipeline_config(**options)
-            n = segment_count(duration_s, cfg.segment_seconds)
-            align(
-                np.zeros((num_steps, n), dtype=np.float32),
-                method=DEFAULT_METHOD if cfg.method == "default" else cfg.method,
-                segment_seconds=cfg.segment_seconds,
-                duration_s=duration_s,
-                backend="numpy",
-                **cfg.method_params,
-            )
-        except (ValueError, TypeError) as exc:
+        s = self.settings
+        if duration_s > s.max_video_duration_s:
             raise HTTPProblem(
                 422,
-                f"this recording cannot be aligned with these options ({num_steps} steps, "
-                f"{duration_s:.1f} s of video): {exc}",
-            ) from None
+                f"video {filename!r} lasts {duration_s / 3600:.1f} h ({duration_s:.0f} s); the "
+                f"limit is {s.max_video_duration_s / 3600:.1f} h (max_video_duration_s): split "
+                "the recording into shorter parts, or check the file (a broken timestamp can "
+                "make a short file claim a huge duration)",
+            )
+        cfg = s.pipeline_config(**options)
+        n = segment_count(duration_s, cfg.segment_seconds)
+        if n > s.max_segments:
+            raise HTTPProblem(
+                422,
+                f"video {filename!r} makes {n} segments of {cfg.segment_seconds:g} s; the limit "
+                f"is {s.max_segments} (max_segments): use longer segments (options "
+                "segment_seconds) or a shorter recording",
+            )
+        try:
+            spec = resolve_method(cfg.method)
+        except BioVLError as exc:
+            raise HTTPProblem(422, f"options: {exc}") from None
+        if spec.direct is None and num_steps > n:
+            raise HTTPProblem(
+                422,
+                f"this recording cannot be aligned with these options: {num_steps} steps but "
+                f"only {n} segments ({duration_s:.1f} s of video at {cfg.segment_seconds:g} s "
+                f"per segment), and method {spec.name!r} gives every step at least one "
+                "segment; use shorter segments (options segment_seconds), merge steps, or "
+                "method 'uniform'",
+            )
+        params = self._scalar_params(cfg.method_params, num_steps, n)
+        try:
+            align(
+                np.zeros((1, 1), dtype=np.float32),
+                method=spec.name,
+                segment_seconds=cfg.segment_seconds,
+                duration_s=cfg.segment_seconds,
+                backend="numpy",
+                **params,
+            )
+        except (ValueError, TypeError) as exc:
+            raise HTTPProblem(422, f"options: {exc}") from None
 
     @staticmethod
-    def _probe(path: Path, filename: str | None) -> Any:
+    def _scalar_params(params: dict[str, Any], num_steps: int, n: int) -> dict[str, Any]:
+        """``params`` less its per-step / per-segment lists, whose lengths are checked here (422);
+        what is left can be checked on a 1 x 1 matrix."""
+        sizes = {"steps": (num_steps, "step"), "drop_cost": (n, "segment")}
+        out = dict(params)
+        for name, (size, unit) in sizes.items():
+            value = out.get(name)
+            if not isinstance(value, list):
+                continue
+            if len(value) != size:
+                raise HTTPProblem(
+                    422,
+                    f"method_params.{name} has {len(value)} values for {size} {unit}s of this "
+                    f"upload; give one per {unit}",
+                )
+            del out[name]  # the values themselves are checked by the worker's full-size run
+        return out
+
+    @staticmethod
+    def _probe(path: Path, filename: str | None) -> VideoInfo:
         """``biovl_core.video.probe`` with the upload's name in the error (415 for non-videos)."""
         from biovl_core.video import probe
 
@@ -249,3 +326,11 @@ class UploadChecker:
                 415,
                 f"video {filename!r} cannot be read as a video: {str(exc).replace(str(path), 'upload')}",
             ) from None
+
+    @staticmethod
+    def _canonical_extension(info: VideoInfo, filename: str | None) -> str:
+        """The archive extension from the probed container (415 for a container not allowed)."""
+        try:
+            return info.canonical_extension
+        except ValueError as exc:
+            raise HTTPProblem(415, f"video {filename!r}: {exc}") from None

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, default=0, help="serve /metrics on this port while running"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--groups",
+        action="store_true",
+        help="then co-align each (lab, protocol) group; a new version where spans change",
+    )
 
 
 def cmd_realign(args: argparse.Namespace) -> int:
@@ -59,6 +64,7 @@ def cmd_realign(args: argparse.Namespace) -> int:
         embed_num_gpus=settings.embedder_num_gpus,
         embed_resources=settings.deployment_resources.get("Embedder"),
         align_num_gpus=settings.aligner_num_gpus,
+        groups=args.groups,
     )
     if summary.dry_run:
         print(
@@ -77,12 +83,19 @@ def cmd_realign(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f}s"
     )
     print(summary.table())
+    if summary.groups is not None:
+        g = summary.groups
+        print(
+            f"groups: {g['groups']} co-aligned ({g['recordings']} recordings): {g['written']} new "
+            f"versions ({g['spans_changed']} step spans moved), {g['unchanged']} unchanged, "
+            f"{g['failed']} failed"
+        )
     for o in summary.outcomes:
         if o.outcome == "failed":
             print(f"failed {o.lab}/{o.job_id}: {o.reason}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or (summary.groups or {}).get("failed") else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

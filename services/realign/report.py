@@ -85,6 +85,7 @@ class RealignSummary:
     ray: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, Any] | None = None  # the group pass's counts (realign/groups.py GroupPass)
     outcomes: list[RecordingOutcome] = field(default_factory=list)
 
     def add(self, rec: RecordingOutcome) -> None:

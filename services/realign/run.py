@@ -3,6 +3,7 @@ each outcome (metrics, progress bar) into the summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from biovl_core.config import PipelineConfig
 from services import metrics
 from services.archive import Archive
+from services.realign.groups import GroupPass, plan_groups, run_groups
 from services.realign.plan import ModelIdentity, Plan, plan
 from services.realign.report import RealignSummary, RecordingOutcome
 from services.realign.runners import ray_connection, run_local, run_lock, run_ray
@@ -45,12 +47,14 @@ def realign_archive(
     align_num_gpus: float = 0.0,
     runner: LocalRunner | None = None,
     on_outcome: OnOutcome | None = None,
+    groups: bool = False,
 ) -> RealignSummary:
     """Re-align every archived recording whose latest alignment is not current; see the package doc.
 
     ``method`` overrides the aligner method for every job (else ``cfg.method`` + the job's own
     options); ``use_ray`` is "local", "auto" or a cluster address; ``embed_resources`` are Ray
-    custom resources of the embedding actors (the service's Embedder placement).
+    custom resources of the embedding actors (the service's Embedder placement). ``groups``: then
+    co-align every (lab, protocol) group (``realign/groups.py``), a new version where spans change.
     """
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
@@ -77,6 +81,8 @@ def realign_archive(
                 "align_num_gpus": align_num_gpus,
             }
             _run_tasks(summary, the_plan, runner, use_ray, batch, ray_options, progress, on_outcome)
+            if groups:
+                summary.groups = _run_group_pass(archive, cfg, ident, method, use_ray)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -141,6 +147,23 @@ def _run_tasks(
                 log.warning("realign %s/%s failed: %s", rec.lab, rec.job_id, rec.reason)
             bar.update(1)
             bar.set_postfix(failed=failed, refresh=False)
+
+
+def _run_group_pass(
+    archive: Archive, cfg: PipelineConfig, ident: ModelIdentity, method: str | None, use_ray: str
+) -> dict[str, Any]:
+    """Co-align every group of the archive (on Ray when reachable); the pass's counts."""
+    start = time.perf_counter()
+    rows = plan_groups(archive, cfg, ident, method)
+    counts = GroupPass(groups=len({r["group"] for r in rows}))
+    with ray_connection(use_ray if rows else "local") as on_ray:
+        counts.ray = on_ray
+        for rec in run_groups(rows, ident, on_ray):
+            counts.add(rec)
+            if rec.outcome == "failed":
+                log.warning("co-align %s/%s failed: %s", rec.lab, rec.job_id, rec.reason)
+    log.info("group pass: %s in %.1fs", counts, time.perf_counter() - start)
+    return dataclasses.asdict(counts)
 
 
 def _count(summary: RealignSummary, rec: RecordingOutcome, on_outcome: OnOutcome | None) -> None:

@@ -184,8 +184,14 @@ def _align_group(
     return aligned, baselines, calls
 
 
-def _outputs(row: dict[str, Any], alignment: Any, baseline: Any, ident: dict[str, Any]) -> dict:
-    """payload (alignment JSON text), csv and vtt of one aligned row."""
+def outputs(
+    row: dict[str, Any],
+    alignment: Any,
+    baseline: Any,
+    ident: dict[str, Any],
+    group: dict[str, Any] | None = None,
+) -> dict:
+    """payload (alignment JSON text), csv and vtt of one aligned row (``group``: its group info)."""
     from biovl_core.formats import to_csv, to_webvtt
     from biovl_core.pipeline import alignment_result
 
@@ -203,6 +209,7 @@ def _outputs(row: dict[str, Any], alignment: Any, baseline: Any, ident: dict[str
         title=str(row["title"]),
         config=config,
         timings=json.loads(str(row["timings"])),
+        group=group,
     )
     payload = json.dumps(result_payload(result, {}))
     return {"payload": payload, "csv": to_csv(result), "vtt": to_webvtt(result)}
@@ -238,7 +245,7 @@ def align_stage(batch: Batch, identity: dict[str, Any]) -> Batch:
                 rows[i]["error"] = f"align: {error_text(bad)}"
                 continue
             try:
-                outs[i] = _outputs({**rows[i], "sim": sim}, a, b, identity)
+                outs[i] = outputs({**rows[i], "sim": sim}, a, b, identity)
             except Exception as exc:
                 rows[i]["error"] = f"align: {error_text(exc)}"
     elapsed = time.perf_counter() - start

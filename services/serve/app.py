@@ -45,7 +45,9 @@ def build_app(settings: ServiceSettings) -> Any:
         return options
 
     ingress = d["Ingress"].options(
-        num_replicas=settings.ingress_replicas, ray_actor_options=opts(0.0, "ingress", "Ingress")
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+        ray_actor_options=opts(0.0, "ingress", "Ingress"),
     )
     if settings.worker_replicas <= 0:
         return ingress.bind(cfg)

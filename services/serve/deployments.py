@@ -308,6 +308,10 @@ def serve_deployments() -> dict[str, Any]:
 
             self.service = JobService(ServiceSettings.from_dict(settings))
             self._worker = _worker  # keeps the QueueWorker deployment in the application
+            if self.service.settings.worker_metrics_port:  # the node's metrics, off the API port
+                self.metrics = metrics.NodeMetrics(
+                    self.service.queue, self.service.settings.worker_metrics_port
+                )
 
         def __serve_build_asgi_app__(self) -> Any:
             from services.api import create_app

@@ -136,14 +136,21 @@ class ServeRunner:
         return self.embedder.model_id, self.embedder.weights, self.embedder.cache_key()
 
     def run(
-        self, video: Path, protocol_text: str, protocol_name: str, cfg: Any, progress: Any
+        self,
+        video: Path,
+        protocol_text: str,
+        protocol_name: str,
+        cfg: Any,
+        progress: Any,
+        group: Any = None,
     ) -> Any:
-        """``align_video`` with the remote decoder, embedder and aligner."""
+        """``align_video`` with the remote decoder, embedder and aligner; a group's co-alignment
+        runs in this replica (``biovl_core.group.coalign``, numpy/numba)."""
         from biovl_core.pipeline import align_video
         from biovl_core.protocol import parse_protocol
 
         protocol = parse_protocol(protocol_text, filename=protocol_name)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"group": group}
         if self.sampler is not None:
             extra["sampler"] = self.sampler
         if self.align_fn is not None:

@@ -1,6 +1,8 @@
 // Shared helpers for the BioVL pages: the lab token, same-origin API calls, formatting.
 // The token comes from the URL fragment (#token=...) or the sign-in form, lives in
-// sessionStorage for this tab, and is only ever sent to this page's own origin.
+// sessionStorage for this tab, and is only ever sent to this page's own origin, in the
+// Authorization header: what cannot send headers (<video>, <track>, downloads) uses the
+// short-lived signed links the API returns with each job.
 
 const TOKEN_KEY = "biovl.token";
 
@@ -44,11 +46,9 @@ export function sameOriginUrl(path) {
   return url;
 }
 
-/** URL for a GET that cannot send headers (<video src>, <track>, download links). */
-export function tokenUrl(path) {
+/** Path + query of a same-origin URL, e.g. a signed media link (the lab token never goes in a URL). */
+export function sameOriginPath(path) {
   const url = sameOriginUrl(path);
-  const token = getToken();
-  if (token) url.searchParams.set("token", token);
   return url.pathname + url.search;
 }
 

@@ -97,6 +97,41 @@ function postJob(formData, onProgress) {
   });
 }
 
+/** The steps the service will align, shown under the protocol field as soon as a file is chosen. */
+async function previewProtocol() {
+  const box = $("#protocol-preview");
+  const file = $("#protocol").files[0];
+  if (!file) {
+    box.replaceChildren();
+    return;
+  }
+  if (!getToken()) {
+    box.replaceChildren(h("p", { class: "hint" }, "Sign in with your lab token to preview the steps."));
+    return;
+  }
+  box.replaceChildren(h("p", { class: "hint" }, "Reading the protocol…"));
+  const body = new FormData();
+  body.append("protocol", file);
+  try {
+    const p = await api("/v1/protocol/preview", { method: "POST", body });
+    const steps = p.steps.map((s) =>
+      h(
+        "li",
+        { class: "preview-step" },
+        h("span", { class: "preview-text" }, s.text),
+        s.line ? h("span", { class: "hint preview-line" }, ` (line ${s.line})`) : null,
+        s.notes.length ? h("ul", { class: "step-notes" }, s.notes.map((n) => h("li", { class: "step-note" }, n))) : null,
+      ),
+    );
+    box.replaceChildren(
+      h("p", { class: "preview-summary" }, `${p.title ? `${p.title}: ` : ""}${p.num_steps} step${p.num_steps === 1 ? "" : "s"} found — check them before uploading.`),
+      h("ol", { class: "preview-steps" }, steps),
+    );
+  } catch (err) {
+    box.replaceChildren(h("p", { class: "message error" }, `The protocol cannot be read: ${err.message}`));
+  }
+}
+
 function validateUpload(form) {
   const problems = [];
   if (!getToken()) problems.push(["token-input", "Sign in with your lab token first."]);
@@ -151,6 +186,7 @@ async function onUpload(event) {
       ".",
     );
     form.reset();
+    $("#protocol-preview").replaceChildren();
     loadJobs();
   } catch (err) {
     showUploadMessage("error", `Upload failed: ${err.message}`);
@@ -164,6 +200,7 @@ function init() {
   captureTokenFromFragment();
   wireSignIn($("#signin"), loadJobs);
   $("#upload").addEventListener("submit", onUpload);
+  $("#protocol").addEventListener("change", previewProtocol);
   $("#refresh").addEventListener("click", loadJobs);
   loadJobs();
 }

@@ -9,13 +9,16 @@ import {
   formatTime,
   getToken,
   h,
+  sameOriginPath,
   statusBadge,
   stepColor,
-  tokenUrl,
   wireSignIn,
 } from "./app.js";
+import { mountCorrections } from "./corrections.js";
 
 const POLL_MS = 2000;
+const LINK_REFRESH_MARGIN_MS = 60_000; // renew the signed media links this long before they expire
+const LINK_RETRY_MS = 10_000;
 const $ = (sel) => document.querySelector(sel);
 
 const state = {
@@ -25,6 +28,8 @@ const state = {
   currentStep: -2, // -2 = never rendered, -1 = between steps
   pendingSeek: null,
   pollTimer: null,
+  linkTimer: null,
+  videoLinkExpires: 0, // expires_at (unix s) of the signed link the <video> plays from
 };
 
 // ---------------------------------------------------------------- data
@@ -87,6 +92,7 @@ export function normalise(raw, job) {
       end: found ? end : null,
       score: num(step.score),
       iou: num(step.iou),
+      notes: Array.isArray(step.notes) ? step.notes.map(String).filter((n) => n.trim()) : [],
     };
   });
   const similarity = Array.isArray(raw.similarity) ? raw.similarity : null;
@@ -195,12 +201,13 @@ async function loadJob() {
   setStatus("success", statusBadge(job.status));
   try {
     const raw = await api(`/v1/jobs/${encodeURIComponent(state.jobId)}/alignment.json?similarity=1`);
-    state.data = normalise(raw, job);
+    state.data = { ...normalise(raw, job), raw };
   } catch (err) {
     setStatus("error", `The job succeeded but its alignment could not be loaded: ${err.message}`);
     return;
   }
   renderViewer();
+  mountCorrections({ jobId: state.jobId, raw: state.data.raw, data: state.data, video: $("#video"), seekTo });
 }
 
 function formatProgress(p) {
@@ -223,7 +230,6 @@ function renderJobHead(job) {
 
 function renderViewer() {
   const d = state.data;
-  const base = `/v1/jobs/${encodeURIComponent(state.jobId)}`;
   if (d.title) {
     $("#job-title").textContent = d.title;
     document.title = `${d.title}: BioVL aligner`;
@@ -231,27 +237,65 @@ function renderViewer() {
   if (d.weights === "random-demo") $("#demo-banner").hidden = false;
   $("#viewer").hidden = false;
 
-  setupVideo(base);
+  setupVideo();
   renderSteps();
   renderTimeline();
   renderSummary();
-  $("#dl-json").href = tokenUrl(`${base}/alignment.json`);
-  $("#dl-csv").href = tokenUrl(`${base}/alignment.csv`);
-  $("#dl-vtt").href = tokenUrl(`${base}/alignment.vtt`);
+  setDownloadLinks();
+  scheduleLinkRefresh();
   drawHeatmap();
   new ResizeObserver(() => drawHeatmap()).observe($(".heatmap-box"));
   updateCurrent();
 }
 
-function setupVideo(base) {
+// ---------------------------------------------------------------- signed media links
+
+/** One of the job's signed links (GET /v1/jobs/{id} -> links): video, json, csv or vtt. */
+function mediaUrl(key) {
+  return sameOriginPath(state.job.links[key]);
+}
+
+function setDownloadLinks() {
+  $("#dl-json").href = mediaUrl("json");
+  $("#dl-csv").href = mediaUrl("csv");
+  $("#dl-vtt").href = mediaUrl("vtt");
+}
+
+async function refreshLinks() {
+  const job = await api(`/v1/jobs/${encodeURIComponent(state.jobId)}`);
+  state.job.links = job.links;
+  setDownloadLinks();
+  scheduleLinkRefresh();
+}
+
+/** Renew the links shortly before they expire, so downloads keep working on a page left open. */
+function scheduleLinkRefresh() {
+  window.clearTimeout(state.linkTimer);
+  const expires = Number(state.job.links.expires_at) * 1000;
+  const wait = Math.max(LINK_RETRY_MS, expires - Date.now() - LINK_REFRESH_MARGIN_MS);
+  state.linkTimer = window.setTimeout(() => refreshLinks().catch(() => scheduleLinkRefresh()), wait);
+}
+
+/** Point the <video> at the current signed link, keeping its position (and playing state). */
+function loadVideoSource(video) {
+  const resume = video.readyState > 0 ? { at: video.currentTime, play: !video.paused } : null;
+  state.videoLinkExpires = Number(state.job.links.expires_at);
+  video.src = mediaUrl("video");
+  if (resume) {
+    state.pendingSeek = resume.at;
+    if (resume.play) video.play().catch(() => {});
+  }
+}
+
+function setupVideo() {
   const video = $("#video");
   video.replaceChildren(
-    h("track", { kind: "chapters", label: "Protocol steps", srclang: "en", src: tokenUrl(`${base}/alignment.vtt`), default: true }),
-    h("track", { kind: "captions", label: "Protocol steps (captions)", srclang: "en", src: tokenUrl(`${base}/alignment.vtt`) }),
+    h("track", { kind: "chapters", label: "Protocol steps", srclang: "en", src: mediaUrl("vtt"), default: true }),
+    h("track", { kind: "captions", label: "Protocol steps (captions)", srclang: "en", src: mediaUrl("vtt") }),
   );
   // Chapters are not rendered; "hidden" makes the browser load the cues anyway.
   if (video.textTracks[0]) video.textTracks[0].mode = "hidden";
-  video.src = tokenUrl(`${base}/video`);
+  loadVideoSource(video);
   video.addEventListener("timeupdate", updateCurrent);
   video.addEventListener("seeked", updateCurrent);
   video.addEventListener("loadedmetadata", () => {
@@ -265,6 +309,14 @@ function setupVideo(base) {
     }
   });
   video.addEventListener("error", () => {
+    if (Date.now() / 1000 >= state.videoLinkExpires) {
+      // The signed link ran out while the video was streaming: renew it once and carry on.
+      refreshLinks().then(
+        () => loadVideoSource(video),
+        (err) => setStatus("error", `Video: its link expired and could not be renewed (${err.message}); reload the page.`),
+      );
+      return;
+    }
     const code = video.error ? video.error.code : 0;
     const why = code === 4 ? "this browser cannot play this video's format" : "the video could not be loaded";
     setStatus("error", `Video: ${why}. The alignment is still shown; download the video or the WebVTT to view it elsewhere.`);
@@ -314,7 +366,10 @@ function renderSteps() {
       ),
     );
     button.style.setProperty("--step-color", stepColor(step.index));
-    return h("li", { class: found ? "step" : "step step-missing" }, button);
+    const notes = step.notes.length
+      ? h("ul", { class: "step-notes", "aria-label": `Notes on step ${step.index + 1}` }, ...step.notes.map((n) => h("li", { class: "step-note" }, n)))
+      : null;
+    return h("li", { class: found ? "step" : "step step-missing" }, button, notes);
   });
   $("#steps").replaceChildren(...items);
 }
