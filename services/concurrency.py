@@ -168,7 +168,7 @@ class OneJobPerVideo:
         """The wrapped runner's model identity."""
         return self.runner.model_identity(cfg)
 
-    def run(self, video: Path, *args: Any) -> Any:
+    def run(self, video: Path, *args: Any, **kwargs: Any) -> Any:
         """The wrapped runner's ``run``, after any running job of the same recording."""
         key = video_fingerprint(video)
         with self._guard:
@@ -176,7 +176,7 @@ class OneJobPerVideo:
             self._locks[key] = (lock, users + 1)
         try:
             with lock:
-                return self.runner.run(video, *args)
+                return self.runner.run(video, *args, **kwargs)
         finally:
             with self._guard:
                 lock, users = self._locks[key]

@@ -67,14 +67,14 @@ class CountingRunner:
     def model_identity(self, cfg: Any) -> tuple[str, str, str]:
         return self.inner.model_identity(cfg)
 
-    def run(self, video: Path, *args: Any) -> Any:
+    def run(self, video: Path, *args: Any, **kwargs: Any) -> Any:
         key = hashlib.sha256(Path(video).read_bytes()).hexdigest()
         with self._lock:
             self.running[key] = self.running.get(key, 0) + 1
             self.most = max(self.most, sum(self.running.values()))
             self.most_per_video = max(self.most_per_video, self.running[key])
         try:
-            return self.inner.run(video, *args)
+            return self.inner.run(video, *args, **kwargs)
         finally:
             with self._lock:
                 self.running[key] -= 1
