@@ -67,7 +67,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a standalone worker (pipeline in this process) until SIGTERM/SIGINT."""
     from services import metrics
     from services.concurrency import WorkerPool, apply_torch_threads, plan_concurrency
-    from services.worker import LocalRunner
+    from services.runner import LocalRunner
 
     settings = _settings(args)
     if args.jobs_in_flight is not None:
@@ -131,12 +131,9 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 def cmd_dead(args: argparse.Namespace) -> int:
     """Print the newest dead-letter entries as JSON lines."""
     from services.queue import JobQueue
-    from services.redis_conn import connect
 
     settings = _settings(args)
-    queue = JobQueue(
-        connect(settings.redis_url, settings.archive_path / "redis"), settings.redis_prefix
-    )
+    queue = JobQueue.from_settings(settings)
     for entry in queue.dead_letters(args.count):
         print(json.dumps(entry))
     return 0

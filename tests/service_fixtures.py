@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from biovl_core.synthetic_video import make_recording
 from services.api import JobService, create_app
 from services.queue import JobQueue
+from services.runner import LocalRunner
 from services.settings import ServiceSettings
-from services.worker import LocalRunner, Worker
+from services.worker import Worker
 from tests.fixtures_embed import make_tiny_clip_checkpoint, tiny_cfg
 
 TOKENS = {"lab-a": "token-a-0123456789", "lab-b": "token-b-0123456789"}

@@ -44,7 +44,7 @@ from services import archive as archive_mod
 from services.archive import Archive, JobFiles
 from services.metrics import REGISTRY
 from services.realign import ModelIdentity, main, realign_archive, realign_key
-from services.worker import LocalRunner, result_payload
+from services.runner import LocalRunner, result_payload
 from tests.fixtures_embed import make_tiny_clip_checkpoint, tiny_cfg
 
 SEG = 2.0

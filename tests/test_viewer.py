@@ -94,7 +94,8 @@ class LiveService:
         import uvicorn
 
         from services.api import JobService, create_app
-        from services.worker import LocalRunner, Worker
+        from services.runner import LocalRunner
+        from services.worker import Worker
 
         self.settings = settings
         self.service = JobService(settings)

@@ -28,7 +28,7 @@ from services.groups import map_spans, protocol_groups
 from services.realign.plan import ModelIdentity, experiment_of, job_config, realign_key
 from services.realign.report import RecordingOutcome, error_text, spans_changed
 from services.realign.stages import Batch, columns, outputs, rows_of
-from services.worker import annotate_payload
+from services.runner import annotate_payload
 
 log = logging.getLogger("biovl.realign")
 

@@ -12,8 +12,8 @@ from typing import Any
 from biovl_core.config import PipelineConfig
 from services.archive import Archive
 from services.realign.report import RecordingOutcome, annotation_miou, error_text
+from services.runner import config_key
 from services.settings import SAFE_OPTION_KEYS
-from services.worker import config_key
 
 
 @dataclass(frozen=True)

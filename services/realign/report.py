@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.archive import JobFiles
-from services.worker import annotate_payload, payload_spans
+from services.runner import annotate_payload, payload_spans
 
 OUTCOMES = ("done", "skipped", "failed")
 SPAN_TOLERANCE_S = 1e-6

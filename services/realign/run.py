@@ -22,7 +22,7 @@ from services.realign.groups import GroupPass, plan_groups, run_groups
 from services.realign.plan import ModelIdentity, Plan, plan
 from services.realign.report import RealignSummary, RecordingOutcome
 from services.realign.runners import ray_connection, run_local, run_lock, run_ray
-from services.worker import LocalRunner
+from services.runner import LocalRunner
 
 log = logging.getLogger("biovl.realign")
 

@@ -21,7 +21,7 @@ from services.realign.stages import (
     rows_of,
     write_stage,
 )
-from services.worker import LocalRunner
+from services.runner import LocalRunner
 
 log = logging.getLogger("biovl.realign")
 

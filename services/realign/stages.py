@@ -17,7 +17,7 @@ from biovl_core.config import PipelineConfig
 from services.archive import JobFiles
 from services.realign.plan import ModelIdentity, Task
 from services.realign.report import RecordingOutcome, error_text, spans_changed
-from services.worker import LocalRunner, annotate_payload, result_payload
+from services.runner import LocalRunner, annotate_payload, result_payload
 
 log = logging.getLogger("biovl.realign")
 
