@@ -25,7 +25,7 @@ from biovl_core.cache import atomic_write, fsync_dir
 LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 VIDEO_EXT_RE = re.compile(r"^\.[a-z0-9]{1,8}$")
-ANNOTATION_EXTS = (".csv", ".json")
+ANNOTATION_EXTS = (".csv", ".json", ".eaf")
 VERSION_RE = re.compile(r"^v(\d{4,})\.json$")
 
 
@@ -48,8 +48,9 @@ def check_job_id(job_id: str) -> str:
 
 
 def annotations_ext(filename: str | None) -> str:
-    """'.json' for JSON annotations, else '.csv'."""
-    return ".json" if Path(filename or "").suffix.lower() == ".json" else ".csv"
+    """'.json' or '.eaf' (ELAN) by the upload's name, else '.csv': the parser reads by it."""
+    suffix = Path(filename or "").suffix.lower()
+    return suffix if suffix in (".json", ".eaf") else ".csv"
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

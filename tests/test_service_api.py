@@ -308,3 +308,23 @@ def test_aligner_batches_requests_of_different_protocols_together() -> None:
     for p, got in zip(problems, align_requests(requests), strict=True):
         want = align(p.similarity, method="biovl", duration_s=p.duration_s, steps=p.steps)
         assert got.labels.tolist() == want.labels.tolist()
+
+
+def test_elan_annotations_upload_is_archived_as_elan_and_scored(
+    make_env: Any, recording: Path
+) -> None:
+    """An ELAN .eaf upload is kept as .eaf, so the worker reads it as ELAN and scores the job."""
+    from biovl_core.elan import write_eaf
+
+    env = make_env()
+    rows = [(a.step, a.start, a.end) for a in read_annotations(recording / "annotations.csv")]
+    files, data = upload(recording, annotations=False)
+    files["annotations"] = ("truth.eaf", write_eaf(rows).encode("utf-8"), "application/xml")
+    r = env.client.post("/v1/jobs", files=files, data=data, headers=AUTH_A)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert env.service.archive.job("lab-a", job_id).annotations_path().name == "annotations.eaf"
+    assert env.worker().run_forever(max_jobs=1) == 1
+    result = env.client.get(f"/v1/jobs/{job_id}/alignment.json", headers=AUTH_A).json()
+    assert "annotations_error" not in result, result.get("annotations_error")
+    assert result["miou"] is not None and len(result["step_ious"]) == len(result["steps"])
