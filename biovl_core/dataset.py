@@ -6,7 +6,7 @@ Layout (SPEC.md "Data formats")::
       pcr_01/            # folder name: <experiment>_<n> (or meta.json {"experiment": ...})
         video.mp4        # any of .mp4 .mov .mkv .avi .webm .m4v
         protocol.txt     # or protocol.json / protocol.md
-        annotations.csv  # or annotations.json (optional for alignment, needed for scoring)
+        annotations.csv  # or annotations.json or annotations.eaf (ELAN); needed for scoring
         meta.json        # optional: {"experiment": "pcr"}
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from biovl_core.errors import BioVLError
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".ts", ".mts", ".m2ts")
 PROTOCOL_NAMES = ("protocol.txt", "protocol.json", "protocol.md")
-ANNOTATION_NAMES = ("annotations.csv", "annotations.json")
+ANNOTATION_NAMES = ("annotations.csv", "annotations.json", "annotations.eaf")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,20 @@ def test_alignment_as_elan() -> None:
     result = make_result()
     rows = parse_annotations(to_eaf(result), "alignment.eaf")
     assert [(r.start, r.end) for r in rows] == [s for s in result.spans if s is not None]
+
+
+def test_a_dataset_folder_may_hold_elan_annotations(tmp_path: Path) -> None:
+    from biovl_core.dataset import load_recording
+    from biovl_core.elan import write_eaf
+
+    folder = tmp_path / "pcr-1"
+    folder.mkdir()
+    (folder / "video.mp4").write_bytes(b"not decoded here")
+    (folder / "protocol.txt").write_text("1. Add water.\n2. Add primer.\n")
+    (folder / "annotations.eaf").write_text(
+        write_eaf([("Add water.", 1.0, 4.0), ("Add primer.", 6.0, 9.5)])
+    )
+    rec = load_recording(folder)
+    assert rec.annotations == folder / "annotations.eaf"
+    spans = [a.span for a in read_annotations(rec.annotations)]
+    assert spans == [(1.0, 4.0), (6.0, 9.5)]
