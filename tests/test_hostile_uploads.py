@@ -116,11 +116,14 @@ def watch(pid: int, tmp_dir: Path, every_s: float = 0.005) -> Iterator[Peaks]:
     peaks.rss_peak = peaks.rss_start
     stop = threading.Event()
 
+    def take() -> None:
+        peaks.rss_peak = max(peaks.rss_peak, proc.memory_info().rss)
+        peaks.tmp_peak = max(peaks.tmp_peak, folder_bytes(tmp_dir))
+        peaks.samples += 1
+
     def sample() -> None:
         while True:
-            peaks.rss_peak = max(peaks.rss_peak, proc.memory_info().rss)
-            peaks.tmp_peak = max(peaks.tmp_peak, folder_bytes(tmp_dir))
-            peaks.samples += 1
+            take()
             if stop.wait(every_s):
                 return
 
@@ -131,6 +134,7 @@ def watch(pid: int, tmp_dir: Path, every_s: float = 0.005) -> Iterator[Peaks]:
     finally:
         stop.set()
         thread.join()
+        take()  # and one after the block, however fast it was
 
 
 # ---- media -----------------------------------------------------------------------------------
@@ -721,7 +725,10 @@ def test_chunked_oversize_upload_is_stopped_while_reading_with_bounded_memory_an
         # stopped while reading: the answer came long before the body ended (socket buffers
         # hold a few MiB more than the server read)
         assert big.sent < 64 * MiB, big.sent
-        assert peaks.samples > 10 and peaks.rss_growth < SERVER_RSS_GROWTH_BOUND, peaks
+        # Samples before and after the upload at least (on a quiet machine the 413 comes within
+        # milliseconds); freed memory stays in a CPython process's RSS, so the last sample
+        # still holds the growth the upload caused.
+        assert peaks.samples >= 2 and peaks.rss_growth < SERVER_RSS_GROWTH_BOUND, peaks
         assert peaks.tmp_peak <= limit, peaks
         assert list(server.tmp_dir.iterdir()) == []
         r = httpx.get(f"{server.base}/v1/jobs", headers=AUTH_A)
