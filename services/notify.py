@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from services.settings import read_mapping_file
+
 log = logging.getLogger("biovl.notify")
 
 SIGNATURE_HEADER = "X-BioVL-Signature"
@@ -48,19 +50,11 @@ def load_webhooks(path: str | Path | None) -> dict[str, Webhook]:
         return {}
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_mapping_file(path, "lab -> {url, secret}")
     except OSError as exc:
         raise ValueError(
             f"{path}: cannot read the webhooks file ({exc}); fix webhooks_file"
         ) from exc
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text or "{}")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping lab -> {{url, secret}}")
     hooks: dict[str, Webhook] = {}
     for lab, entry in data.items():
         if not isinstance(entry, Mapping) or not {"url", "secret"} <= set(entry):

@@ -130,6 +130,24 @@ class ServiceSettings:
         return cls(**dict(data))
 
 
+def read_mapping_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON or YAML (by extension) file holding one mapping, e.g. lab tokens or webhooks.
+
+    ``what`` describes the expected entries for the error, e.g. "lab -> sha256(token)"."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        import json
+
+        data = json.loads(text or "{}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}")
+    return data
+
+
 def _coerce(name: str, raw: str, default: Any) -> Any:
     """Parse an env string to the type of the field's default (dicts as JSON)."""
     import json

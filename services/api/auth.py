@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from pathlib import Path
 
 from services.archive import check_lab
+from services.settings import read_mapping_file
 
 
 class AuthError(Exception):
@@ -30,15 +30,7 @@ def load_tokens_file(path: str | Path) -> dict[str, str]:
     p = Path(path)
     if not p.exists():
         return {}
-    text = p.read_text(encoding="utf-8")
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text or "{}")
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a mapping of lab -> sha256(token)")
+    data = read_mapping_file(p, "lab -> sha256(token)")
     out: dict[str, str] = {}
     for lab, digest in data.items():
         digest = str(digest).lower()
