@@ -1,9 +1,14 @@
 """GPU frame sampler: NVIDIA DALI decodes on NVDEC, resizes and crops on the GPU.
 
-Unverified (not run on a GPU): written against DALI's documented API (``fn.decoders.video``,
-or ``fn.experimental.decoders.video`` on older releases, decoding an in-memory stream with
-its ``frames`` argument; ``fn.resize``; ``fn.crop``; ``nvidia.dali.plugin.pytorch.feed_ndarray``).
-``make gpu-check`` compares it with the PyAV sampler frame by frame, VFR and long files included.
+Written against DALI's API (``fn.decoders.video``, or ``fn.experimental.decoders.video`` on
+older releases, decoding an in-memory stream with its ``frames`` argument; ``fn.resize``;
+``fn.crop``; ``nvidia.dali.plugin.pytorch.feed_ndarray``). What has run where:
+
+- DALI's CPU backend (``backend="cpu"``; the pip wheel's libavcodec decodes VP8/VP9/MJPEG, not
+  H.264) runs this same pipeline in the tests on VP9 files: read plans, clip remuxing, DALI's
+  ``frames`` indexing, VFR, rotation, resize and crop, frame by frame against PyAV.
+- The ``"mixed"`` backend (NVDEC, GPU resize) is unverified (not run on a GPU);
+  ``make gpu-check`` compares it with the PyAV sampler frame by frame, VFR and long files included.
 
 What is read: the packet index of each video once (`video_plan.index_packets`, cached per
 file), then per batch a read plan (`video_plan.plan_reads`): the wanted frames, the keyframe
@@ -43,8 +48,26 @@ def _decoder_op(fn: Any) -> Any:
     return fn.experimental.decoders.video
 
 
+class DALIDecodeError(RuntimeError):
+    """DALI failed on a clip of one video (codec or profile it cannot decode, corrupt data)."""
+
+
+def dali_reason(exc: BaseException) -> str:
+    """The line of a DALI pipeline error that says what went wrong (it comes after "encountered:",
+    behind the operator's traceback), else the error's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        reason = lines[lines.index("encountered:") + 1]
+        return reason.split(" failed: ", 1)[-1]
+    return lines[0] if lines else type(exc).__name__
+
+
+BACKENDS = ("mixed", "cpu")
+"""DALI decoder backends: "mixed" decodes on NVDEC (the service's), "cpu" with libavcodec."""
+
+
 class DALISampler:
-    """GPU sampler (unverified on GPU): uint8 RGB torch CUDA tensors [N, k, size, size, 3]."""
+    """DALI sampler: uint8 RGB torch tensors [N, k, size, size, 3], on the GPU with "mixed"."""
 
     name = "dali"
 
@@ -54,14 +77,18 @@ class DALISampler:
         max_clip_frames: int = 128,
         num_threads: int = 4,
         cached_videos: int = 16,
+        backend: str = "mixed",
     ) -> None:
-        if not cuda_available():
+        if backend not in BACKENDS:
+            raise ValueError(f"DALI backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if backend == "mixed" and not cuda_available():
             raise RuntimeError(
                 "the DALI decoder needs a CUDA GPU and none is visible; use decoder='pyav' "
                 "(or 'auto', which falls back to PyAV)."
             )
         self.dali = optional_import("nvidia.dali", DALI_HINT)
         self.torch = optional_import("torch", "pip install torch")
+        self.backend = backend
         self.device_id = device_id
         self.max_clip_frames = max_clip_frames
         self.num_threads = num_threads
@@ -72,6 +99,8 @@ class DALISampler:
         self._cached_videos = cached_videos
         self._index_lock = threading.Lock()
         self._cpu = PyAVSampler()
+        self._pyav_only: dict[str, str] = {}  # video path -> why DALI could not decode it
+        self.fallbacks = 0  # videos handed to PyAV after DALI failed on them
         self.last_stats = DecodeStats()
         self.last_bytes_read = 0
 
@@ -86,13 +115,14 @@ class DALISampler:
         @pipeline_def(
             batch_size=1,
             num_threads=self.num_threads,
-            device_id=self.device_id,
+            device_id=self.device_id if self.backend == "mixed" else None,
             prefetch_queue_depth=1,
         )
         def sample_pipe() -> Any:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            video = decode(encoded, device="mixed", frames=indices)
+            # pad_mode "none": a frame index past the clip's end is an error, never a blank frame
+            video = decode(encoded, device=self.backend, frames=indices, pad_mode="none")
             video = fn.resize(video, resize_shorter=float(size), antialias=True)
             return fn.crop(video, crop=(size, size))
 
@@ -125,19 +155,30 @@ class DALISampler:
         plan = plan_reads(index, ts)
         clip = np.frombuffer(write_clip(index, plan), dtype=np.uint8)
         pipe = self._pipeline(size)
-        pipe.feed_input("encoded", [clip])
-        pipe.feed_input("frames", [plan.clip_frames.astype(np.int32)])
-        (video,) = pipe.run()
+        try:
+            pipe.feed_input("encoded", [clip])
+            pipe.feed_input("frames", [plan.clip_frames.astype(np.int32)])
+            (video,) = pipe.run()
+        except Exception as exc:  # DALI raises RuntimeError; the pipeline cannot run again
+            self._pipes.pop(size, None)
+            raise DALIDecodeError(
+                f"{index.path}: DALI ({self.backend}) could not decode frames "
+                f"{plan.frames[0]}-{plan.frames[-1]}: {dali_reason(exc)}"
+            ) from exc
         device = out.device
         decoded = torch.empty((len(plan.frames), size, size, 3), dtype=torch.uint8, device=device)
-        feed_ndarray(
-            video.as_tensor(),
-            decoded.view(1, *decoded.shape),
-            cuda_stream=torch.cuda.current_stream(),
-        )
+        stream = torch.cuda.current_stream() if device.type == "cuda" else None
+        feed_ndarray(video.as_tensor(), decoded.view(1, *decoded.shape), cuda_stream=stream)
         out.copy_(decoded[torch.as_tensor(plan.inverse, device=device)].view(out.shape))
         self.last_bytes_read += plan.bytes_read
         return DecodeStats(len(plan.packets), len(plan.frames), len(plan.runs))
+
+    @property
+    def device(self) -> Any:
+        """Where the frames land: the GPU for "mixed", host memory for "cpu"."""
+        if self.backend == "mixed":
+            return self.torch.device("cuda", self.device_id)
+        return self.torch.device("cpu")
 
     def iter_batches(
         self,
@@ -146,17 +187,19 @@ class DALISampler:
         size: int = 224,
         batch_segments: int = 64,
     ) -> Iterator[tuple[slice, Any]]:
-        """Yield (segment slice, CUDA uint8 [b, k, size, size, 3]); GPU memory bounded by the batch."""
+        """Yield (segment slice, uint8 [b, k, size, size, 3]); memory bounded by the batch."""
         torch = self.torch
         ts = _as_timestamps(timestamps)
         if batch_segments < 1:
             raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
         index, rotation = self.packet_index(path)
-        device = torch.device("cuda", self.device_id)
-        if not index.raw_bytes:
-            log.warning("%s: not an MP4/MOV packet layout; decoding it with PyAV", index.path)
-            for sl, frames in self._cpu.iter_batches(path, ts, size, batch_segments):
-                yield sl, torch.from_numpy(frames).to(device)
+        device = self.device
+        reason = self._pyav_only.get(index.path)
+        if reason is None and not index.raw_bytes:
+            reason = "not an MP4/MOV packet layout"
+        if reason is not None:
+            log.info("%s: decoding with PyAV (%s)", index.path, reason)
+            yield from self._with_pyav(path, ts, size, batch_segments, 0)
             return
         stats = DecodeStats()
         self.last_stats = stats
@@ -168,19 +211,35 @@ class DALISampler:
         for a in range(0, n, batch_segments):
             b = min(n, a + batch_segments)
             frames = torch.empty((b - a, k, size, size, 3), dtype=torch.uint8, device=device)
-            for c in range(a, b, per_chunk):
-                d = min(b, c + per_chunk)
-                part = self._decode_chunk(index, ts[c:d], size, frames[c - a : d - a])
-                stats.frames_decoded += part.frames_decoded
-                stats.frames_converted += part.frames_converted
-                stats.seeks += part.seeks
+            try:
+                for c in range(a, b, per_chunk):
+                    d = min(b, c + per_chunk)
+                    part = self._decode_chunk(index, ts[c:d], size, frames[c - a : d - a])
+                    stats.frames_decoded += part.frames_decoded
+                    stats.frames_converted += part.frames_converted
+                    stats.seeks += part.seeks
+            except DALIDecodeError as exc:
+                self.fallbacks += 1
+                self._pyav_only[index.path] = str(exc)
+                log.warning("%s; decoding this video with PyAV instead", exc)
+                yield from self._with_pyav(path, ts, size, batch_segments, a)
+                return
             if turns:
                 frames = torch.rot90(frames, k=turns, dims=(2, 3)).contiguous()
             stats.wall_s = time.perf_counter() - started
             yield slice(a, b), frames
 
+    def _with_pyav(
+        self, path: str | Path, ts: np.ndarray, size: int, batch_segments: int, first: int
+    ) -> Iterator[tuple[slice, Any]]:
+        """Segments ``first:`` decoded by PyAV, as tensors on this sampler's device."""
+        for sl, frames in self._cpu.iter_batches(path, ts[first:], size, batch_segments):
+            shifted = slice(sl.start + first, sl.stop + first)
+            yield shifted, self.torch.from_numpy(frames).to(self.device)
+        self.last_stats = self._cpu.last_stats
+
     def sample(self, path: str | Path, timestamps: np.ndarray, size: int = 224) -> Any:
-        """CUDA uint8 RGB [N, k, size, size, 3] of the frames shown at `timestamps` [N, k] (s)."""
+        """uint8 RGB [N, k, size, size, 3] of the frames shown at `timestamps` [N, k] (s)."""
         ts = _as_timestamps(timestamps)
         parts = [
             frames
@@ -188,7 +247,7 @@ class DALISampler:
         ]
         if not parts:
             return self.torch.empty(
-                (*ts.shape, size, size, 3), dtype=self.torch.uint8, device=f"cuda:{self.device_id}"
+                (*ts.shape, size, size, 3), dtype=self.torch.uint8, device=self.device
             )
         return parts[0] if len(parts) == 1 else self.torch.cat(parts)
 

@@ -228,7 +228,8 @@ def write_video(
     coded picture is turned the other way, so a decoder that honours the matrix shows
     the counter upright. With `variable_frame_rate` the frame durations vary randomly
     between 0.5x and 1.5x of 1/fps. `codec` "h264" uses libx264 (B-frames unless the
-    preset is "ultrafast"); "mpeg4" is also accepted. `motion` scales camera shake and
+    preset is "ultrafast"); "vp9" uses libvpx-vp9 (hidden alt-ref frames, what DALI's CPU
+    decoder can read); "mpeg4" is also accepted. `motion` scales camera shake and
     object speed, `noise` the sensor noise (std, grey levels); lower both to encode faster.
     """
     import av
@@ -245,7 +246,7 @@ def write_video(
     coded_w, coded_h = (height, width) if turns % 2 else (width, height)
     ticks, tick = _frame_times(duration_s, fps, variable_frame_rate, seed)
     renderer = _SceneRenderer(width, height, seed, motion, noise)
-    encoder = {"h264": "libx264"}.get(codec, codec)
+    encoder = {"h264": "libx264", "vp9": "libvpx-vp9"}.get(codec, codec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:

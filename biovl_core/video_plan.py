@@ -42,6 +42,7 @@ class PacketIndex:
     pos: np.ndarray  # int64 [P], byte offset in the file
     size: np.ndarray  # int64 [P], bytes
     keyframe: np.ndarray  # bool [P]
+    duration: np.ndarray  # int64 [P], stream time base: how long each frame is shown
     time_base: Fraction
     start_pts: int
     raw_bytes: bool  # the file's bytes at (pos, size) are the packets (MP4/MOV; not MKV)
@@ -55,6 +56,25 @@ class PacketIndex:
     def file_bytes(self) -> int:
         """Size of the video file."""
         return Path(self.path).stat().st_size
+
+
+def _frame_durations(pts: np.ndarray, demuxed: np.ndarray | None) -> np.ndarray:
+    """How long each packet's frame is shown: the demuxer's duration where it gave one, else
+    the gap to the next frame in presentation order (the last frame: the median gap).
+
+    The remuxed clip must carry them: without a duration the MP4 muxer's edit list ends at the
+    last frame's start, the demuxer marks that frame discarded, and decoders drop it (seen with
+    VP9 clips, where PyAV returned 47 of 48 frames and DALI a blank last frame).
+    """
+    order = np.argsort(pts, kind="stable")
+    gaps = np.diff(pts[order])
+    fallback = np.empty(len(pts), dtype=np.int64)
+    fallback[order] = np.append(gaps, int(np.median(gaps)) if len(gaps) else 1)
+    fallback = np.maximum(fallback, 1)
+    if demuxed is None:
+        return fallback
+    demuxed = np.asarray(demuxed, dtype=np.int64)
+    return np.where(demuxed > 0, demuxed, fallback)
 
 
 def _derived(pts: np.ndarray, keyframe: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -77,8 +97,10 @@ def packet_index_from_arrays(
     start_pts: int,
     raw_bytes: bool = True,
     template: bytes = b"",
+    duration: np.ndarray | None = None,
 ) -> PacketIndex:
-    """A PacketIndex from decode-order packet arrays (what `index_packets` reads from a file)."""
+    """A PacketIndex from decode-order packet arrays (what `index_packets` reads from a file);
+    `duration` (per packet, 0 where unknown) defaults to the gaps between presentation times."""
     pts = np.asarray(pts, dtype=np.int64)
     keyframe = np.asarray(keyframe, dtype=bool)
     frame_packet, gop_start, leading = _derived(pts, keyframe)
@@ -90,6 +112,7 @@ def packet_index_from_arrays(
         pos=np.asarray(pos, dtype=np.int64),
         size=np.asarray(size, dtype=np.int64),
         keyframe=keyframe,
+        duration=_frame_durations(pts, duration),
         time_base=Fraction(time_base),
         start_pts=int(start_pts),
         raw_bytes=raw_bytes,
@@ -105,7 +128,7 @@ def index_packets(path: str | Path) -> PacketIndex:
     """Read the packet list of the first video stream (one demux pass, no decoding)."""
     p = _check_file(path)
     av = optional_import("av", _AV_HINT)
-    rows: list[tuple[int, int, int, int, bool]] = []
+    rows: list[tuple[int, int, int, int, bool, int]] = []
     raw_ok = True
     with _open(p) as container, open(p, "rb") as fh:
         stream = _video_stream(container, p)
@@ -125,7 +148,8 @@ def index_packets(path: str | Path) -> PacketIndex:
                 if not rows:
                     packet.stream = out_stream
                     out.mux(packet)
-                rows.append((packet.pts, dts, pos, packet.size, bool(packet.is_keyframe)))
+                duration = packet.duration or 0
+                rows.append((packet.pts, dts, pos, packet.size, bool(packet.is_keyframe), duration))
         except av.error.FFmpegError as exc:
             raise _error(
                 p, f"is corrupt or truncated ({exc})", "Re-copy or re-upload the recording"
@@ -148,6 +172,7 @@ def index_packets(path: str | Path) -> PacketIndex:
         int(start if start is not None else pts.min()),
         raw_bytes=raw_ok,
         template=template.getvalue(),
+        duration=arr[:, 5],
     )
 
 
@@ -245,6 +270,7 @@ def write_clip(index: PacketIndex, plan: ReadPlan) -> bytes:
                 data = blobs[r][pos - r : pos - r + size]
                 packet = av.Packet(data)
                 packet.pts, packet.dts = int(index.pts[i]), int(index.dts[i])
+                packet.duration = int(index.duration[i])
                 packet.is_keyframe = bool(index.keyframe[i])
                 packet.time_base = index.time_base
                 packet.stream = stream

@@ -4,7 +4,8 @@
 Pre-flight first: which wheels and GPU features are present. Each stage then runs, or says
 SKIP with the reason (a missing wheel, no GPU, no NVDEC); only a wrong answer is a FAIL, and
 the exit code is 1 only then. ``--quick`` shrinks every stage (the whole check in a few
-minutes). On a machine without a GPU only the CPU stage runs and the rest say SKIP.
+minutes). On a machine without a GPU only the CPU stages run (aligner packing; the DALI pipeline
+on DALI's CPU backend, where DALI is installed) and the rest say SKIP.
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ def stages(quick: bool, missing: set[str], cuda: bool) -> list[tuple[str, Callab
 
         embed.gpu_check()
 
+    def decoding_cpu() -> None:
+        needs(missing, cuda, "nvidia.dali", "av", gpu=False)
+        from biovl_core.bench import decode
+
+        decode.dali_cpu_check()
+
     def decoding() -> None:
         needs(missing, cuda, "nvidia.dali", "av")
         from biovl_core.video import choose_decoder
@@ -154,6 +161,7 @@ def stages(quick: bool, missing: set[str], cuda: bool) -> list[tuple[str, Callab
         ("aligner: cupy wavefront + RawKernel vs numba", aligner),
         ("aligner from host arrays: one pinned copy, one launch, vs numba", aligner_host),
         ("embedding: ViT-B-32 fp16 CUDA vs fp32 CPU", embedding),
+        ("decoding: the DALI pipeline on DALI's CPU backend vs PyAV, VP9 (CPU)", decoding_cpu),
         ("decoding: DALI (NVDEC) vs PyAV, VFR and a long file", decoding),
         ("end to end: the Serve app over HTTP, DALI vs PyAV decoder", end_to_end),
     ]
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, outcome in outcomes:
         print(f"  {outcome.split()[0]:4s}  {title}  {outcome[4:].strip()}")
     if not cuda:
-        print("no CUDA GPU here: only the CPU stage ran; run `make gpu-check` on a GPU machine.")
+        print("no CUDA GPU here: only the CPU stages ran; run `make gpu-check` on a GPU machine.")
     return 1 if any(o == "FAIL" for _, o in outcomes) else 0
 
 

@@ -133,6 +133,10 @@ DECODER_BACKEND = Gauge(
     ["backend", "reason"],
     multiprocess_mode="max",
 )
+DECODER_FALLBACKS = Counter(
+    "biovl_decoder_fallbacks_total",
+    "Videos the DALI decoder failed on (codec, profile, corrupt data) and handed to PyAV.",
+)
 REALIGN_RECORDINGS = Counter(
     "biovl_realign_recordings_total", "Recordings processed by the archive re-aligner.", ["outcome"]
 )
@@ -152,6 +156,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_gpu_utilization_ratio",
         "biovl_realign_recordings_total",
         "biovl_decoder_backend",
+        "biovl_decoder_fallbacks_total",
     }
 )
 

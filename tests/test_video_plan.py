@@ -38,6 +38,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticVideo
             d / "long.mp4", 360.0, fps=10, size=(128, 96), gop=10, motion=0.2, noise=0.5
         ),
         "mkv": write_video(d / "cfr.mkv", 3.0, fps=30, size=(192, 144), gop=15),
+        "vp9": write_video(d / "vp9.mp4", 4.0, fps=30, size=(192, 144), gop=15, codec="vp9"),
     }
 
 
@@ -95,6 +96,38 @@ def test_plan_on_a_long_file_reads_a_small_part(videos: dict[str, SyntheticVideo
         assert (plan.runs[:, 1] - plan.runs[:, 0]).max() <= 10
     assert read < 0.6 * size
     check_plan(v, ts[40:72])  # late in the file: no seek from the start
+
+
+@pytest.mark.parametrize("ts", [[[1.0]], [[0.5], [2.9]]], ids=["keyframe-only", "mid-gop"])
+def test_clip_keeps_its_last_frame(videos: dict[str, SyntheticVideo], ts: list) -> None:
+    """Regression: the remuxed clip carries each packet's duration. Without them the MP4 edit
+    list ended at the last frame's start and decoders dropped that frame (VP9: a one-keyframe
+    clip decoded to no frame at all, and DALI returned a blank frame)."""
+    v = videos["vp9"]
+    index = index_packets(v.path)
+    assert (index.duration > 0).all()
+    plan = plan_reads(index, np.array(ts))
+    with av.open(io.BytesIO(write_clip(index, plan))) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == len(plan.packets)
+    check_plan(v, np.array(ts))
+
+
+def test_durations_default_to_the_gaps_between_frames() -> None:
+    pts = np.array([0, 3, 1, 2, 6])  # decode order, one B-pyramid
+    index = packet_index_from_arrays(
+        "x.mp4",
+        pts,
+        np.arange(5),
+        np.arange(5) * 10,
+        np.full(5, 10),
+        np.eye(5)[0] > 0,
+        Fraction(1, 30),
+        0,
+        duration=np.array([0, 0, 1, 0, 0]),
+    )
+    # frames in pts order 0 1 2 3 6: gaps 1 1 1 3, the last gets the median gap (1)
+    assert index.duration.tolist() == [1, 3, 1, 1, 1]
 
 
 def test_overlapping_ranges_share_a_run(videos: dict[str, SyntheticVideo]) -> None:

@@ -195,7 +195,10 @@ def serve_deployments() -> dict[str, Any]:
             if self._lock is None:
                 return np.asarray(self.sampler.sample(path, timestamps, size))
             with self._lock:
+                fallbacks = self.sampler.fallbacks
                 frames = self.sampler.sample(path, timestamps, size)
+                if self.sampler.fallbacks > fallbacks:  # DALI failed on this video: PyAV took it
+                    metrics.DECODER_FALLBACKS.inc(self.sampler.fallbacks - fallbacks)
                 return frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames)
 
         def stats(self) -> dict[str, Any]:
@@ -205,6 +208,7 @@ def serve_deployments() -> dict[str, Any]:
                 "reason": self.choice.reason,
                 "calls": self._calls,
                 "segments": self._segments,
+                "fallbacks": getattr(self.sampler, "fallbacks", 0),
             }
 
     @serve.deployment(name="Aligner")
