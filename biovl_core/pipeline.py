@@ -260,8 +260,11 @@ def align_video(
     timings = {**load_timings, **rec.timings}
     method = resolve_method(cfg)
     params = aligner_params(method, cfg.method_params, protocol.steps)
+    alignment, group_info = None, None
+    if group is not None:  # co-alignment runs here, never on a remote aligner: its own stage
+        with timed(timings, "group_align"):
+            alignment, group_info = align_in_group(rec, group, cfg, embedder, method)
     with timed(timings, "align"):
-        alignment, group_info = align_in_group(rec, group, cfg, embedder, method)
         if alignment is None:
             alignment = align_fn(
                 rec.similarity,

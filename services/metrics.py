@@ -65,6 +65,7 @@ STAGES = (
     "embed_video",
     "embed_text",
     "align",
+    "group_align",
     "write",
     "total",
     "queue_wait",

@@ -71,6 +71,7 @@ LABEL_VALUES: dict[tuple[str, str], set[str]] = {
         "embed_video",
         "embed_text",
         "align",
+        "group_align",
         "write",
         "total",
         "queue_wait",

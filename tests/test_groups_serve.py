@@ -4,6 +4,7 @@ real Redis, tiny model)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,14 @@ def _done(client: httpx.Client, recording: Path) -> dict[str, Any]:
     return {"job_id": job_id, **client.get(f"/v1/jobs/{job_id}/alignment.json").json()}
 
 
+def stage_counts(page: str) -> dict[str, float]:
+    """{stage: observations} of biovl_stage_seconds on a Prometheus text page."""
+    found = re.findall(
+        r'^biovl_stage_seconds_count\{[^}]*stage="([^"]+)"[^}]*\} (\S+)$', page, re.M
+    )
+    return {stage: float(value) for stage, value in found}
+
+
 def test_serve_worker_aligns_with_the_corrected_group(
     ray_cluster: dict[str, Any], redis_url: str, checkpoint: Path, recording: Path, tmp_path: Path
 ) -> None:
@@ -55,6 +64,7 @@ def test_serve_worker_aligns_with_the_corrected_group(
         worker_metrics_port=free_port(),
     )
     other = make_recording(tmp_path / "other", "pcr", seed=1, duration_s=30)
+    metrics_url = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics"
     serve.run(build_app(settings), name="biovl-groups", route_prefix="/")
     base = f"http://127.0.0.1:{ray_cluster['port']}"
     try:
@@ -76,6 +86,10 @@ def test_serve_worker_aligns_with_the_corrected_group(
             }
             assert second["method"] == "group"
             assert all(0.0 <= s["confidence"] <= 1.0 for s in second["steps"])
+            # Both jobs had a group; only the first (no member yet) went to the Aligner. The
+            # co-alignment ran in the QueueWorker and is timed there, as a stage of its own.
+            counts = stage_counts(httpx.get(metrics_url, timeout=10).text)
+            assert counts.get("group_align") == 2 and counts.get("align") == 1, counts
     finally:
         serve.delete("biovl-groups")
         r = connect(redis_url)
