@@ -16,6 +16,10 @@ runs that decode them and their byte ranges. Only those bytes are read and remux
 short MP4 clip; DALI decodes the clip and returns exactly the wanted frames, resized on the
 GPU (shorter side to ``size``, center crop) and turned upright. Frame choice matches the CPU
 sampler (same frame rule, exact pts). Frames stay on the GPU: torch CUDA uint8 tensors.
+
+A video DALI fails on (a codec or profile NVDEC lacks, corrupt data) is decoded by PyAV from
+that batch on, after one warning; the broken pipeline is dropped (a DALI pipeline that raised
+cannot run again) and the video is remembered, so its later batches go straight to PyAV.
 """
 
 from __future__ import annotations
