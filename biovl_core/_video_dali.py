@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from biovl_core.device import cuda_available, optional_import
+from biovl_core.errors import DecoderUnavailable
 from biovl_core.video import DecodeStats, PyAVSampler, _as_timestamps, _check_file, probe
 from biovl_core.video_plan import PacketIndex, index_packets, plan_reads, write_clip
 
@@ -86,9 +87,9 @@ class DALISampler:
         if backend not in BACKENDS:
             raise ValueError(f"DALI backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if backend == "mixed" and not cuda_available():
-            raise RuntimeError(
-                "the DALI decoder needs a CUDA GPU and none is visible; use decoder='pyav' "
-                "(or 'auto', which falls back to PyAV)."
+            raise DecoderUnavailable(
+                "decoder 'dali': the DALI decoder needs a CUDA GPU and none is visible; use "
+                "decoder 'pyav', or 'auto', which picks DALI only where it works"
             )
         self.dali = optional_import("nvidia.dali", DALI_HINT)
         self.torch = optional_import("torch", "pip install torch")

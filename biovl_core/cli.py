@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biovl_core.config import RANDOM_WEIGHTS_ENV, PipelineConfig
-from biovl_core.errors import BioVLError
+from biovl_core.device import MissingDependency
+from biovl_core.errors import BioVLError, DecoderUnavailable
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,6 +46,15 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise BioVLError(
             f"--batch-size {args.batch_size}: at least 1 segment per batch; try --batch-size 64"
         )
+    if args.decoder == "dali":
+        from biovl_core.video import dali_unavailable_reason
+
+        reason = dali_unavailable_reason()
+        if reason is not None:
+            raise DecoderUnavailable(
+                f"--decoder dali: {reason}; use --decoder auto (DALI where it works, else PyAV) "
+                "or --decoder pyav"
+            )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,7 +237,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         logging.getLogger().setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except BioVLError as exc:
+    except (BioVLError, MissingDependency) as exc:
         print(f"biovl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

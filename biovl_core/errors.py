@@ -21,3 +21,7 @@ class AnnotationError(BioVLError):
 
 class WeightsUnavailable(BioVLError):
     """The configured model weights cannot be loaded here (and random weights were not allowed)."""
+
+
+class DecoderUnavailable(BioVLError):
+    """The requested frame decoder cannot run here (DALI without a CUDA GPU or not installed)."""

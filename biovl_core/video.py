@@ -648,14 +648,20 @@ class PyAVSampler:
             stats.wall_s = time.perf_counter() - started
 
 
+def dali_unavailable_reason() -> str | None:
+    """Why the DALI decoder cannot run here (no CUDA GPU, DALI not installed), or None."""
+    if not cuda_available():
+        return "no CUDA GPU is visible (or BIOVL_DEVICE=cpu)"
+    try:
+        found = importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        found = False
+    return None if found else f"nvidia.dali is not installed ({_DALI_HINT})"
+
+
 def dali_available() -> bool:
     """True when a CUDA GPU is visible and NVIDIA DALI is installed."""
-    if not cuda_available():
-        return False
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:
-        return False
+    return dali_unavailable_reason() is None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 from fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint
 
 from biovl_core.synthetic_video import make_recording
+from biovl_core.video import dali_available
 from services.cli import main
 
 
@@ -81,6 +82,18 @@ def test_bad_eval_argument_is_one_line(case: str, capsys: pytest.CaptureFixture[
     assert len(lines) == 1, err
     assert needle in lines[0] and "Traceback" not in err
     assert out == ""
+
+
+@pytest.mark.skipif(dali_available(), reason="DALI can run here")
+def test_dali_decoder_where_it_cannot_run_is_one_line(
+    rec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing_weights = ["--checkpoint", str(tmp_path / "no-such-weights.pt"), "--device", "cpu"]
+    argv = ["align", str(rec / "video.mp4"), str(rec / "protocol.txt"), *missing_weights]
+    code, _, err = _run([*argv, "--decoder", "dali"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("biovl: error: --decoder dali: ") and "--decoder pyav" in err
+    assert "no-such-weights" not in err
 
 
 def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
