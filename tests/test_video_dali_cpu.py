@@ -9,6 +9,7 @@ no H.264, so these videos are VP9 in MP4. NVDEC (``backend="mixed"``) runs only 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,47 @@ def test_dali_reason_picks_the_line_that_says_what_failed() -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="mixed, cpu"):
         DALISampler(backend="gpu")
+
+
+FUZZ_SCRIPT = """
+import sys
+from biovl_core._video_dali import DALISampler
+from biovl_core.errors import BioVLError
+from biovl_core.video import probe, segment_timestamps
+
+sampler = DALISampler(backend="cpu", num_threads=1)
+for path in sys.argv[1:]:
+    try:
+        frames = sampler.sample(path, segment_timestamps(probe(path), 1.0, 2), size=64)
+        print("OK", tuple(frames.shape))
+    except BioVLError as exc:
+        print("ERR", str(exc).splitlines()[0])
+"""
+
+
+def test_corrupt_files_give_frames_or_a_clear_error(
+    videos: dict[str, SyntheticVideo], tmp_path: Path
+) -> None:
+    """Byte-flipped VP9 MP4s through probe, read plan and DALI, in a child process so that a
+    crash of DALI's native code fails the test: each gives frames or a one-line VideoError."""
+    import random
+    import subprocess
+    import sys
+
+    data = videos["cfr"].path.read_bytes()
+    rng = random.Random(7)
+    paths = []
+    for i in range(16):
+        corrupt = bytearray(data)
+        for _ in range(rng.choice([1, 4, 16, 64])):
+            j = rng.randrange(len(corrupt))
+            corrupt[j] ^= 1 << rng.randrange(8)
+        path = tmp_path / f"flipped{i}.mp4"
+        path.write_bytes(bytes(corrupt))
+        paths.append(str(path))
+    run = subprocess.run(
+        [sys.executable, "-c", FUZZ_SCRIPT, *paths], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    outcomes = run.stdout.strip().splitlines()
+    assert len(outcomes) == len(paths) and all(o.split()[0] in ("OK", "ERR") for o in outcomes)
