@@ -126,8 +126,9 @@ PLATFORMS = [
     "manylinux1_x86_64",
 ]
 
-# Local copies tried before downloading (the DALI wheel is ~199 MB).
-LOCAL_WHEEL_DIRS = ["/tmp/dali"]
+# Folders of wheels tried before downloading (the DALI wheel is ~199 MB): $BIOVL_WHEEL_DIRS,
+# separated by os.pathsep, e.g. where `pip download` already saved them.
+LOCAL_WHEEL_DIRS = [d for d in os.environ.get("BIOVL_WHEEL_DIRS", "").split(os.pathsep) if d]
 
 
 def normalise(name: str) -> str:
