@@ -290,6 +290,7 @@ def bottleneck(figures: dict[str, Any]) -> str:
 def check_frames(recordings: list[tuple[Path, float]]) -> None:
     """DALI frames against PyAV frames on the recordings: same frames, mean abs difference."""
     from biovl_core._video_dali import DALISampler
+    from biovl_core.bench.decode import MAX_MEAN_ABS_DIFF
     from biovl_core.synthetic_video import read_frame_counter
     from biovl_core.video import PyAVSampler, probe, segment_timestamps
 
@@ -307,7 +308,7 @@ def check_frames(recordings: list[tuple[Path, float]]) -> None:
             f"DALI vs PyAV on {info.width}x{info.height} ({len(ts)} frames): "
             f"{'same frames' if same else 'DIFFERENT FRAMES'}, mean |diff| {mad:.2f} grey levels"
         )
-        assert same and mad < 6.0, "DALI and PyAV disagree"
+        assert same and mad < MAX_MEAN_ABS_DIFF, "DALI and PyAV disagree"
 
 
 def gpu_check(quick: bool = False) -> None:

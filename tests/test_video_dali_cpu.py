@@ -17,12 +17,12 @@ import pytest
 pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 is a dev dependency (make venv)")
 
 from biovl_core._video_dali import DALISampler, dali_reason  # noqa: E402
+from biovl_core.bench.decode import MAX_MEAN_ABS_DIFF  # noqa: E402
 from biovl_core.synthetic_video import SyntheticVideo, read_frame_counter, write_video  # noqa: E402
 from biovl_core.video import PyAVSampler, frame_index_at, probe, segment_timestamps  # noqa: E402
 from biovl_core.video_plan import index_packets  # noqa: E402
 
 SIZE = 112
-MAX_MEAN_ABS_DIFF = 6.0  # grey levels: both resize the same frame, with different filters
 
 
 @pytest.fixture(scope="module")
