@@ -20,13 +20,19 @@ from typing import Any, TypeVar
 import numpy as np
 
 from biovl_core import __version__
-from biovl_core.align import DEFAULT_METHOD, Alignment, align
+from biovl_core.align import (
+    DEFAULT_METHOD,
+    TEXT_METHOD,
+    Alignment,
+    GroupContext,
+    GroupMember,
+    align,
+    coalign,
+)
 from biovl_core.align import resolve_method as method_spec
-from biovl_core.cache import EmbeddingCache
 from biovl_core.config import PipelineConfig
-from biovl_core.embed import Embedder, load_embedder
+from biovl_core.embed import Embedder, EmbeddingCache, load_embedder
 from biovl_core.errors import BioVLError
-from biovl_core.group import TEXT_METHOD, GroupContext, GroupMember, coalign
 from biovl_core.protocol import Protocol
 from biovl_core.result import AlignmentResult
 from biovl_core.video import (

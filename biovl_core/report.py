@@ -16,12 +16,12 @@ from wcwidth import wcswidth
 
 from biovl_core.align import align
 from biovl_core.align import resolve_method as method_spec
-from biovl_core.cache import atomic_write
 from biovl_core.config import PipelineConfig
-from biovl_core.dataset import discover
 from biovl_core.errors import BioVLError
-from biovl_core.formats import (
+from biovl_core.files import atomic_write
+from biovl_core.io import (
     annotations_to_spans,
+    discover,
     read_annotations,
     to_csv,
     to_eaf,

@@ -39,7 +39,7 @@ def _check_target(environment, **_kwargs) -> None:  # type: ignore[no-untyped-de
 
 def _recording(seed: int) -> dict[str, tuple[str, bytes, str]]:
     """A generated 40 s recording as multipart files."""
-    from biovl_core.synthetic_video import make_recording
+    from biovl_core.synthetic import make_recording
 
     rec = make_recording(_DIR / f"rec{seed}", "pcr", seed=seed, duration_s=40, size=(160, 120))
     return {

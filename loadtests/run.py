@@ -150,7 +150,7 @@ def make_uploads(
     folder: Path, count: int, duration_s: float
 ) -> list[dict[str, tuple[str, bytes, str]]]:
     """``count`` distinct generated recordings as multipart file dicts."""
-    from biovl_core.synthetic_video import make_recording
+    from biovl_core.synthetic import make_recording
 
     uploads = []
     for i in range(count):

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from biovl_core.align import align, align_group
-from biovl_core.group import GROUP_DEFAULTS, _segment_labels, _spans
+from biovl_core.align.group import GROUP_DEFAULTS, _segment_labels, _spans
 from biovl_core.metrics import miou
-from biovl_core.synthetic import EXPERIMENTS
-from biovl_core.synthetic_lab import LabGroup, make_lab_group
+from biovl_core.synthetic import EXPERIMENTS, LabGroup, make_lab_group
 
 RECORDINGS = 6
 SCORED = 3  # the last SCORED recordings are scored in every column

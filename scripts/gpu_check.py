@@ -91,8 +91,8 @@ def stages(quick: bool, missing: set[str], cuda: bool) -> list[tuple[str, Callab
         needs(missing, cuda, "numba", gpu=False)
         import numpy as np
 
-        from biovl_core._align_pack import pack_batch
         from biovl_core.align import pack_flat
+        from biovl_core.align.pack import pack_batch
         from biovl_core.bench import best_seconds
         from biovl_core.bench.align import make_problems
 

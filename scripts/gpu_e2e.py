@@ -223,7 +223,7 @@ def _wait(client: Any, base: str, urls: list[str]) -> dict[str, dict]:
 def _warm_up(client: Any, base: str, work: Path) -> None:
     """One short job of another protocol first, so start-up (replicas, model, decoder pipelines)
     is not measured and the measured recordings do not join its group."""
-    from biovl_core.synthetic_video import write_video
+    from biovl_core.synthetic import write_video
 
     video = write_video(work / "warmup.mp4", 20.0, fps=15, size=(320, 240), gop=15, seed=99)
     protocol = "1. Label the tube.\n2. Open the tube.\n3. Close the tube.\n"
@@ -241,7 +241,7 @@ def run_service(
     return the figures (wall time from the first POST to the last job's end)."""
     import httpx
 
-    from biovl_core.synthetic_video import EXPERIMENTS
+    from biovl_core.synthetic.video import EXPERIMENTS
 
     protocol = "".join(f"{i + 1}. {s}\n" for i, s in enumerate(EXPERIMENTS["pcr"]))
     service = Service(work, decoder, port, device)
@@ -289,10 +289,9 @@ def bottleneck(figures: dict[str, Any]) -> str:
 
 def check_frames(recordings: list[tuple[Path, float]]) -> None:
     """DALI frames against PyAV frames on the recordings: same frames, mean abs difference."""
-    from biovl_core._video_dali import DALISampler
     from biovl_core.bench.decode import MAX_MEAN_ABS_DIFF
-    from biovl_core.synthetic_video import read_frame_counter
-    from biovl_core.video import PyAVSampler, probe, segment_timestamps
+    from biovl_core.synthetic import read_frame_counter
+    from biovl_core.video import DALISampler, PyAVSampler, probe, segment_timestamps
 
     for path, _ in recordings:
         info = probe(path)
@@ -350,7 +349,7 @@ def gpu_check(quick: bool = False) -> None:
 
 def rehearse() -> None:
     """The same flow on the CPU (PyAV, two 30 s 320x240 recordings): HTTP, stages, bottleneck."""
-    from biovl_core.synthetic_video import write_video
+    from biovl_core.synthetic import write_video
     from biovl_core.video import probe
 
     work = Path(tempfile.mkdtemp(prefix="biovl-e2e-rehearsal-"))

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import biovl_core.methods  # noqa: E402,F401  (registers nw_norm and biovl)
+import biovl_core.align  # noqa: E402,F401  (registers nw_norm and biovl)
 from biovl_core.align import (  # noqa: E402
     METHODS,
     align_batch,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biovl_core.cache import atomic_write, fsync_dir
+from biovl_core.files import atomic_write, fsync_dir
 
 LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{40}$")

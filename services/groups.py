@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.formats import (
+from biovl_core.align import GroupContext, GroupMember
+from biovl_core.io.annotations import (
     _MATCH_THRESHOLD,
     _monotonic_match,
     _normalise,
@@ -34,7 +35,6 @@ from biovl_core.formats import (
     annotations_to_spans,
     read_annotations,
 )
-from biovl_core.group import GroupContext, GroupMember
 from biovl_core.protocol import parse_protocol
 from services.archive import Archive, JobFiles, write_atomic
 

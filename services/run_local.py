@@ -130,7 +130,7 @@ def submit_sample(
     """Generate the sample PCR recording, POST it, wait for the alignment and return the job."""
     import httpx
 
-    from biovl_core.synthetic_video import make_recording
+    from biovl_core.synthetic import make_recording
 
     rec = make_recording(var_dir / "sample" / "pcr", "pcr", seed=0)
     headers = {"Authorization": f"Bearer {stack.tokens[lab]}"}

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from biovl_core import __version__
 from biovl_core.config import PipelineConfig
-from biovl_core.formats import alignment_to_dict
+from biovl_core.io import alignment_to_dict
 from biovl_core.protocol import parse_protocol
 from biovl_core.result import AlignmentResult
 from services.archive import JobFiles
@@ -120,7 +120,7 @@ def annotate_payload(payload: dict[str, Any], jf: JobFiles) -> dict[str, Any]:
     """Add the job's annotated spans, each step's IoU and the mIoU (ours and the uniform
     baseline's) to an alignment JSON when the job has annotations; the viewer shows them.
     An annotations file that does not match the protocol is reported, never fatal."""
-    from biovl_core.formats import annotations_to_spans, read_annotations
+    from biovl_core.io import annotations_to_spans, read_annotations
     from biovl_core.metrics import miou, step_ious
 
     path = jf.annotations_path()

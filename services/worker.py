@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from biovl_core.config import PipelineConfig
-from biovl_core.formats import to_csv, to_webvtt
+from biovl_core.io import to_csv, to_webvtt
 from biovl_core.result import AlignmentResult
 from services import metrics
 from services.archive import Archive, ArchiveError, JobFiles

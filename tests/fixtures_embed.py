@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from biovl_core.config import PipelineConfig
-from biovl_core.embed import resolve_model_name
-from biovl_core.s3d import S3D, demo_init_
+from biovl_core.embed import S3D, demo_init_, resolve_model_name
 
 TINY_MODEL = "biovl-tiny-clip"
 TINY_SIZE = 64

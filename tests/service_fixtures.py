@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.api import JobService, create_app
 from services.queue import JobQueue
 from services.runner import LocalRunner

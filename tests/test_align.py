@@ -122,15 +122,14 @@ def test_gpu_backends_match_numba_with_shared_and_global_direction_bits() -> Non
 @pytest.mark.skipif(not GPU, reason=NO_GPU)
 @pytest.mark.parametrize("k_range", [(1, 32), (4, 30), (33, 64)])
 def test_shfl_variant_matches_numba_and_fused_kernel(k_range: tuple[int, int]) -> None:
-    from biovl_core import _align_cupy, _align_numba
-    from biovl_core.align import pack_flat
+    from biovl_core.align import kernel_cupy, kernel_numba, pack_flat
 
     problems = make_problems(60, seed=9, k_range=k_range, n_range=(k_range[1], 300))
     packed = list(pack_flat(problems))
     packed[0] = (np.round(packed[0] * 20) / 20).astype(np.float32)  # many ties
-    ref_labels, ref_scores = _align_numba.solve_flat(*packed)
-    labels, scores = _align_cupy.solve_flat_rawkernel(*packed, kernel="shfl")
-    fused_labels, fused_scores = _align_cupy.solve_flat_rawkernel(*packed, kernel="fused")
+    ref_labels, ref_scores = kernel_numba.solve_flat(*packed)
+    labels, scores = kernel_cupy.solve_flat_rawkernel(*packed, kernel="shfl")
+    fused_labels, fused_scores = kernel_cupy.solve_flat_rawkernel(*packed, kernel="fused")
     np.testing.assert_array_equal(labels.get(), ref_labels)
     np.testing.assert_array_equal(labels.get(), fused_labels.get())
     np.testing.assert_array_equal(scores.get().view(np.uint32), fused_scores.get().view(np.uint32))
@@ -329,13 +328,12 @@ def test_numba_flat_batch_path_matches_wavefront_and_python_dp(method: str) -> N
 
 
 def test_numba_parallel_and_serial_batches_agree() -> None:
-    from biovl_core import _align_numba
-    from biovl_core.align import pack_flat
+    from biovl_core.align import kernel_numba, pack_flat
 
     problems = make_problems(60, seed=21)
     packed = pack_flat(problems)
     runs = [
-        _align_numba.solve_flat_full(
+        kernel_numba.solve_flat_full(
             *packed[:2], packed[2].copy(), *packed[3:], pct=70.0, parallel=p
         )
         for p in (False, True)
@@ -347,7 +345,7 @@ def test_numba_parallel_and_serial_batches_agree() -> None:
 
 
 def test_kernel_percentile_is_numpys_bit_for_bit() -> None:
-    from biovl_core import _align_numba
+    from biovl_core.align import kernel_numba
 
     rng = np.random.default_rng(5)
     for trial in range(400):
@@ -364,7 +362,7 @@ def test_kernel_percentile_is_numpys_bit_for_bit() -> None:
             x[: int(rng.integers(0, 3))] = rng.normal()
         x = x.astype(np.float32)
         pct = float(rng.choice([0.0, 100.0, 70.0, rng.uniform(0, 100)]))
-        assert _align_numba.percentile(x, pct) == np.percentile(x, pct), (trial, pct)
+        assert kernel_numba.percentile(x, pct) == np.percentile(x, pct), (trial, pct)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
@@ -384,7 +382,7 @@ def test_fast_path_errors_name_the_video() -> None:
 
 
 def test_kernel_percentile_on_biovl_sized_matrices_and_bracket_edges() -> None:
-    from biovl_core import _align_numba
+    from biovl_core.align import kernel_numba
 
     problems = make_problems(30, seed=31) + make_problems(
         10, seed=32, k_range=(1, 3), n_range=(1, 30)
@@ -395,4 +393,4 @@ def test_kernel_percentile_on_biovl_sized_matrices_and_bracket_edges() -> None:
         q = np.round(x, 2)  # ties straddling the narrowed value interval
         for pct in (0.0, 1.0, 50.0, 70.0, 99.5, 100.0, float(rng.uniform(0, 100))):
             for arr in (x, q):
-                assert _align_numba.percentile(arr, pct) == np.percentile(arr, pct), (arr.size, pct)
+                assert kernel_numba.percentile(arr, pct) == np.percentile(arr, pct), (arr.size, pct)

@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biovl_core import _align_numba, align
-from biovl_core._align_pack import pack_batch
-from biovl_core._align_wavefront import solve_padded
-from biovl_core.align import AUTO_CUPY_MIN_CELLS, pack_flat, pack_padded, solve_segmentation
+from biovl_core.align import (
+    AUTO_CUPY_MIN_CELLS,
+    kernel_numba,
+    pack_flat,
+    pack_padded,
+    solve_segmentation,
+)
+from biovl_core.align import api as align
+from biovl_core.align.pack import pack_batch
+from biovl_core.align.wavefront import solve_padded
 from biovl_core.bench.align import make_problems
 
 
@@ -59,7 +65,7 @@ def test_packed_numba_equals_numpy_wavefront() -> None:
     labels = solve_segmentation(problems, "numba")
     mt, drop, ks, ns = pack_padded(problems)
     wave, _ = solve_padded(np, mt, drop, ks, ns)
-    flat_labels, _ = _align_numba.solve_flat(
+    flat_labels, _ = kernel_numba.solve_flat(
         *pack_batch([p.match for p in problems], [p.drop for p in problems]).flat()
     )
     start = 0

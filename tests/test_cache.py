@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biovl_core.cache import EmbeddingCache, sha256_file
-from biovl_core.embed import load_embedder
+from biovl_core.embed import EmbeddingCache, load_embedder
+from biovl_core.files import sha256_file
 from tests.fixtures_embed import make_tiny_clip_checkpoint, random_frames, tiny_cfg
 
 VIDEO = "ab" * 32

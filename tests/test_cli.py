@@ -10,10 +10,10 @@ import pytest
 from fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint, tiny_cfg
 
 from biovl_core.cli import main
-from biovl_core.formats import read_annotations
+from biovl_core.io import read_annotations
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import read_protocol
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 
 
 @pytest.fixture(scope="module")

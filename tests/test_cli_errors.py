@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint
 
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from biovl_core.video import dali_available
 from services.cli import main
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.concurrency import WorkerPool, cpu_count, plan_concurrency, video_fingerprint
 from services.settings import ServiceSettings, load_settings
 from tests import service_fixtures as sf

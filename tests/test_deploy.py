@@ -1399,7 +1399,7 @@ def test_dockerignore_keeps_build_inputs_and_drops_the_rest() -> None:
         "pyproject.toml",
         "constraints.txt",
         "README.md",
-        "biovl_core/align.py",
+        "biovl_core/align/api.py",
         "services/serve/app.py",
         "deploy/serve_config.yaml",
     ):

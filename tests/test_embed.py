@@ -18,12 +18,14 @@ from biovl_core.embed import (
     MODEL_CONFIG_DIR,
     OPEN_CLIP_CACHE_ENV,
     RANDOM_DEMO,
+    S3D,
     S3D_DICT_ENV,
+    S3DTokenizer,
     load_embedder,
+    load_s3d_dictionary,
     resolve_model_name,
 )
 from biovl_core.errors import BioVLError, WeightsUnavailable
-from biovl_core.s3d import S3D, S3DTokenizer, load_s3d_dictionary
 from tests.fixtures_embed import (
     S3D_WORDS,
     TINY_MODEL,

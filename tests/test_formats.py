@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from biovl_core.errors import AnnotationError
-from biovl_core.formats import (
+from biovl_core.io import (
     Annotation,
     alignment_from_dict,
     alignment_to_dict,
@@ -222,8 +222,7 @@ def test_alignment_as_elan() -> None:
 
 
 def test_a_dataset_folder_may_hold_elan_annotations(tmp_path: Path) -> None:
-    from biovl_core.dataset import load_recording
-    from biovl_core.elan import write_eaf
+    from biovl_core.io import load_recording, write_eaf
 
     folder = tmp_path / "pcr-1"
     folder.mkdir()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from biovl_core.errors import BioVLError
-from biovl_core.formats import parse_annotations
+from biovl_core.io import parse_annotations
 from biovl_core.protocol import parse_protocol
 
 CASE_TIME_LIMIT_S = 2.0

@@ -7,12 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from biovl_core import _align_skip
-from biovl_core._align_numba import solve_one
-from biovl_core.align import align, align_group
+from biovl_core.align import align, align_group, kernel_skip
+from biovl_core.align.kernel_numba import solve_one
 from biovl_core.errors import BioVLError
 from biovl_core.metrics import miou
-from biovl_core.synthetic_lab import make_lab_group
+from biovl_core.synthetic import make_lab_group
 
 SEG = 5.0
 
@@ -37,13 +36,13 @@ def test_skip_kernel_matches_brute_force_and_the_plain_kernel() -> None:
     for _ in range(25):
         k, n = int(rng.integers(1, 4)), int(rng.integers(1, 6))
         m, d, s = rng.normal(size=(k, n)), rng.normal(size=n), rng.normal(size=k) - 1.0
-        labels, best = _align_skip.solve_skip(m, d, s)
+        labels, best = kernel_skip.solve_skip(m, d, s)
         scores = [_objective(m, d, s, lab, perf) for lab, perf in _labelings(k, n)]
         assert best == pytest.approx(max(scores))
         performed = {int(x) for x in labels if x >= 0}
         assert _objective(m, d, s, labels, performed) == pytest.approx(best)
         weights = np.exp(np.array(scores) / 0.7)
-        post, p_skip, log_z = _align_skip.posterior(m, d, s, 0.7)
+        post, p_skip, log_z = kernel_skip.posterior(m, d, s, 0.7)
         assert log_z == pytest.approx(np.log(weights.sum()))
         want = np.zeros((k, n))
         want_skip = np.zeros(k)
@@ -57,7 +56,7 @@ def test_skip_kernel_matches_brute_force_and_the_plain_kernel() -> None:
         np.testing.assert_allclose(p_skip, want_skip / weights.sum(), atol=1e-9)
         if k <= n:
             _, plain = solve_one(m.astype(np.float32), d.astype(np.float32))
-            _, no_skip = _align_skip.solve_skip(m, d, np.full(k, -np.inf))
+            _, no_skip = kernel_skip.solve_skip(m, d, np.full(k, -np.inf))
             assert no_skip == pytest.approx(float(plain), abs=1e-4)
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from biovl_core.formats import annotations_to_spans, read_annotations
+from biovl_core.io import annotations_to_spans, read_annotations
 from biovl_core.protocol import parse_protocol
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.redis_conn import connect
 from tests import service_fixtures as sf
 from tests.conftest import free_port

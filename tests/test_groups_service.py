@@ -11,7 +11,7 @@ import pytest
 
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import parse_protocol
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.groups import map_spans, protocol_key
 from tests.service_fixtures import (  # noqa: F401  (fixtures)
     AUTH_A,
@@ -143,7 +143,7 @@ def test_next_recording_learns_from_a_correction(make_env, recording, second):  
 
 
 def _annotated(rec: Path) -> list[tuple[float, float]]:
-    from biovl_core.formats import annotations_to_spans, read_annotations
+    from biovl_core.io import annotations_to_spans, read_annotations
 
     spans = annotations_to_spans(read_annotations(rec / "annotations.csv"), _steps(rec))
     return [s for s in spans if s is not None]

@@ -161,7 +161,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 @pytest.fixture(scope="module", autouse=True)
 def _warm_imports(recording: Path) -> None:
     """Import the probe's and parsers' libraries once, so RSS growth measures the request only."""
-    from biovl_core.formats import parse_annotations
+    from biovl_core.io import parse_annotations
     from biovl_core.protocol import parse_protocol
     from biovl_core.video import probe
 

@@ -31,8 +31,8 @@ def test_wheel_has_static_files_model_configs_and_console_script(tmp_path: Path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for static in (ROOT / "services" / "static").iterdir():
         assert f"services/static/{static.name}" in names
-    for config in (ROOT / "biovl_core" / "model_configs").glob("*.json"):
-        assert f"biovl_core/model_configs/{config.name}" in names
+    for config in (ROOT / "biovl_core" / "embed" / "model_configs").glob("*.json"):
+        assert f"biovl_core/embed/model_configs/{config.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "biovl = services.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     assert not any(n.startswith("tests/") for n in names)

@@ -14,7 +14,7 @@ import pytest
 
 from biovl_core.embed import load_embedder
 from biovl_core.pipeline import PREFETCH_THREAD, embed_video, prefetched
-from biovl_core.synthetic_video import write_video
+from biovl_core.synthetic import write_video
 from tests.fixtures_embed import tiny_cfg
 
 

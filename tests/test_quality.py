@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import biovl_core.methods as methods
-from biovl_core.align import METHODS, align, align_batch, solve_segmentation, spans_from_labels
+from biovl_core.align import (
+    METHODS,
+    align,
+    align_batch,
+    methods,
+    solve_segmentation,
+    spans_from_labels,
+)
 from biovl_core.device import cupy_usable
 from biovl_core.errors import BioVLError
 from biovl_core.metrics import miou

@@ -32,13 +32,13 @@ import numpy as np
 import pytest
 
 from biovl_core.align import align
-from biovl_core.cache import EmbeddingCache
-from biovl_core.embed import load_embedder
-from biovl_core.formats import to_csv, to_webvtt
+from biovl_core.embed import EmbeddingCache, load_embedder
+from biovl_core.io import to_csv, to_webvtt
 from biovl_core.pipeline import align_video, step_scores
 from biovl_core.protocol import parse_protocol
 from biovl_core.result import AlignmentResult
-from biovl_core.synthetic_video import EXPERIMENTS, make_recording
+from biovl_core.synthetic import make_recording
+from biovl_core.synthetic.video import EXPERIMENTS
 from biovl_core.video import probe
 from services import archive as archive_mod
 from services.archive import Archive, JobFiles

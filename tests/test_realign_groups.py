@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from biovl_core.formats import annotations_to_spans, read_annotations
+from biovl_core.io import annotations_to_spans, read_annotations
 from biovl_core.protocol import parse_protocol
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.archive import Archive
 from services.realign import realign_archive
 from services.realign.cli import main as realign_main

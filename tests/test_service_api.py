@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from biovl_core.embed import load_embedder
-from biovl_core.formats import alignment_to_dict, annotations_to_spans, read_annotations
+from biovl_core.io import alignment_to_dict, annotations_to_spans, read_annotations
 from biovl_core.metrics import miou, step_ious
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import parse_protocol
@@ -314,7 +314,7 @@ def test_elan_annotations_upload_is_archived_as_elan_and_scored(
     make_env: Any, recording: Path
 ) -> None:
     """An ELAN .eaf upload is kept as .eaf, so the worker reads it as ELAN and scores the job."""
-    from biovl_core.elan import write_eaf
+    from biovl_core.io import write_eaf
 
     env = make_env()
     rows = [(a.step, a.start, a.end) for a in read_annotations(recording / "annotations.csv")]

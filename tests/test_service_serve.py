@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from biovl_core.embed import load_embedder
-from biovl_core.formats import alignment_to_dict
+from biovl_core.io import alignment_to_dict
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import parse_protocol
 from services.metrics import METRIC_NAMES

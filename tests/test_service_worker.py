@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import biovl_core.cache
+import biovl_core.files
 import services.archive
 from services.archive import Archive
 from services.notify import SIGNATURE_HEADER, verify
@@ -227,13 +227,13 @@ def test_archive_commits_fsync_their_folders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real = biovl_core.cache.fsync_dir
+    real = biovl_core.files.fsync_dir
 
     def spy(folder: Path) -> None:
         synced.append(Path(folder))
         real(folder)
 
-    monkeypatch.setattr(biovl_core.cache, "fsync_dir", spy)
+    monkeypatch.setattr(biovl_core.files, "fsync_dir", spy)
     monkeypatch.setattr(services.archive, "fsync_dir", spy)
     archive = Archive(tmp_path / "archive")
     video = archive.temp_path(".mp4")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.settings import ServiceSettings
 from tests import service_fixtures as sf
 from tests.service_fixtures import AUTH_A

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from biovl_core.synthetic_video import (
+from biovl_core.synthetic import (
     COUNTER_BITS,
     EXPERIMENTS,
     draw_counter,

@@ -12,7 +12,7 @@ import pytest
 
 from biovl_core.device import cuda_available
 from biovl_core.errors import VideoError
-from biovl_core.synthetic_video import SyntheticVideo, read_frame_counter, write_video
+from biovl_core.synthetic import SyntheticVideo, read_frame_counter, write_video
 from biovl_core.video import (
     DecoderChoice,
     PyAVSampler,
@@ -329,7 +329,7 @@ def test_gpu_node_without_nvdec_serves_on_pyav_after_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A GPU with DALI installed but a driver without libnvcuvid: PyAV, reason no_nvcuvid."""
-    import biovl_core.video as video
+    from biovl_core.video import probe as video
 
     monkeypatch.setattr(video, "cuda_available", lambda: True)
     monkeypatch.setattr(video, "dali_available", lambda: True)

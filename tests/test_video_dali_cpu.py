@@ -16,11 +16,16 @@ import pytest
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 is a dev dependency (make venv)")
 
-from biovl_core._video_dali import DALISampler, dali_reason  # noqa: E402
 from biovl_core.bench.decode import MAX_MEAN_ABS_DIFF  # noqa: E402
-from biovl_core.synthetic_video import SyntheticVideo, read_frame_counter, write_video  # noqa: E402
-from biovl_core.video import PyAVSampler, frame_index_at, probe, segment_timestamps  # noqa: E402
-from biovl_core.video_plan import index_packets  # noqa: E402
+from biovl_core.synthetic import SyntheticVideo, read_frame_counter, write_video  # noqa: E402
+from biovl_core.video import (  # noqa: E402
+    PyAVSampler,
+    frame_index_at,
+    index_packets,  # noqa: E402
+    probe,
+    segment_timestamps,
+)
+from biovl_core.video.dali import DALISampler, dali_reason  # noqa: E402
 
 SIZE = 112
 
@@ -105,7 +110,7 @@ def test_a_video_dali_cannot_decode_goes_to_pyav(
     the file, right frames from PyAV, and the next video still decodes with DALI."""
     h264, vp9 = videos["h264"], videos["cfr"]
     ts = segment_timestamps(probe(h264.path), 0.5, 2)
-    with caplog.at_level(logging.WARNING, logger="biovl_core._video_dali"):
+    with caplog.at_level(logging.WARNING, logger="biovl_core.video.dali"):
         frames = np.concatenate([b.numpy() for _, b in dali.iter_batches(h264.path, ts, SIZE, 2)])
     np.testing.assert_array_equal(counters(frames), frame_index_at(h264.frame_times, ts))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -13,14 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from biovl_core.synthetic_video import SyntheticVideo, read_frame_counter, write_video
-from biovl_core.video import _to_rgb, frame_index_at, frame_times, probe, segment_timestamps
-from biovl_core.video_plan import (
-    index_packets,
-    packet_index_from_arrays,
-    plan_reads,
-    write_clip,
-)
+from biovl_core.synthetic import SyntheticVideo, read_frame_counter, write_video
+from biovl_core.video import index_packets, packet_index_from_arrays, plan_reads, write_clip
+from biovl_core.video.probe import _to_rgb, frame_index_at, frame_times, probe, segment_timestamps
 
 SIZE = 112
 

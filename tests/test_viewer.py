@@ -23,7 +23,7 @@ from fixtures_embed import make_tiny_clip_checkpoint
 from service_fixtures import TOKENS, make_settings, poll, upload
 
 from biovl_core.protocol import read_protocol
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 
 pytestmark = pytest.mark.slow
 

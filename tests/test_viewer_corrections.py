@@ -22,10 +22,10 @@ from test_viewer import (  # noqa: F401  (browser, live_service: fixtures, one p
     wait_in_page,
 )
 
-from biovl_core.formats import annotations_to_spans, read_annotations
+from biovl_core.io import annotations_to_spans, read_annotations
 from biovl_core.pipeline import align_video
 from biovl_core.protocol import parse_protocol
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 
 pytestmark = pytest.mark.slow
 

@@ -113,9 +113,8 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
     """
     import numba
 
-    from biovl_core import _align_numba
-    from biovl_core._align_pack import pack_batch
-    from biovl_core.align import align_batch, pack_flat
+    from biovl_core.align import align_batch, kernel_numba, pack_flat
+    from biovl_core.align.pack import pack_batch
 
     repeats = 1 if quick else 3
     problems = make_problems(100 if quick else batch, seed)
@@ -142,11 +141,11 @@ def run(quick: bool = False, batch: int = 1000, seed: int = 0) -> list[dict]:
             "kernel",
         )
     )
-    t = best_seconds(lambda: [_align_numba.solve_one(p.match, p.drop) for p in problems], repeats)
+    t = best_seconds(lambda: [kernel_numba.solve_one(p.match, p.drop) for p in problems], repeats)
     rows.append(_row("numba", "single", problems, t, "kernel"))
     packed = pack_flat(problems)
     for parallel in (False, True):
-        t = best_seconds(lambda p=parallel: _align_numba.solve_flat(*packed, parallel=p), repeats)
+        t = best_seconds(lambda p=parallel: kernel_numba.solve_flat(*packed, parallel=p), repeats)
         threads = numba.get_num_threads() if parallel else 1
         rows.append(_row(f"numba {threads} thread(s)", "batch", problems, t, "kernel"))
     t = best_seconds(lambda: [align(s, method="drop_dtw", backend="numba") for s in sims], repeats)
@@ -241,20 +240,19 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
     """
     import cupy as cp
 
-    from biovl_core import _align_cupy, _align_numba
-    from biovl_core.align import pack_flat, pack_padded
+    from biovl_core.align import kernel_cupy, kernel_numba, pack_flat, pack_padded
 
     problems = make_problems(batch, seed=1)
     problems += make_problems(20, seed=2, k_range=(1, 3), n_range=(3, 12))
     mt, m_off, drop, seg_off, ks, ns = pack_flat(problems)
-    ref_labels, ref_scores = _align_numba.solve_flat(mt, m_off, drop, seg_off, ks, ns)
-    raw_labels, raw_scores = _align_cupy.solve_flat_rawkernel(
+    ref_labels, ref_scores = kernel_numba.solve_flat(mt, m_off, drop, seg_off, ks, ns)
+    raw_labels, raw_scores = kernel_cupy.solve_flat_rawkernel(
         mt, m_off, drop, seg_off, ks, ns, kernel="fused"
     )
     assert np.array_equal(raw_labels.get(), ref_labels), "RawKernel labels differ from numba"
     assert np.allclose(raw_scores.get(), ref_scores, atol=1e-4), "RawKernel optima differ"
     pm, pd, pk, pn = pack_padded(problems)
-    xp_labels, xp_scores = _align_cupy.solve_padded_cupy(pm, pd, pk, pn)
+    xp_labels, xp_scores = kernel_cupy.solve_padded_cupy(pm, pd, pk, pn)
     xp_labels = xp_labels.get()
     for b, (s, n) in enumerate(zip(seg_off, ns, strict=True)):
         assert np.array_equal(xp_labels[b, :n], ref_labels[s : s + n]), (
@@ -288,16 +286,16 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
     flat = (mt, m_off, drop, seg_off, ks, ns)
     shfl_check(
         f"{len(problems)} alignments, K=1..30",
-        lambda: _align_cupy.solve_flat_shfl(*flat),
+        lambda: kernel_cupy.solve_flat_shfl(*flat),
         (ref_labels, ref_scores),
         lambda: (raw_labels, raw_scores),
     )
     wide = pack_flat(make_problems(200, seed=4, k_range=(33, 64), n_range=(64, 400)))
     shfl_check(
         "200 alignments, K=33..64 (2 steps per lane)",
-        lambda: _align_cupy.solve_flat_shfl(*wide),
-        _align_numba.solve_flat(*wide),
-        lambda: _align_cupy.solve_flat_rawkernel(*wide, kernel="fused"),
+        lambda: kernel_cupy.solve_flat_shfl(*wide),
+        kernel_numba.solve_flat(*wide),
+        lambda: kernel_cupy.solve_flat_rawkernel(*wide, kernel="fused"),
     )
 
     def gpu_seconds(fn: Callable[[], object]) -> float:
@@ -318,24 +316,24 @@ def gpu_check(batch: int = 1000, big_batch: int = 20000, repeats: int = 5) -> No
         cells = _cells(probs)
         packed = pack_flat(probs)
         dev = [cp.asarray(a) for a in packed[:4]] + list(packed[4:])
-        t_kernel = gpu_seconds(lambda d=dev: _align_cupy.solve_flat_rawkernel(*d, kernel="fused"))
-        ref_big = _align_numba.solve_flat(*packed)
+        t_kernel = gpu_seconds(lambda d=dev: kernel_cupy.solve_flat_rawkernel(*d, kernel="fused"))
+        ref_big = kernel_numba.solve_flat(*packed)
         shfl_check(
             f"batch {size}",
-            lambda d=dev: _align_cupy.solve_flat_shfl(*d),
+            lambda d=dev: kernel_cupy.solve_flat_shfl(*d),
             ref_big,
-            lambda d=dev: _align_cupy.solve_flat_rawkernel(*d, kernel="fused"),
+            lambda d=dev: kernel_cupy.solve_flat_rawkernel(*d, kernel="fused"),
         )
         try:
-            t_shfl = gpu_seconds(lambda d=dev: _align_cupy.solve_flat_shfl(*d))
+            t_shfl = gpu_seconds(lambda d=dev: kernel_cupy.solve_flat_shfl(*d))
             shfl_rate = f"{cells / t_shfl / 1e9:8.1f}"
         except Exception as exc:
             shfl_failures.append(f"batch {size} timing: {type(exc).__name__}: {exc}")
             shfl_rate = "  failed"
         t_e2e = gpu_seconds(lambda p=probs: solve_segmentation(p, "cupy"))
         padded = [cp.asarray(a) for a in pack_padded(probs)]
-        t_xp = gpu_seconds(lambda p=padded: _align_cupy.solve_padded_cupy(*p))
-        t_cpu = best_seconds(lambda p=packed: _align_numba.solve_flat(*p), 1)
+        t_xp = gpu_seconds(lambda p=padded: kernel_cupy.solve_padded_cupy(*p))
+        t_cpu = best_seconds(lambda p=packed: kernel_numba.solve_flat(*p), 1)
         print(
             f"batch {size:>6} ({cells / 1e6:.1f} M cells): RawKernel {cells / t_kernel / 1e9:8.1f} G cells/s "
             f"(device-resident), {cells / t_e2e / 1e9:6.2f} G cells/s from host lists; "
@@ -362,9 +360,8 @@ def host_arrays_check(quick: bool = False, repeats: int = 3) -> None:
     """
     import cupy as cp
 
-    from biovl_core import _align_cupy, _align_numba
-    from biovl_core._align_pack import pack_batch
-    from biovl_core.align import AUTO_CUPY_MIN_CELLS, pack_flat
+    from biovl_core.align import AUTO_CUPY_MIN_CELLS, kernel_cupy, kernel_numba, pack_flat
+    from biovl_core.align.pack import pack_batch
 
     sizes = (1, 10, 100, 1000, 5000) if quick else (1, 10, 100, 1000, 5000, 20000)
     crossover = None
@@ -372,21 +369,21 @@ def host_arrays_check(quick: bool = False, repeats: int = 3) -> None:
         probs = make_problems(size, seed=5)
         matches, drops = [p.match for p in probs], [p.drop for p in probs]
         cells = _cells(probs)
-        ref, _ = _align_numba.solve_flat(*pack_flat(probs))
-        labels, _, _ = _align_cupy.solve_from_host(matches, drops)
+        ref, _ = kernel_numba.solve_flat(*pack_flat(probs))
+        labels, _, _ = kernel_cupy.solve_from_host(matches, drops)
         assert np.array_equal(labels, ref), f"host-array cupy labels differ from numba ({size})"
 
         def host(m: list = matches, d: list = drops) -> None:
-            _align_cupy.solve_from_host(m, d)
+            kernel_cupy.solve_from_host(m, d)
             cp.cuda.get_current_stream().synchronize()
 
         t_pack = best_seconds(
-            lambda m=matches, d=drops: pack_batch(m, d, allocate=_align_cupy.PINNED.allocate),
+            lambda m=matches, d=drops: pack_batch(m, d, allocate=kernel_cupy.PINNED.allocate),
             repeats,
         )
         t_host = best_seconds(host, repeats)
         packed = pack_flat(probs)
-        t_numba = best_seconds(lambda p=packed: _align_numba.solve_flat(*p), repeats)
+        t_numba = best_seconds(lambda p=packed: kernel_numba.solve_flat(*p), repeats)
         if crossover is None and t_host < t_numba:
             crossover = cells
         print(

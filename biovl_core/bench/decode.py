@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.synthetic_video import read_frame_counter, write_video
+from biovl_core.synthetic import read_frame_counter, write_video
 from biovl_core.video import (
     PyAVSampler,
     VideoInfo,
@@ -227,7 +227,7 @@ def dali_cpu_check(size: int = 224) -> None:
 
     Raises ImportError (reported as SKIP) when DALI is not installed, AssertionError on a mismatch.
     """
-    from biovl_core._video_dali import DALISampler
+    from biovl_core.video import DALISampler
 
     same_frames_check(DALISampler(backend="cpu"), "vp9", size=size)
 
@@ -239,7 +239,7 @@ def gpu_check(minutes: float = 2.0, size: int = 224) -> None:
     """
     import torch
 
-    from biovl_core._video_dali import DALISampler
+    from biovl_core.video import DALISampler
 
     gpu, cpu = DALISampler(), PyAVSampler()
     same_frames_check(gpu, "h264", seconds=20.0, size=size)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlencode
 
-from biovl_core.cache import fsync_dir
+from biovl_core.files import fsync_dir
 from services.settings import ServiceSettings
 
 log = logging.getLogger("biovl.service")

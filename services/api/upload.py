@@ -199,7 +199,7 @@ class UploadChecker:
         """The optional annotations part, parsed (422 when it cannot be read)."""
         if part is None:
             return None
-        from biovl_core.formats import parse_annotations
+        from biovl_core.io import parse_annotations
 
         assert part.path is not None
         try:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from biovl_core.align import TEXT_METHOD, GroupContext, GroupMember, coalign
 from biovl_core.config import PipelineConfig
-from biovl_core.group import TEXT_METHOD, GroupContext, GroupMember, coalign
 from biovl_core.pipeline import resolve_method
 from services.archive import Archive, JobFiles
 from services.groups import map_spans, protocol_groups
@@ -121,7 +121,7 @@ def _steps(row: dict[str, Any]) -> list[str]:
 def coalign_stage(batch: Batch, identity: dict[str, Any]) -> Batch:
     """All rows of ONE group -> the same rows + payload, csv, vtt, error (``map_groups``)."""
     from biovl_core.align import align
-    from biovl_core.cache import EmbeddingCache
+    from biovl_core.embed import EmbeddingCache
 
     ident = ModelIdentity.from_dict(identity)
     rows = rows_of(batch)

@@ -177,7 +177,7 @@ def _count(summary: RealignSummary, rec: RecordingOutcome, on_outcome: OnOutcome
 
 def _dry_run_report(summary: RealignSummary, the_plan: Plan, cfg: PipelineConfig) -> None:
     """Log what a real run would do: per task, embeddings cached or to compute."""
-    from biovl_core.cache import EmbeddingCache
+    from biovl_core.embed import EmbeddingCache
 
     ident = the_plan.identity
     cached = 0

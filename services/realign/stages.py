@@ -58,14 +58,14 @@ class SimilarityStage:
     """
 
     def __init__(self, identity: dict[str, Any], runner: LocalRunner | None = None) -> None:
-        from biovl_core.cache import EmbeddingCache
+        from biovl_core.embed import EmbeddingCache
 
         self.identity = ModelIdentity.from_dict(identity)
         self.runner = runner or LocalRunner()
         self._caches: dict[str, EmbeddingCache] = {}
 
     def _cache(self, cache_dir: str) -> Any:
-        from biovl_core.cache import EmbeddingCache
+        from biovl_core.embed import EmbeddingCache
 
         if cache_dir not in self._caches:
             self._caches[cache_dir] = EmbeddingCache(cache_dir)
@@ -192,7 +192,7 @@ def outputs(
     group: dict[str, Any] | None = None,
 ) -> dict:
     """payload (alignment JSON text), csv and vtt of one aligned row (``group``: its group info)."""
-    from biovl_core.formats import to_csv, to_webvtt
+    from biovl_core.io import to_csv, to_webvtt
     from biovl_core.pipeline import alignment_result
 
     config = json.loads(str(row["config"]))

@@ -29,7 +29,7 @@ import psutil
 import pytest
 import yaml
 
-from biovl_core.synthetic_video import make_recording
+from biovl_core.synthetic import make_recording
 from services.archive import Archive
 from services.settings import ServiceSettings
 from tests.conftest import free_port

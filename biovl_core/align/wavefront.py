@@ -1,6 +1,6 @@
 """Batched wavefront DP written once against an array module (numpy on CPU, cupy on GPU).
 
-Same recurrence, tie-breaking and direction bits as ``_align_numba`` (see its docstring).
+Same recurrence, tie-breaking and direction bits as ``kernel_numba`` (see its docstring).
 For exclusive segmentation every cell depends only on the previous segment, so the
 wavefront (the set of cells computable at once) is a whole column of every alignment in
 the batch: ``N`` vectorised steps over ``[B, K+1]`` arrays instead of the ``K+N``

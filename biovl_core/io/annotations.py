@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.elan import read_eaf_rows, write_eaf
 from biovl_core.errors import AnnotationError
+from biovl_core.io.elan import read_eaf_rows, write_eaf
 from biovl_core.result import AlignmentResult, Span
 
 SCHEMA = "biovl.alignment"

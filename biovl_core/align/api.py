@@ -333,34 +333,34 @@ def _solve_flat(
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Flat labels of every problem and the packed host arrays (``pack_flat``'s layout), packed once.
 
-    numba and cupy share one vectorised packing (``_align_pack.pack_batch``); cupy packs into
+    numba and cupy share one vectorised packing (``pack.pack_batch``); cupy packs into
     pinned memory and makes one copy and one kernel launch per batch.
     """
     matches = [p.match for p in problems]
     drops = [p.drop for p in problems]
     if backend == "cupy":
-        from biovl_core import _align_cupy
+        from biovl_core.align import kernel_cupy
 
-        labels, _, packed = _align_cupy.solve_from_host(matches, drops)
+        labels, _, packed = kernel_cupy.solve_from_host(matches, drops)
         return labels, packed.flat()
-    from biovl_core import _align_numba
-    from biovl_core._align_pack import pack_batch
+    from biovl_core.align import kernel_numba
+    from biovl_core.align.pack import pack_batch
 
     flat = pack_batch(matches, drops).flat()
     if backend == "numba":
         if len(problems) == 1:
-            labels, _ = _align_numba.solve_one(problems[0].match, problems[0].drop)
+            labels, _ = kernel_numba.solve_one(problems[0].match, problems[0].drop)
             return labels, flat
-        labels, _ = _align_numba.solve_flat(*flat)
+        labels, _ = kernel_numba.solve_flat(*flat)
         return labels, flat
     mt, drop, ks, ns = pack_padded(problems)
     if backend == "cupy_xp":
-        from biovl_core import _align_cupy
+        from biovl_core.align import kernel_cupy
 
-        padded, _ = _align_cupy.solve_padded_cupy(mt, drop, ks, ns)
+        padded, _ = kernel_cupy.solve_padded_cupy(mt, drop, ks, ns)
         padded = padded.get()
     else:
-        from biovl_core._align_wavefront import solve_padded
+        from biovl_core.align.wavefront import solve_padded
 
         padded, _ = solve_padded(np, mt, drop, ks, ns)
     labels = np.concatenate([padded[b, : ns[b]] for b in range(len(problems))])
@@ -509,7 +509,7 @@ def _align_flat_numba(
     inside the kernel, and on any problem the per-video checks run in order to raise the
     same error as the generic path.
     """
-    from biovl_core import _align_numba
+    from biovl_core.align import kernel_numba
 
     count = len(sims)
     arrs = []
@@ -548,7 +548,7 @@ def _align_flat_numba(
     seg_off = _offsets(ns)
     drop_score, pct, extra = flat_drop
     drop_flat = np.full(int(ns.sum()), drop_score, dtype=np.float32)
-    res = _align_numba.solve_flat_full(m_flat, m_off, drop_flat, seg_off, ks, ns, pct=pct)
+    res = kernel_numba.solve_flat_full(m_flat, m_off, drop_flat, seg_off, ks, ns, pct=pct)
     if res["bad"].any():
         _checked(spec, sims, durations, seg)
         raise BioVLError("similarity has NaN/inf values; check the embeddings")  # unreachable
@@ -620,9 +620,9 @@ def align_batch(
     ]
     labels, (m_flat, m_off, drop_flat, seg_off, ks, ns) = _solve_flat(problems, resolved)
     labels = labels.astype(np.int64, copy=False)
-    from biovl_core import _align_numba
+    from biovl_core.align import kernel_numba
 
-    scores, first, last = _align_numba.finish_flat(
+    scores, first, last = kernel_numba.finish_flat(
         m_flat, m_off, drop_flat, seg_off, _offsets(ks), ks, ns, labels
     )
     durs = np.array([dur for _, dur, _ in checked], dtype=np.float64)
@@ -673,16 +673,3 @@ def align_batch_or_each(
             except Exception as exc:
                 out.append(exc)
         return out, 1 + len(sims)
-
-
-# Registers "biovl" and "nw_norm" (they build on the kernel above; imported last to avoid a cycle).
-import biovl_core.methods  # noqa: E402,F401
-
-
-def __getattr__(name: str) -> Any:
-    """``align_group`` lives in biovl_core.group (which imports this module); load it on use."""
-    if name == "align_group":
-        from biovl_core.group import align_group
-
-        return align_group
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

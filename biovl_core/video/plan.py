@@ -25,8 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from biovl_core.device import optional_import
-from biovl_core.video import _AV_HINT, _as_timestamps, _check_file, _error, _open, _video_stream
-from biovl_core.video import frame_index_at as _frame_index_at
+from biovl_core.video.probe import (
+    _AV_HINT,
+    _as_timestamps,
+    _check_file,
+    _error,
+    _open,
+    _video_stream,
+)
+from biovl_core.video.probe import frame_index_at as _frame_index_at
 
 RAW_CHECK_PACKETS = 8
 """Packets whose bytes at (pos, size) are compared with the demuxer's, to trust raw reads."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from biovl_core.errors import ProtocolError
-from biovl_core.protocol_text import (
+from biovl_core.protocol.prose import (
     LAB_VERBS,
     OVERNIGHT_SECONDS,
     is_cjk,
@@ -37,7 +37,7 @@ from biovl_core.protocol_text import (
     step_verb,
     wraps,
 )
-from biovl_core.protocols_io import protocols_io_root, read_protocols_io
+from biovl_core.protocol.protocols_io import protocols_io_root, read_protocols_io
 
 __all__ = [
     "LAB_VERBS",

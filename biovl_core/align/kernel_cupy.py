@@ -1,6 +1,6 @@
 """GPU segmentation: the xp wavefront under cupy, and a fused ``cupy.RawKernel``.
 
-The RawKernel mirrors ``_align_numba._solve_into`` line for line (same recurrence, same
+The RawKernel mirrors ``kernel_numba._solve_into`` line for line (same recurrence, same
 tie-breaking, float32 adds with round-to-nearest and no contraction), so both give the
 same labels and bit-identical optima. One block per alignment, one thread per step row
 (looping when ``K+1`` exceeds the block), a sweep over segments with the previous column in
@@ -394,7 +394,7 @@ def solve_flat_rawkernel(
 ) -> tuple[Any, Any]:
     """Run a fused kernel on a packed batch; return cupy labels and optima.
 
-    Same packed layout as ``_align_numba.solve_flat``; arrays may be numpy or cupy (``ks`` and
+    Same packed layout as ``kernel_numba.solve_flat``; arrays may be numpy or cupy (``ks`` and
     ``ns`` are best passed as numpy: their maxima size the launch). ``kernel="shfl"`` (the
     default) is the warp-per-alignment kernel (``solve_flat_shfl``; K <= 64, else it hands the
     batch to the block-per-alignment ``"fused"`` kernel). Both were checked on an H200 against
@@ -548,9 +548,9 @@ def solve_from_host(matches: Any, drops: Any) -> tuple[np.ndarray, np.ndarray, A
     ``matches`` [K_b, N_b] and ``drops`` [N_b] per alignment (numpy). Returns host flat labels
     (int64, packed order), float32 optima and the ``PackedBatch`` (valid until this thread's
     next call). Unverified (not run on a GPU): the packing is the CPU-tested
-    ``_align_pack.pack_batch``; the kernels are the ones verified on an H200.
+    ``pack.pack_batch``; the kernels are the ones verified on an H200.
     """
-    from biovl_core._align_pack import pack_batch
+    from biovl_core.align.pack import pack_batch
 
     cp = _cupy()
     packed = pack_batch(matches, drops, allocate=PINNED.allocate)
@@ -571,8 +571,8 @@ def solve_from_host(matches: Any, drops: Any) -> tuple[np.ndarray, np.ndarray, A
 
 
 def solve_padded_cupy(mt: Any, drop: Any, ks: Any, ns: Any) -> tuple[Any, Any]:
-    """The xp wavefront (``_align_wavefront.solve_padded``) run with cupy; returns cupy arrays."""
-    from biovl_core._align_wavefront import solve_padded
+    """The xp wavefront (``wavefront.solve_padded``) run with cupy; returns cupy arrays."""
+    from biovl_core.align.wavefront import solve_padded
 
     cp = _cupy()
     return solve_padded(

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from biovl_core.cache import sha256_file
 from biovl_core.device import cuda_available, nvdec_library, optional_import
 from biovl_core.errors import VideoError
+from biovl_core.files import sha256_file
 
 if TYPE_CHECKING:
     import av.container
@@ -698,7 +698,7 @@ def choose_decoder(requested: str = "auto") -> DecoderChoice:
             "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video",
         )
     else:
-        from biovl_core._video_dali import smoke_test
+        from biovl_core.video.dali import smoke_test
 
         try:
             smoke_test()
@@ -716,7 +716,7 @@ def get_sampler(name: str = "auto", **options: Any) -> FrameSampler:
     key = choose_decoder(name).backend
     if key == "pyav":
         return PyAVSampler(**options)
-    from biovl_core._video_dali import DALISampler
+    from biovl_core.video.dali import DALISampler
 
     return DALISampler(**options)
 

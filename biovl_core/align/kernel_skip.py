@@ -3,7 +3,7 @@
 The problem of ``biovl_core.align`` (each step one contiguous run of segments, runs in
 protocol order, other segments background at drop score ``D[n]``) plus one more move: step
 ``k`` may have no run at all, for skip score ``S[k]`` (``-inf`` = must be performed). With
-``S = -inf`` everywhere it is exactly the kernel of ``_align_numba`` (same optimum).
+``S = -inf`` everywhere it is exactly the kernel of ``kernel_numba`` (same optimum).
 
 States, for steps ``k = 0..K`` and segments ``n = 0..N``:
 

@@ -18,7 +18,7 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
 1. Frames are centred per recording (the recording's mean frame removed: the shared scene
    look, the camera offset) and re-normalised.
 2. Every recording gets soft step labels ``Q_i`` [K, N_i]: its annotation, or, to start, the
-   posterior of the text-only "biovl" problem (``_align_skip.posterior``).
+   posterior of the text-only "biovl" problem (``kernel_skip.posterior``).
 3. Rounds: for recording i, step exemplars are the confidence-weighted mean of the other
    recordings' frames under their labels (leave-one-out, so a recording never confirms
    itself); annotated recordings weigh ``annotated_weight``, the others their agreement
@@ -29,7 +29,7 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
 4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
    the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of something else: it stops
    teaching the others and is aligned from text alone.
-5. Final: the best labeling with skips (``_align_skip.solve_skip``); then each skipped step
+5. Final: the best labeling with skips (``kernel_skip.solve_skip``); then each skipped step
    whose best run among background segments gains more than ``place_gain`` is placed
    there, out of order (two steps swapped). Confidence: the posterior mass of the chosen
    span (or of the skip), 1 for annotated recordings.
@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core import _align_skip
-from biovl_core.align import Alignment, Span, align_batch, objective, resolve_method
+from biovl_core.align import kernel_skip
+from biovl_core.align.api import Alignment, Span, align_batch, objective, resolve_method
+from biovl_core.align.methods import signal_strength, standardize
 from biovl_core.errors import BioVLError
-from biovl_core.methods import signal_strength, standardize
 
 GROUP_METHOD = "group"
 TEXT_METHOD = "biovl"  # the per-recording text problem, as ``align`` builds it by default
@@ -259,7 +259,7 @@ def align_group(
             soft.append(_one_hot(labelled[i], k))
         else:
             m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
-            soft.append(_align_skip.posterior(m, d, no_skip, temp)[0])
+            soft.append(kernel_skip.posterior(m, d, no_skip, temp)[0])
     source_weight = np.array([p["annotated_weight"] if a is not None else 1.0 for a in gt])
     x = [_centred(f) for f in feats]
     scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -276,7 +276,7 @@ def align_group(
             llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
             match = problems[i].match + p["exemplar_weight"] * llr[:k]
             drop = problems[i].drop + p["exemplar_weight"] * llr[k]
-            post, p_skip, _ = _align_skip.posterior(match, drop, skip, temp)
+            post, p_skip, _ = kernel_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
         for i in [j for j in range(g) if gt[j] is not None]:
@@ -299,7 +299,7 @@ def align_group(
         if i not in scores or not teaching[i]:
             a = alone[i]
             m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
-            post, p_skip, _ = _align_skip.posterior(m, d, no_skip, temp)
+            post, p_skip, _ = kernel_skip.posterior(m, d, no_skip, temp)
             a.confidence = _confidence(a.labels, post, p_skip, k)
             a.params = {
                 **a.params,
@@ -308,7 +308,7 @@ def align_group(
             out.append(a)
             continue
         match, drop, p_skip = scores[i]
-        labels, _ = _align_skip.solve_skip(match, drop, skip)
+        labels, _ = kernel_skip.solve_skip(match, drop, skip)
         conf = _confidence(labels, soft[i], p_skip, k)
         for s, c in _place_skipped(labels, match, drop, p["place_gain"], temp).items():
             conf[s] = c

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from biovl_core.protocol import step_verb
-from biovl_core.synthetic import EXPERIMENTS, _ar1, _coverage, _timeline, knobs_for
+from biovl_core.synthetic.problems import EXPERIMENTS, _ar1, _coverage, _timeline, knobs_for
 
 Span = tuple[float, float] | None
 

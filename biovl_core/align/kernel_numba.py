@@ -1,6 +1,6 @@
 """Compiled CPU kernel for monotonic segmentation with optional background (numba).
 
-The recurrence (shared, cell for cell, with ``_align_wavefront`` and ``_align_cupy``):
+The recurrence (shared, cell for cell, with ``wavefront`` and ``kernel_cupy``):
 with steps ``i = 1..K`` and segments ``j = 0..N-1``,
 
 - ``A[i, j]``: best score with segment ``j`` matched to step ``i`` (steps ``1..i`` all used);

@@ -37,8 +37,8 @@ import numpy as np
 
 from biovl_core.device import cuda_available, optional_import
 from biovl_core.errors import DecoderUnavailable
-from biovl_core.video import DecodeStats, PyAVSampler, _as_timestamps, _check_file, probe
-from biovl_core.video_plan import PacketIndex, index_packets, plan_reads, write_clip
+from biovl_core.video.plan import PacketIndex, index_packets, plan_reads, write_clip
+from biovl_core.video.probe import DecodeStats, PyAVSampler, _as_timestamps, _check_file, probe
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class DALISampler:
 
 def smoke_test(device_id: int = 0) -> None:
     """Decode one frame of a tiny generated H.264 clip with DALI on NVDEC; raise if it fails."""
-    from biovl_core.synthetic_video import read_frame_counter, write_video
+    from biovl_core.synthetic import read_frame_counter, write_video
 
     with tempfile.TemporaryDirectory() as tmp:
         video = write_video(Path(tmp) / "probe.mp4", 0.5, fps=10, size=(128, 96), gop=5)

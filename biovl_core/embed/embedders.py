@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biovl_core.cache import sha256_file
 from biovl_core.config import RANDOM_WEIGHTS_ENV, PipelineConfig
 from biovl_core.device import optional_import, torch_device
+from biovl_core.embed.s3d_model import S3D, S3DTokenizer, demo_init_, load_s3d_dictionary
 from biovl_core.errors import BioVLError, WeightsUnavailable
-from biovl_core.s3d import S3D, S3DTokenizer, demo_init_, load_s3d_dictionary
+from biovl_core.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def resolve_model_name(model: str) -> str:
         if missing:
             raise BioVLError(
                 f"model config {path} lacks the open_clip keys {missing}; a CLIP model config "
-                "needs embed_dim, vision_cfg and text_cfg (see biovl_core/model_configs/)."
+                "needs embed_dim, vision_cfg and text_cfg (see biovl_core/embed/model_configs/)."
             )
         _register_config_path(path)
         return path.stem

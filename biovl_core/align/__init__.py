@@ -1,0 +1,72 @@
+"""Alignment stage: steps to segments by monotonic segmentation (SPEC.md "Aligner", "Group alignment").
+
+``align`` / ``align_batch`` solve one or many recordings with any registered method on any
+backend; ``align_group`` and ``coalign`` let recordings of one protocol align each other.
+Importing this package registers the methods beyond the paper (``biovl``, ``nw_norm``).
+"""
+
+from biovl_core.align import methods as _register_methods  # noqa: F401  (registers biovl, nw_norm)
+from biovl_core.align.api import (
+    AUTO_CUPY_MIN_CELLS,
+    BACKENDS,
+    DEFAULT_METHOD,
+    METHODS,
+    Alignment,
+    MethodSpec,
+    SegmentationProblem,
+    align,
+    align_batch,
+    align_batch_or_each,
+    auto_backend,
+    objective,
+    pack_flat,
+    pack_padded,
+    register_method,
+    resolve_method,
+    solve_segmentation,
+    spans_from_labels,
+    validate_similarity,
+)
+from biovl_core.align.group import (
+    GROUP_DEFAULTS,
+    GROUP_METHOD,
+    TEXT_METHOD,
+    GroupContext,
+    GroupMember,
+    align_group,
+    coalign,
+)
+from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.result import Span
+
+__all__ = [
+    "AUTO_CUPY_MIN_CELLS",
+    "BACKENDS",
+    "DEFAULT_METHOD",
+    "GROUP_DEFAULTS",
+    "GROUP_METHOD",
+    "METHODS",
+    "TEXT_METHOD",
+    "Alignment",
+    "GroupContext",
+    "GroupMember",
+    "MethodSpec",
+    "SegmentationProblem",
+    "Span",
+    "align",
+    "align_batch",
+    "align_batch_or_each",
+    "align_group",
+    "auto_backend",
+    "coalign",
+    "objective",
+    "pack_flat",
+    "pack_padded",
+    "register_method",
+    "resolve_method",
+    "signal_strength",
+    "solve_segmentation",
+    "spans_from_labels",
+    "standardize",
+    "validate_similarity",
+]
