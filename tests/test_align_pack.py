@@ -8,12 +8,13 @@ import pytest
 
 from biovl_core.align import (
     AUTO_CUPY_MIN_CELLS,
+    align,
+    backends,
     kernel_numba,
     pack_flat,
     pack_padded,
     solve_segmentation,
 )
-from biovl_core.align import api as align
 from biovl_core.align.pack import pack_batch
 from biovl_core.align.wavefront import solve_padded
 from biovl_core.bench.align import make_problems
@@ -77,14 +78,16 @@ def test_packed_numba_equals_numpy_wavefront() -> None:
 
 def test_auto_keeps_small_batches_on_numba(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a usable GPU, 'auto' sends a batch to cupy only from AUTO_CUPY_MIN_CELLS cells on."""
-    monkeypatch.setattr(align, "cupy_usable", lambda: True)
-    assert align.auto_backend(AUTO_CUPY_MIN_CELLS - 1) == "numba"
-    assert align.auto_backend(AUTO_CUPY_MIN_CELLS) == "cupy"
+    monkeypatch.setattr(backends, "cupy_usable", lambda: True)
+    assert backends.auto_backend(AUTO_CUPY_MIN_CELLS - 1) == "numba"
+    assert backends.auto_backend(AUTO_CUPY_MIN_CELLS) == "cupy"
     small = [np.zeros((5, 100), dtype=np.float32)] * 3
-    assert align._resolve_backend("auto", align._cells(small)) == "numba"
-    assert align._cells([np.zeros((5, 100)), [[1.0, 2.0]], [1.0], [[1.0], [2.0, 3.0]]]) == 502
+    assert backends.resolve_backend("auto", backends.batch_cells(small)) == "numba"
+    assert (
+        backends.batch_cells([np.zeros((5, 100)), [[1.0, 2.0]], [1.0], [[1.0], [2.0, 3.0]]]) == 502
+    )
     # a small batch through the real API runs (on numba) even though a GPU is "usable"
-    a = align.align(np.eye(3, 12, dtype=np.float32), method="nw", backend="auto")
+    a = align(np.eye(3, 12, dtype=np.float32), method="nw", backend="auto")
     assert a.labels.shape == (12,)
-    monkeypatch.setattr(align, "cupy_usable", lambda: False)
-    assert align.auto_backend(10 * AUTO_CUPY_MIN_CELLS) == "numba"
+    monkeypatch.setattr(backends, "cupy_usable", lambda: False)
+    assert backends.auto_backend(10 * AUTO_CUPY_MIN_CELLS) == "numba"

@@ -2,30 +2,19 @@
 
 ``align`` / ``align_batch`` solve one or many recordings with any registered method on any
 backend; ``align_group`` and ``coalign`` let recordings of one protocol align each other.
-Importing this package registers the methods beyond the paper (``biovl``, ``nw_norm``).
+Importing this package registers every method: the paper's (``uniform``, ``nw``, ``drop_dtw``,
+in ``paper``) and the project's (``biovl``, ``nw_norm``, in ``methods``).
 """
 
-from biovl_core.align import methods as _register_methods  # noqa: F401  (registers biovl, nw_norm)
-from biovl_core.align.api import (
+from biovl_core.align import methods, paper  # noqa: F401  (importing them registers their methods)
+from biovl_core.align.api import align, align_batch, align_batch_or_each
+from biovl_core.align.backends import (
     AUTO_CUPY_MIN_CELLS,
     BACKENDS,
-    DEFAULT_METHOD,
-    METHODS,
-    Alignment,
-    MethodSpec,
-    SegmentationProblem,
-    align,
-    align_batch,
-    align_batch_or_each,
     auto_backend,
-    objective,
     pack_flat,
     pack_padded,
-    register_method,
-    resolve_method,
     solve_segmentation,
-    spans_from_labels,
-    validate_similarity,
 )
 from biovl_core.align.group import (
     GROUP_DEFAULTS,
@@ -37,6 +26,18 @@ from biovl_core.align.group import (
     coalign,
 )
 from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.align.registry import (
+    DEFAULT_METHOD,
+    METHODS,
+    Alignment,
+    MethodSpec,
+    SegmentationProblem,
+    objective,
+    register_method,
+    resolve_method,
+    spans_from_labels,
+    validate_similarity,
+)
 from biovl_core.result import Span
 
 __all__ = [

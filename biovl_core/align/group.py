@@ -45,9 +45,11 @@ from typing import Any
 import numpy as np
 
 from biovl_core.align import kernel_skip
-from biovl_core.align.api import Alignment, Span, align_batch, objective, resolve_method
+from biovl_core.align.api import align_batch
 from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
+from biovl_core.result import Span
 
 GROUP_METHOD = "group"
 TEXT_METHOD = "biovl"  # the per-recording text problem, as ``align`` builds it by default

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.align.api import MethodSpec, SegmentationProblem, register_method
+from biovl_core.align.registry import MethodSpec, SegmentationProblem, register_method
 from biovl_core.errors import BioVLError
 from biovl_core.protocol import step_duration_hint, step_verb
 
