@@ -329,7 +329,7 @@ def test_gpu_node_without_nvdec_serves_on_pyav_after_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A GPU with DALI installed but a driver without libnvcuvid: PyAV, reason no_nvcuvid."""
-    from biovl_core.video import probe as video
+    from biovl_core.video import decoders as video
 
     monkeypatch.setattr(video, "cuda_available", lambda: True)
     monkeypatch.setattr(video, "dali_available", lambda: True)

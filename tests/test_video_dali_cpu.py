@@ -150,7 +150,7 @@ def test_unknown_backend_is_refused() -> None:
 
 FUZZ_SCRIPT = """
 import sys
-from biovl_core._video_dali import DALISampler
+from biovl_core.video.dali import DALISampler
 from biovl_core.errors import BioVLError
 from biovl_core.video import probe, segment_timestamps
 

@@ -15,7 +15,9 @@ import pytest
 
 from biovl_core.synthetic import SyntheticVideo, read_frame_counter, write_video
 from biovl_core.video import index_packets, packet_index_from_arrays, plan_reads, write_clip
-from biovl_core.video.probe import _to_rgb, frame_index_at, frame_times, probe, segment_timestamps
+from biovl_core.video.info import frame_index_at, frame_times, probe
+from biovl_core.video.pyav import _to_rgb
+from biovl_core.video.segments import segment_timestamps
 
 SIZE = 112
 

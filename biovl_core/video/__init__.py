@@ -1,6 +1,20 @@
 """Video stage: probe a recording, place its segments, sample their frames (PyAV on CPU, DALI on GPU)."""
 
+from biovl_core.video.container import (
+    ALLOWED_DEMUXERS,
+    CANONICAL_EXTENSIONS,
+    canonical_extension,
+    video_sha256,
+)
 from biovl_core.video.dali import DALISampler
+from biovl_core.video.decoders import (
+    DecoderChoice,
+    choose_decoder,
+    dali_available,
+    dali_unavailable_reason,
+    get_sampler,
+)
+from biovl_core.video.info import VideoInfo, frame_index_at, frame_times, probe
 from biovl_core.video.plan import (
     PacketIndex,
     ReadPlan,
@@ -9,28 +23,9 @@ from biovl_core.video.plan import (
     plan_reads,
     write_clip,
 )
-from biovl_core.video.probe import (
-    ALLOWED_DEMUXERS,
-    CANONICAL_EXTENSIONS,
-    MIN_TAIL_SECONDS,
-    SAMPLER_NAMES,
-    DecoderChoice,
-    DecodeStats,
-    FrameSampler,
-    PyAVSampler,
-    VideoInfo,
-    canonical_extension,
-    choose_decoder,
-    dali_available,
-    dali_unavailable_reason,
-    frame_index_at,
-    frame_times,
-    get_sampler,
-    probe,
-    segment_count,
-    segment_timestamps,
-    video_sha256,
-)
+from biovl_core.video.pyav import PyAVSampler
+from biovl_core.video.sampler import SAMPLER_NAMES, DecodeStats, FrameSampler
+from biovl_core.video.segments import MIN_TAIL_SECONDS, segment_count, segment_timestamps
 
 __all__ = [
     "ALLOWED_DEMUXERS",

@@ -37,12 +37,13 @@ import numpy as np
 
 from biovl_core.device import cuda_available, optional_import
 from biovl_core.errors import DecoderUnavailable
+from biovl_core.video.container import as_timestamps, check_file
+from biovl_core.video.info import probe
 from biovl_core.video.plan import PacketIndex, index_packets, plan_reads, write_clip
-from biovl_core.video.probe import DecodeStats, PyAVSampler, _as_timestamps, _check_file, probe
+from biovl_core.video.pyav import PyAVSampler
+from biovl_core.video.sampler import DALI_HINT, DecodeStats
 
 log = logging.getLogger(__name__)
-
-DALI_HINT = "pip install 'biovl-aligner[gpu]' (nvidia-dali-cuda130)"
 
 
 def _decoder_op(fn: Any) -> Any:
@@ -138,7 +139,7 @@ class DALISampler:
 
     def packet_index(self, path: str | Path) -> tuple[PacketIndex, int]:
         """(packet index, display rotation) of a video, read once and kept for later batches."""
-        p = _check_file(path)
+        p = check_file(path)
         st = p.stat()
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
         with self._index_lock:
@@ -194,7 +195,7 @@ class DALISampler:
     ) -> Iterator[tuple[slice, Any]]:
         """Yield (segment slice, uint8 [b, k, size, size, 3]); memory bounded by the batch."""
         torch = self.torch
-        ts = _as_timestamps(timestamps)
+        ts = as_timestamps(timestamps)
         if batch_segments < 1:
             raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
         index, rotation = self.packet_index(path)
@@ -245,7 +246,7 @@ class DALISampler:
 
     def sample(self, path: str | Path, timestamps: np.ndarray, size: int = 224) -> Any:
         """uint8 RGB [N, k, size, size, 3] of the frames shown at `timestamps` [N, k] (s)."""
-        ts = _as_timestamps(timestamps)
+        ts = as_timestamps(timestamps)
         parts = [
             frames
             for _, frames in self.iter_batches(path, ts, size, batch_segments=max(1, ts.shape[0]))

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from biovl_core.device import optional_import
-from biovl_core.video.probe import (
-    _AV_HINT,
-    _as_timestamps,
-    _check_file,
-    _error,
-    _open,
-    _video_stream,
+from biovl_core.video.container import (
+    AV_HINT,
+    as_timestamps,
+    check_file,
+    open_container,
+    video_error,
+    video_stream,
 )
-from biovl_core.video.probe import frame_index_at as _frame_index_at
+from biovl_core.video.info import frame_index_at as _frame_index_at
 
 RAW_CHECK_PACKETS = 8
 """Packets whose bytes at (pos, size) are compared with the demuxer's, to trust raw reads."""
@@ -133,12 +133,12 @@ def packet_index_from_arrays(
 
 def index_packets(path: str | Path) -> PacketIndex:
     """Read the packet list of the first video stream (one demux pass, no decoding)."""
-    p = _check_file(path)
-    av = optional_import("av", _AV_HINT)
+    p = check_file(path)
+    av = optional_import("av", AV_HINT)
     rows: list[tuple[int, int, int, int, bool, int]] = []
     raw_ok = True
-    with _open(p) as container, open(p, "rb") as fh:
-        stream = _video_stream(container, p)
+    with open_container(p) as container, open(p, "rb") as fh:
+        stream = video_stream(container, p)
         tb = stream.time_base or Fraction(1, 1_000_000)
         template = io.BytesIO()
         out = av.open(template, "w", format="mp4")
@@ -158,14 +158,16 @@ def index_packets(path: str | Path) -> PacketIndex:
                 duration = packet.duration or 0
                 rows.append((packet.pts, dts, pos, packet.size, bool(packet.is_keyframe), duration))
         except av.error.FFmpegError as exc:
-            raise _error(
+            raise video_error(
                 p, f"is corrupt or truncated ({exc})", "Re-copy or re-upload the recording"
             ) from exc
         finally:
             out.close()
         start = stream.start_time
     if not rows:
-        raise _error(p, "has a video stream but no frames", "Record or upload a non-empty video")
+        raise video_error(
+            p, "has a video stream but no frames", "Record or upload a non-empty video"
+        )
     arr = np.array(rows, dtype=np.int64)
     pts = arr[:, 0]
     return packet_index_from_arrays(
@@ -221,7 +223,7 @@ def plan_reads(index: PacketIndex, timestamps: np.ndarray) -> ReadPlan:
     needs the range before as well. Frames whose ranges overlap share one run. Leading pictures of
     a run's first range are left out: they reference frames the run does not hold.
     """
-    ts = _as_timestamps(timestamps)
+    ts = as_timestamps(timestamps)
     wanted = _frame_index_at(index.frame_times, ts.ravel())
     frames, inverse = np.unique(wanted, return_inverse=True)
     packet = index.frame_packet[frames]
@@ -253,13 +255,13 @@ def plan_reads(index: PacketIndex, timestamps: np.ndarray) -> ReadPlan:
 def write_clip(index: PacketIndex, plan: ReadPlan) -> bytes:
     """The plan's packets, read from their byte ranges only, remuxed into an in-memory MP4."""
     if not index.raw_bytes:
-        raise _error(
+        raise video_error(
             index.path,
             "its container does not store packets as plain byte ranges (e.g. Matroska), so a "
             "read plan cannot be remuxed",
             "Use the PyAV decoder for it, or remux it to MP4: `ffmpeg -i IN -c copy OUT.mp4`",
         )
-    av = optional_import("av", _AV_HINT)
+    av = optional_import("av", AV_HINT)
     blobs: dict[int, bytes] = {}
     with open(index.path, "rb") as fh:
         for start, end in plan.byte_ranges.tolist():

@@ -316,7 +316,7 @@ class UploadChecker:
 
     @staticmethod
     def _probe(path: Path, filename: str | None) -> VideoInfo:
-        """``biovl_core.video.probe`` with the upload's name in the error (415 for non-videos)."""
+        """``biovl_core.video.info`` with the upload's name in the error (415 for non-videos)."""
         from biovl_core.video import probe
 
         try:
