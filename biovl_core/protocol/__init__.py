@@ -1,14 +1,8 @@
 """Protocol stage: a lab's protocol text (plain, Markdown, JSON, protocols.io) -> ordered steps."""
 
-from biovl_core.protocol.parse import (
-    MAX_PROTOCOL_BYTES,
-    MAX_STEP_CHARS,
-    MAX_STEPS,
-    Protocol,
-    is_note,
-    parse_protocol,
-    read_protocol,
-)
+from biovl_core.protocol.lines import is_note
+from biovl_core.protocol.model import MAX_PROTOCOL_BYTES, MAX_STEP_CHARS, MAX_STEPS, Protocol
+from biovl_core.protocol.parse import parse_protocol, read_protocol
 from biovl_core.protocol.prose import (
     LAB_VERBS,
     OVERNIGHT_SECONDS,

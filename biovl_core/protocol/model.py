@@ -1,0 +1,88 @@
+"""What a parsed protocol is: the `Protocol` (title, steps, lines, notes), steps being built, and the size limits."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from biovl_core.errors import ProtocolError
+
+MAX_STEPS = 20_000
+
+
+MAX_STEP_CHARS = 1000
+
+
+MAX_PROTOCOL_BYTES = 2_000_000
+
+
+@dataclass
+class Protocol:
+    """A protocol: its title and its steps in order, one action per step.
+
+    ``lines[i]`` is the 1-based source line of step i (None where the input has no lines,
+    e.g. protocols.io JSON); ``notes[i]`` the notes written after it. Equality compares the
+    title and the steps, the parts that decide an alignment.
+    """
+
+    title: str
+    steps: list[str] = field(default_factory=list)
+    lines: list[int | None] = field(default_factory=list, compare=False)
+    notes: list[list[str]] = field(default_factory=list, compare=False)
+
+    def __post_init__(self) -> None:
+        """Give every step a line (None) and a notes list when the caller gave none."""
+        self.lines = list(self.lines) + [None] * (len(self.steps) - len(self.lines))
+        self.notes = [list(n) for n in self.notes] + [[] for _ in self.steps[len(self.notes) :]]
+
+    def __len__(self) -> int:
+        """Number of steps."""
+        return len(self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able preview: title and each step's number, text, source line and notes."""
+        return {
+            "title": self.title,
+            "num_steps": len(self.steps),
+            "steps": [
+                {"number": i + 1, "text": text, "line": line, "notes": list(notes)}
+                for i, (text, line, notes) in enumerate(
+                    zip(self.steps, self.lines, self.notes, strict=True)
+                )
+            ],
+        }
+
+
+@dataclass
+class DraftStep:
+    """A step being built: its text pieces, first source line and notes."""
+
+    text: str
+    line: int | None
+    notes: list[str] = field(default_factory=list)
+    children: list[DraftStep] = field(default_factory=list)
+
+
+def clean_step(step: str) -> str:
+    """Collapse whitespace and strip a step."""
+    return re.sub(r"\s+", " ", step).strip()
+
+
+def check_limits(steps: Iterable[str], where: str, max_steps: int, max_chars: int) -> None:
+    """Refuse protocols with no steps, too many steps, or a runaway step."""
+    steps = list(steps)
+    if not steps:
+        raise ProtocolError(f"{where}: no steps found; write one step per line or a numbered list.")
+    if len(steps) > max_steps:
+        raise ProtocolError(
+            f"{where}: {len(steps)} steps is more than the limit of {max_steps}; "
+            "split the recording and its protocol into parts."
+        )
+    for i, step in enumerate(steps, start=1):
+        if len(step) > max_chars:
+            raise ProtocolError(
+                f"{where}: step {i} is {len(step)} characters (limit {max_chars}): "
+                f"{step[:60]!r}...; put one step per line or number the steps."
+            )
