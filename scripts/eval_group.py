@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from biovl_core.align import align, align_group
-from biovl_core.align.group import GROUP_DEFAULTS, _segment_labels, _spans
+from biovl_core.align.group import GROUP_DEFAULTS, segment_labels, spans_of_labels
 from biovl_core.metrics import miou
 from biovl_core.synthetic import EXPERIMENTS, LabGroup, make_lab_group
 
@@ -82,7 +82,9 @@ def evaluate(labs: list[LabGroup], **params: float) -> dict[str, Tally]:
             r = lab.recordings[i]
             cols["text"].add(align(lab.texts @ r.frames.T, lab.segment_seconds).spans, r.gt_spans)
             n, seg = r.frames.shape[0], lab.segment_seconds
-            truth = _spans(_segment_labels(r.gt_spans, n, seg), len(lab.steps), seg, n * seg)
+            truth = spans_of_labels(
+                segment_labels(r.gt_spans, n, seg), len(lab.steps), seg, n * seg
+            )
             cols["snapped"].add(truth, r.gt_spans)
         for a in ANNOTATED:
             ann = [r.gt_spans if i < a else None for i, r in enumerate(lab.recordings)]
@@ -102,7 +104,7 @@ def evaluate_pairs(seeds: Iterable[int], **knobs: float) -> dict[str, Tally]:
             cols["text"].add(align(lab.texts @ r.frames.T, lab.segment_seconds).spans, r.gt_spans)
             n, seg = r.frames.shape[0], lab.segment_seconds
             cols["snapped"].add(
-                _spans(_segment_labels(r.gt_spans, n, seg), len(lab.steps), seg, n * seg),
+                spans_of_labels(segment_labels(r.gt_spans, n, seg), len(lab.steps), seg, n * seg),
                 r.gt_spans,
             )
             for a in (0, 1):

@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from biovl_core.align import GroupContext, GroupMember
-from biovl_core.io.annotations import (
-    _MATCH_THRESHOLD,
-    _monotonic_match,
-    _normalise,
-    _text_similarity,
+from biovl_core.io import (
+    MATCH_THRESHOLD,
     annotations_to_spans,
+    monotonic_match,
+    normalise_step,
     read_annotations,
+    text_similarity,
 )
 from biovl_core.protocol import parse_protocol
 from services.archive import Archive, JobFiles, write_atomic
@@ -70,7 +70,7 @@ def protocol_key(steps: Sequence[str], options: dict[str, Any] | None = None) ->
     given = (options or {}).get(PROTOCOL_ID_OPTION)
     if given:
         return str(given)
-    text = "\n".join(_normalise(s) for s in steps)
+    text = "\n".join(normalise_step(s) for s in steps)
     return "steps:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -82,8 +82,8 @@ def map_spans(spans: Sequence[Span], source: Sequence[str], target: Sequence[str
     """
     if list(source) == list(target):
         return list(spans)
-    sims = np.array([[_text_similarity(t, s) for s in source] for t in target], dtype=np.float64)
-    matched = _monotonic_match(sims, _MATCH_THRESHOLD) if sims.size else {}
+    sims = np.array([[text_similarity(t, s) for s in source] for t in target], dtype=np.float64)
+    matched = monotonic_match(sims, MATCH_THRESHOLD) if sims.size else {}
     if len(matched) < len(target):
         missing = [t for i, t in enumerate(target) if i not in matched]
         raise ValueError(f"steps {missing[:3]} match no step of the annotated version")

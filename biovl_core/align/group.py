@@ -119,7 +119,7 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
     return full
 
 
-def _segment_labels(spans: list[Span], n: int, seg: float) -> np.ndarray:
+def segment_labels(spans: list[Span], n: int, seg: float) -> np.ndarray:
     """Step index per segment by its midpoint (-1 = background); later steps win overlaps."""
     mids = (np.arange(n) + 0.5) * seg
     labels = np.full(n, -1, dtype=np.int64)
@@ -209,7 +209,7 @@ def _place_skipped(
     return placed
 
 
-def _spans(labels: np.ndarray, k: int, seg: float, duration: float) -> list[Span]:
+def spans_of_labels(labels: np.ndarray, k: int, seg: float, duration: float) -> list[Span]:
     """Span per step from its first and last segment (labels need not be monotonic)."""
     out: list[Span] = []
     for s in range(k):
@@ -252,7 +252,7 @@ def align_group(
     temp = p["temperature"]
 
     labelled = [
-        None if a is None else _segment_labels(a, f.shape[0], seg)
+        None if a is None else segment_labels(a, f.shape[0], seg)
         for a, f in zip(gt, feats, strict=True)
     ]
     soft: list[np.ndarray] = []
@@ -314,7 +314,7 @@ def align_group(
         conf = _confidence(labels, soft[i], p_skip, k)
         for s, c in _place_skipped(labels, match, drop, p["place_gain"], temp).items():
             conf[s] = c
-        spans = _spans(labels, k, seg, n * seg)
+        spans = spans_of_labels(labels, k, seg, n * seg)
         score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
         info = {**base, "agreement": float(agreement[i]), "used": True}
         out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))

@@ -1,4 +1,4 @@
-"""Embedding: segment frames and protocol steps into one joint space (CLIP or S3D MIL-NCE).
+"""The embedders: the interface (`Embedder`) and its CLIP and S3D MIL-NCE implementations.
 
 ``load_embedder(cfg)`` is the one place model weights are resolved (open_clip tag, local
 checkpoint, or opt-in random demo weights). An ``Embedder`` takes decoded frames

@@ -1,19 +1,10 @@
 """Files in and out: annotations (CSV, JSON, ELAN) in, alignments (JSON, CSV, WebVTT, ELAN) out, data sets."""
 
 from biovl_core.io.annotations import (
-    SCHEMA,
-    SCHEMA_VERSION,
     Annotation,
-    alignment_from_dict,
-    alignment_to_dict,
-    annotations_to_eaf,
     annotations_to_spans,
     parse_annotations,
     read_annotations,
-    to_csv,
-    to_eaf,
-    to_json,
-    to_webvtt,
 )
 from biovl_core.io.dataset import (
     ANNOTATION_NAMES,
@@ -24,8 +15,29 @@ from biovl_core.io.dataset import (
     load_recording,
 )
 from biovl_core.io.elan import STEP_TIER, read_eaf_rows, write_eaf
+from biovl_core.io.exports import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    alignment_from_dict,
+    alignment_to_dict,
+    annotations_to_eaf,
+    to_csv,
+    to_eaf,
+    to_json,
+    to_webvtt,
+)
+from biovl_core.io.step_match import (
+    MATCH_THRESHOLD,
+    monotonic_match,
+    normalise_step,
+    text_similarity,
+)
 
 __all__ = [
+    "MATCH_THRESHOLD",
+    "monotonic_match",
+    "normalise_step",
+    "text_similarity",
     "ANNOTATION_NAMES",
     "PROTOCOL_NAMES",
     "SCHEMA",

@@ -1,16 +1,14 @@
 """Synthetic data with ground truth: similarity problems, lab groups of recordings, lab-like videos."""
 
 from biovl_core.synthetic.lab import LabGroup, LabKnobs, LabRecording, make_lab_group
-from biovl_core.synthetic.problems import (
+from biovl_core.synthetic.problems import SyntheticProblem, make_benchmark, make_problem
+from biovl_core.synthetic.profiles import (
     BENCHMARK_LAYOUT,
     DIFFICULTY_1,
     EXPERIMENTS,
     ExperimentProfile,
     Knobs,
-    SyntheticProblem,
     knobs_for,
-    make_benchmark,
-    make_problem,
 )
 from biovl_core.synthetic.video import (
     COUNTER_BITS,

@@ -15,7 +15,7 @@ of one recording with frames of the others. A lab here is:
 - deviations per recording: skipped steps (ground truth None), two adjacent steps swapped,
   a step done twice (the repeat comes after the next step and counts as background: the
   annotated span is the first time), variable durations and gaps drawn by
-  ``synthetic._timeline`` from the experiment's profile;
+  ``synthetic.timeline`` from the experiment's profile;
 - optionally one off-protocol recording (another protocol in the same scene, as when a
   recording is filed under the wrong protocol): ``off_protocol`` True, nothing to score.
 
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from biovl_core.protocol import step_verb
-from biovl_core.synthetic.problems import EXPERIMENTS, _ar1, _coverage, _timeline, knobs_for
-
-Span = tuple[float, float] | None
+from biovl_core.result import Span
+from biovl_core.synthetic.profiles import EXPERIMENTS, knobs_for
+from biovl_core.synthetic.timeline import ar1_noise, coverage, timeline
 
 
 @dataclass(frozen=True)
@@ -136,17 +136,17 @@ def _recording(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, list[tuple[float, float]], float]:
     """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length."""
-    spans, duration = _timeline(
+    spans, duration = timeline(
         EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty), rng, seg
     )
     n = math.ceil(duration / seg - 1e-9)
-    cover = _coverage(spans, n, duration, seg)  # [actions, N]
+    cover = coverage(spans, n, duration, seg)  # [actions, N]
     d = knobs.dim
     varied = looks[order] + knobs.variation * _directions(rng, len(order), d)
     shown = knobs.action * _unit(varied)
     view = knobs.view * _directions(rng, 1, d)[0]
-    drift = _ar1(rng, d, n, knobs.drift / math.sqrt(d), knobs.drift_rho).T
-    noise = _ar1(rng, d, n, knobs.noise / math.sqrt(d), knobs.noise_rho).T
+    drift = ar1_noise(rng, d, n, knobs.drift / math.sqrt(d), knobs.drift_rho).T
+    noise = ar1_noise(rng, d, n, knobs.noise / math.sqrt(d), knobs.noise_rho).T
     active = np.clip(cover.sum(axis=0), 0.0, 1.0)
     frames = (
         knobs.scene * scene
