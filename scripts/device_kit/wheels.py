@@ -6,12 +6,12 @@ included), so the wheels it lacks travel as folders ``.whl/c1``, ``.whl/c2``, ..
 successive calls (ignored paths carried earlier stay while the machine is warm), and the last
 call verifies, installs and runs the check. Stdlib only; pip runs as a subprocess.
 
-    python3 scripts/device_kit.py build       # here, with internet: resolve, download, pack
-    python3 scripts/device_kit.py plan        # the exact device calls, in order
-    python3 scripts/device_kit.py precheck    # device, call 1: its versions vs what we need
-    python3 scripts/device_kit.py verify      # device: folders present, parts joined, sha256
-    python3 scripts/device_kit.py namespaces /tmp/site   # device: merge nvidia/ and the like
-    python3 scripts/device_kit.py deps        # device, after install: requirement check
+    python3 scripts/device_kit build       # here, with internet: resolve, download, pack
+    python3 scripts/device_kit plan        # the exact device calls, in order
+    python3 scripts/device_kit precheck    # device, call 1: its versions vs what we need
+    python3 scripts/device_kit verify      # device: folders present, parts joined, sha256
+    python3 scripts/device_kit namespaces /tmp/site   # device: merge nvidia/ and the like
+    python3 scripts/device_kit deps        # device, after install: requirement check
 
 See docs/GPU_RUN.md.
 """
@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KIT = ".whl"  # relative to the repo root, ignored by git
 MANIFEST = "manifest.json"
 JOINED = "joined"  # .whl/joined: wheels rebuilt from their parts (on the device)
@@ -339,12 +339,12 @@ def final_command(names: list[str]) -> str:
         f'for d in {earlier}; do [ -d $d ] || m="$m $d"; done' if earlier else "",
         '[ -z "$m" ] || { echo "MISSING:$m - the machine went cold: start over"; exit 3; }',
         f"du -sh {KIT}",
-        "python3 scripts/device_kit.py verify || exit $?",
+        "python3 scripts/device_kit verify || exit $?",
         "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
         f"--target /tmp/site $(cat {KIT}/{INSTALL_LIST}) || exit 5",
         "export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0",
-        "python3 scripts/device_kit.py namespaces /tmp/site",
-        "python3 scripts/device_kit.py deps",
+        "python3 scripts/device_kit namespaces /tmp/site",
+        "python3 scripts/device_kit deps",
         "ldconfig -p | grep nvcuvid || echo 'no libnvcuvid: NVDEC stages will SKIP'",
         "nvidia-smi -L",
         'echo "set up in ${SECONDS}s"',
@@ -367,7 +367,7 @@ def device_calls(manifest: dict, run_timeout_s: int = 540) -> list[dict]:
     for i, name in enumerate(names[:-1]):
         cmd = f"ls -la {KIT}/{name} | tail -3; du -sh {KIT}"
         if i == 0:
-            cmd += "; python3 scripts/device_kit.py precheck --freeze $OUT/device_freeze.txt"
+            cmd += "; python3 scripts/device_kit precheck --freeze $OUT/device_freeze.txt"
         calls.append(
             {
                 "carry": [f"{KIT}/{name}", f"{KIT}/{MANIFEST}"],
@@ -719,7 +719,7 @@ def build(args: argparse.Namespace) -> int:
     print(f"\nfolders: {len(folders)}, {manifest['total_bytes'] / MIB:.1f} MiB in all")
     for f in manifest["folders"]:
         print(f"  {KIT}/{f['name']}: {f['bytes'] / MIB:.1f} MiB, {len(f['files'])} files")
-    print(f"\nwrote {KIT}/{MANIFEST}; next: python3 scripts/device_kit.py plan")
+    print(f"\nwrote {KIT}/{MANIFEST}; next: python3 scripts/device_kit plan")
     return 0
 
 
