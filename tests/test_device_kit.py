@@ -1,4 +1,4 @@
-"""scripts/device_kit.py: packing, splitting, the device list, the device calls, verify's join.
+"""scripts/device_kit/: packing, splitting, the device list, the device calls, verify's join.
 
 Pure functions on small temp files only: no pip, no network, no device.
 """
@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("device_kit", ROOT / "scripts" / "device_kit.py")
+_spec = importlib.util.spec_from_file_location(
+    "device_kit",
+    ROOT / "scripts" / "device_kit" / "__init__.py",
+    submodule_search_locations=[str(ROOT / "scripts" / "device_kit")],
+)
 dk = importlib.util.module_from_spec(_spec)
 sys.modules["device_kit"] = dk
 _spec.loader.exec_module(dk)
@@ -183,7 +187,7 @@ def test_device_calls_carry_one_folder_each_and_fit_the_command_limit():
         last = calls[-1]["command"]
         for i in range(1, n):
             assert f".whl/c{i} " in last or f".whl/c{i};" in last
-        assert "exit 3" in last and "device_kit.py verify" in last
+        assert "exit 3" in last and "scripts/device_kit verify" in last
         assert "--no-index --no-deps --no-compile --no-cache-dir" in last
         assert "export PYTHONPATH=/tmp/site:$PWD" in last and "nvcuvid" in last
         assert "set -o pipefail" in last
