@@ -241,9 +241,9 @@ def run_service(
     return the figures (wall time from the first POST to the last job's end)."""
     import httpx
 
-    from biovl_core.synthetic.video import EXPERIMENTS
+    from biovl_core.synthetic.video import RECORDING_STEPS
 
-    protocol = "".join(f"{i + 1}. {s}\n" for i, s in enumerate(EXPERIMENTS["pcr"]))
+    protocol = "".join(f"{i + 1}. {s}\n" for i, s in enumerate(RECORDING_STEPS["pcr"]))
     service = Service(work, decoder, port, device)
     try:
         with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {service.token}"}) as c:

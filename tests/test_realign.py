@@ -37,8 +37,7 @@ from biovl_core.io import to_csv, to_webvtt
 from biovl_core.pipeline import align_video, step_scores
 from biovl_core.protocol import parse_protocol
 from biovl_core.result import AlignmentResult
-from biovl_core.synthetic import make_recording
-from biovl_core.synthetic.video import EXPERIMENTS
+from biovl_core.synthetic import RECORDING_STEPS, make_recording
 from biovl_core.video import probe
 from services import archive as archive_mod
 from services.archive import Archive, JobFiles
@@ -164,8 +163,8 @@ def _cached_job(
 ) -> None:
     """A recording whose segment and step embeddings are in the cache (its 'video' is not one)."""
     rng = np.random.default_rng(i)
-    experiment = sorted(EXPERIMENTS)[i % len(EXPERIMENTS)]
-    steps = EXPERIMENTS[experiment]
+    experiment = sorted(RECORDING_STEPS)[i % len(RECORDING_STEPS)]
+    steps = RECORDING_STEPS[experiment]
     text = "".join(f"{j + 1}. {s}\n" for j, s in enumerate(steps))
     steps = list(parse_protocol(text, filename="protocol.txt").steps)
     k = len(steps)
@@ -221,7 +220,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
             duration_s=duration,
             annotations=(rec / "annotations.csv").read_text(),
         )
-        _stale_v1(jf, len(EXPERIMENTS["pcr"]), math.ceil(duration / SEG), duration)
+        _stale_v1(jf, len(RECORDING_STEPS["pcr"]), math.ceil(duration / SEG), duration)
         real_ids.append(jf.job_id)
     for i in range(N_Z):
         _cached_job(archive, cache, embedder.cache_key(), "z-lab", 100 + i, embedder.dim)

@@ -12,7 +12,7 @@ import pytest
 
 from biovl_core.synthetic import (
     COUNTER_BITS,
-    EXPERIMENTS,
+    RECORDING_STEPS,
     draw_counter,
     make_recording,
     read_frame_counter,
@@ -73,7 +73,7 @@ def test_make_recording_writes_a_dataset_folder(tmp_path: Path) -> None:
         "video.mp4",
     ]
     steps = [line.split(". ", 1)[1] for line in (out / "protocol.txt").read_text().splitlines()]
-    assert steps == EXPERIMENTS["pcr"]
+    assert steps == RECORDING_STEPS["pcr"]
     with open(out / "annotations.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["step", "start", "end"]
@@ -88,14 +88,14 @@ def test_make_recording_writes_a_dataset_folder(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("experiment", sorted(set(EXPERIMENTS) - {"pcr"}))
+@pytest.mark.parametrize("experiment", sorted(set(RECORDING_STEPS) - {"pcr"}))
 def test_other_experiments_have_ordered_spans(tmp_path: Path, experiment: str) -> None:
     out = make_recording(
         tmp_path / experiment, experiment=experiment, duration_s=20.0, size=(96, 96), fps=5
     )
     with open(out / "annotations.csv", newline="") as fh:
         spans = [(float(r["start"]), float(r["end"])) for r in csv.DictReader(fh)]
-    assert len(spans) == len(EXPERIMENTS[experiment])
+    assert len(spans) == len(RECORDING_STEPS[experiment])
     assert all(a < b for a, b in spans)
     assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
     assert spans[-1][1] <= 20.0

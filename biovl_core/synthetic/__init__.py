@@ -12,6 +12,7 @@ from biovl_core.synthetic.profiles import (
 )
 from biovl_core.synthetic.video import (
     COUNTER_BITS,
+    RECORDING_STEPS,
     SyntheticVideo,
     draw_counter,
     make_recording,
@@ -29,6 +30,7 @@ __all__ = [
     "LabGroup",
     "LabKnobs",
     "LabRecording",
+    "RECORDING_STEPS",
     "SyntheticProblem",
     "SyntheticVideo",
     "draw_counter",

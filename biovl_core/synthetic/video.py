@@ -289,7 +289,8 @@ _PCR_STEPS = [
 ]
 _PCR_LENGTH_S = 280.0
 
-EXPERIMENTS: dict[str, list[str]] = {
+# The step list of each generated recording (not the similarity generator's EXPERIMENTS profiles).
+RECORDING_STEPS: dict[str, list[str]] = {
     "pcr": [s for s, _, _ in _PCR_STEPS],
     "dna_extraction": [
         "Add 300 µl of cell lysis solution.",
@@ -341,7 +342,7 @@ def _step_spans(experiment: str, duration_s: float, seed: int) -> list[tuple[flo
     if experiment == "pcr":
         scale = duration_s / _PCR_LENGTH_S
         return [(round(a * scale, 1), round(b * scale, 1)) for _, a, b in _PCR_STEPS]
-    n = len(EXPERIMENTS[experiment])
+    n = len(RECORDING_STEPS[experiment])
     rng = np.random.default_rng([seed, n])
     weights = rng.uniform(0.6, 1.6, size=n)
     gaps = rng.uniform(0.15, 0.5, size=n + 1)
@@ -366,12 +367,14 @@ def make_recording(
     Each annotated step is rendered as its own scene and the gaps between steps as a
     background scene, so a model that tells scenes apart can align the protocol.
     """
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {sorted(EXPERIMENTS)}")
+    if experiment not in RECORDING_STEPS:
+        raise ValueError(
+            f"unknown experiment {experiment!r}; choose one of {sorted(RECORDING_STEPS)}"
+        )
     duration_s = float(duration_s or _DEFAULT_DURATION_S[experiment])
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    steps = EXPERIMENTS[experiment]
+    steps = RECORDING_STEPS[experiment]
     spans = _step_spans(experiment, duration_s, seed)
     scenes = [(a, b, i + 1) for i, (a, b) in enumerate(spans)]
     write_video(out / "video.mp4", duration_s, fps=fps, size=size, scenes=scenes, seed=seed)
