@@ -310,6 +310,6 @@ def test_cli_explain_prints_each_line_class_and_reason(tmp_path) -> None:
     assert run_protocol(args, out) == 0
     rows = out.getvalue().splitlines()
     program = next(r for r in rows if "95 °C 3 min" in r)
-    assert program.split()[:2] == ["7", "parameter"] and "thermocycler line" in program
+    assert program.split()[:2] == ["8", "parameter"] and "thermocycler line" in program
     assert any(r.split()[:2] == ["6", "step"] for r in rows)
     assert "· 4 °C hold" in out.getvalue()  # the listing shows the step's details
