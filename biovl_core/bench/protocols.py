@@ -102,7 +102,9 @@ def score_case(path: Path, expected: dict[str, Any], reader: Reader) -> CaseScor
     return _score(path.stem, expected, {"steps": list(got.steps), "notes": got.notes}, "")
 
 
-def _score(name: str, expected: dict[str, Any], got: dict[str, Any] | None, error: str) -> CaseScore:
+def _score(
+    name: str, expected: dict[str, Any], got: dict[str, Any] | None, error: str
+) -> CaseScore:
     """Score parsed steps and notes (None when the parser failed) against what is expected."""
     want = list(expected["steps"])
     if got is None:
@@ -110,7 +112,9 @@ def _score(name: str, expected: dict[str, Any], got: dict[str, Any] | None, erro
     steps = list(got["steps"])
     matched = sum((Counter(steps) & Counter(want)).values())
     notes = got.get("notes")
-    notes_exact = (notes or [[] for _ in steps]) == expected_notes(expected) if steps == want else False
+    notes_exact = (
+        (notes or [[] for _ in steps]) == expected_notes(expected) if steps == want else False
+    )
     return CaseScore(name, matched, len(steps), len(want), steps == want, notes_exact)
 
 
@@ -184,9 +188,7 @@ def baseline_scores(rev: str, cases: Sequence[Case], repo: Path | None = None) -
     ]
 
 
-def style_table(
-    cases: Sequence[Case], columns: dict[str, Sequence[CaseScore]]
-) -> list[str]:
+def style_table(cases: Sequence[Case], columns: dict[str, Sequence[CaseScore]]) -> list[str]:
     """A Markdown table: one row per (corpus, style) and the totals, F1 and exact per parser."""
     head = "| corpus | style | protocols |" + "".join(
         f" {label} F1 | {label} exact |" for label in columns
@@ -235,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(style_table(cases, columns)))
     for label, scores in columns.items():
         misses = [(c, s) for c, s in zip(cases, scores, strict=True) if not s.notes_exact]
-        print(f"\n{label}: {len(misses)} of {len(cases)} protocols not exactly right (steps + notes)")
+        print(
+            f"\n{label}: {len(misses)} of {len(cases)} protocols not exactly right (steps + notes)"
+        )
         for c, s in misses:
             why = s.error or f"{s.matched}/{s.expected} steps matched, {s.predicted} found"
             print(f"    {c.split}/{c.style}/{c.path.name}: F1 {s.f1:.2f}; {why}")

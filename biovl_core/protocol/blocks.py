@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 from biovl_core.protocol.lines import Line, heading_line
-from biovl_core.protocol.rules import match_block, reads_as_action
+from biovl_core.protocol.plain import looks_like_title
+from biovl_core.protocol.prose import is_cjk
+from biovl_core.protocol.rules import match_block, opens_block, reads_as_action
 
 _NUMBER_HEADERS = frozenset(
     "step no no. # number step no. nr. nr 番号 序号 步骤号 编号 順番".split()
@@ -22,10 +24,11 @@ _AMBIGUOUS_HEADERS = frozenset("step 手順 步骤".split())
 
 
 def read_blocks(lines: list[Line]) -> None:
-    """Rewrite ``lines`` in place: setext headings, tables, then parameter blocks."""
+    """Rewrite ``lines`` in place: setext headings, tables, parameter blocks, plain headings."""
     _setext(lines)
     _tables(lines)
     _parameter_blocks(lines)
+    _plain_headings(lines)
 
 
 def _setext(lines: list[Line]) -> None:
@@ -33,15 +36,18 @@ def _setext(lines: list[Line]) -> None:
     for i in range(len(lines) - 1):
         ln, under = lines[i], lines[i + 1]
         underline = under.raw.replace(" ", "")
-        if (
-            ln.kind in ("text", "label")
-            and under.kind == "skip"
+        if not (
+            under.kind == "skip"
             and under.number == ln.number + 1
             and re.fullmatch(r"=+|-+", underline)
         ):
-            lines[i] = heading_line(
-                ln.number, ln.text.rstrip(":："), 1 if "=" in underline else 2, ln.raw
-            )
+            continue
+        level = 1 if "=" in underline else 2
+        if ln.kind in ("text", "label"):
+            lines[i] = heading_line(ln.number, ln.text.rstrip(":："), level, ln.raw)
+            under.rule = "setext"
+        elif ln.kind == "heading":
+            ln.level = level
             under.rule = "setext"
 
 
@@ -146,7 +152,7 @@ def _parameter_blocks(lines: list[Line]) -> None:
                 ln.kind, ln.rule = "text", ""
             else:
                 ln.kind = "parameter"
-        elif ln.kind in ("item", "text") and ln.text.rstrip().endswith((":", "：")):
+        elif ln.kind in ("item", "text") and opens_block(ln.text):
             _block_after(lines, i, label=False)
 
 
@@ -189,3 +195,20 @@ def _block_after(lines: list[Line], i: int, label: bool) -> int:
     while k > i + 1 and lines[k - 1].kind == "blank":
         k -= 1
     return k
+
+
+def _plain_headings(lines: list[Line]) -> None:
+    """An unmarked title-like line between a finished step (or a blank line) and a list item,
+    a label or a parameter ("Phase separation" over "3"): a heading inside the procedure."""
+    for i in range(1, len(lines) - 1):
+        ln, before, after = lines[i], lines[i - 1], lines[i + 1]
+        if ln.kind != "text" or ln.indent or not looks_like_title(ln.text) or len(ln.text) > 60:
+            continue
+        if not (ln.text[:1].isupper() or is_cjk(ln.text[:1])):
+            continue
+        finished = before.kind in ("blank", "parameter", "note", "expected", "skip") or (
+            before.kind in ("text", "item") and re.search(r"[.!?。！？]$", before.text) is not None
+        )
+        if finished and after.kind in ("item", "parameter", "label") and after.indent == 0:
+            lines[i] = heading_line(ln.number, ln.text, 7, ln.raw, section="part")
+            lines[i].rule = "plain-heading"

@@ -33,15 +33,16 @@ _UNITS = frozenset(
 _MARKER = re.compile(
     r"""^(?P<indent>\s*)(?:
         (?P<step>(?:step|stage|ステップ|手順|步骤)\s*(?P<step_n>\d+)[a-z]?\s*[.:)、\-–—]?)
-      | (?P<zh>第\s*(?P<zh_n>\d+)\s*步\s*[:、]?)
+      | (?P<zh>第\s*(?P<zh_n>\d+|[一二三四五六七八九十]+)\s*步\s*[:、]?)
       | \((?P<pnum>\d+)\)
       | \[(?P<bnum>\d+)\]
-      | (?P<dec>\d+(?:\.\d+)*)(?P<dec_p>[.):、]?)
+      | (?P<check>\[[\ xX✓✔]\])
+      | (?P<dec>\d+(?:\.\d+)*)(?P<dec_p>[.):、|]?)
       | \((?P<palpha>[a-zA-Z]{1,5})\)
       | (?P<alpha>[a-zA-Z]{1,5})(?P<alpha_p>[.)])
       | (?P<circ>[\u2460-\u2473])
       | (?P<bullet>[-*•·‣◦▪▫●○■□◆◇・+–—])
-    )(?P<gap>\s+|(?=[\u3040-\u30ff\u3400-\u9fff]))""",
+    )(?P<gap>\s+|(?=[\u3040-\u30ff\u3400-\u9fff])|(?<=[)\]\u2460-\u2473])(?=\S))""",
     re.IGNORECASE | re.VERBOSE,
 )
 
@@ -165,6 +166,11 @@ def _classify_line(number: int, raw: str) -> Line:
         line.kind, line.style, line.ordinal = "item", "bare", int(raw.strip())
         line.text, line.absorbs, line.rule = "", True, "bare-number"
         return line
+    label_rule = match_line(body)
+    if label_rule is not None and label_rule.name == "note-label" and style_ordinal is None:
+        line.kind, line.rule = "note", "note-label"
+        line.text = body.strip("*_").rstrip(":：") + ("：" if is_cjk(body) else ":")
+        return line
     if section_kind(body) is not None:
         return heading_line(number, body.strip("*_:： "), 7, raw, section=section_kind(body))
     if style_ordinal is None and day_heading(body):
@@ -250,6 +256,8 @@ def _row_cells(raw: str) -> list[str] | None:
     filled = [c for c in cells if c]
     if len(filled) < 2 or (len(cells) == 2 and _CELL_MARKER.match(cells[0])):
         return None
+    if len(filled) == 2 and cells[0].endswith((":", "：")):
+        return None  # "Note:<tab>text": a label and its text, not a table
     return cells
 
 
@@ -267,7 +275,9 @@ def _marker_style(m: re.Match[str], view: str) -> tuple[str, int | None] | None:
     if g["step"]:
         return "step", int(g["step_n"])
     if g["zh"]:
-        return "step", int(g["zh_n"])
+        return "step", _cjk_number(g["zh_n"])
+    if g["check"]:
+        return "checkbox", None
     if g["pnum"]:
         return "(1)", int(g["pnum"])
     if g["bnum"]:
@@ -301,6 +311,17 @@ def _starts_like_step(rest: str) -> bool:
     if not word or word in _UNITS:
         return False
     return rest[:1].isupper() or is_cjk(rest[:1]) or word in LAB_VERBS or rest[:1] == "["
+
+
+def _cjk_number(text: str) -> int:
+    """ "12" or "十二" -> 12 (Chinese numerals up to 99)."""
+    if text.isdigit():
+        return int(text)
+    digits = {c: i for i, c in enumerate("〇一二三四五六七八九")}
+    if "十" not in text:
+        return digits.get(text, 0)
+    tens, _, ones = text.partition("十")
+    return digits.get(tens, 1) * 10 + digits.get(ones, 0)
 
 
 def _roman_value(numeral: str) -> int:
@@ -362,5 +383,5 @@ def _split_inline_note(line: Line) -> list[Line]:
 
 def note_text(body: str) -> str:
     """A note without its decoration ("! CAUTION x" -> "CAUTION x", "**Note:** x" -> "Note: x")."""
-    body = re.sub(r"^[\s>!▲■⚠△]+", "", body)
+    body = re.sub(r"^[\s>!?▲■⚠△]+", "", body)
     return re.sub(r"\*\*|__", "", body).strip()

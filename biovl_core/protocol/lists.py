@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from biovl_core.protocol.lines import Line, decide
 from biovl_core.protocol.model import DraftStep
 from biovl_core.protocol.prose import LAB_VERBS, step_verb
-from biovl_core.protocol.rules import match_block, reads_as_action
+from biovl_core.protocol.rules import match_block, match_line, reads_as_action
 
 
 @dataclass
@@ -87,6 +87,10 @@ class _ListReader:
 
     def _text(self, ln: Line) -> None:
         """An unmarked line: the paragraph of a step label, a title, a step, or a continuation."""
+        if self.last_note is not None and self.last_note.notes:
+            self.last_note.notes[-1] += " " + ln.text
+            decide(ln, "note", "note-continuation")
+            return
         if self.absorbing is not None:
             node = self.absorbing
             fresh = len(node.sources) == 1
@@ -94,10 +98,6 @@ class _ListReader:
                 node.text = ""  # "## Step 2: Lysis" over its paragraph: the paragraph is the step
             node.text = f"{node.text} {ln.text}".strip()
             node.sources.append((ln, "paragraph"))
-            return
-        if self.last_note is not None and self.last_note.notes:
-            self.last_note.notes[-1] += " " + ln.text
-            decide(ln, "note", "note-continuation")
             return
         last = self.last
         if last is None and not self.roots:
@@ -190,18 +190,27 @@ def _resolve(nodes: list[DraftStep], depth: int) -> list[DraftStep]:
             _mark(node, "sub-step" if depth else "step")
             out.append(node)
             continue
-        leaves: list[DraftStep] = []
+        sentence = _SENTENCE.search(node.text) is not None and (
+            reads_as_action(node.text) or len(node.text.split()) >= 6
+        )
+        leaves: list[DraftStep] = [node] if sentence else []
         for kid in node.children:
             if _detail_like(kid) and leaves:
                 _fold_into(leaves[-1], kid)
             else:
                 leaves.extend(_resolve([kid], depth + 1))
-        if leaves:
+        if sentence:
+            _mark(node, "sub-step" if depth else "step", first="sentence-parent")
+        elif leaves:
             leaves[0].notes[:0] = node.notes
             leaves[0].details[:0] = node.details
-        _mark(node, "heading", first="group")
+        if not sentence:
+            _mark(node, "heading", first="group")
         out.extend(leaves)
     return out
+
+
+_SENTENCE = re.compile(r"[.!。！]\s*$")
 
 
 def _fold_into(step: DraftStep, kid: DraftStep) -> None:
@@ -221,9 +230,11 @@ def _detail_like(node: DraftStep) -> bool:
         return False
     if node.sources and node.sources[0][0].absorbs:
         return False
-    if match_block(node.text) is not None:
-        return True
     text = node.text.strip()
+    if re.search(r"[.!?。！？]$", text) and (text[:1].isupper() or not text[:1].isascii()):
+        return match_line(text) is not None  # a sentence: a detail only where a rule says so
+    if match_block(text) is not None:
+        return True
     return (text[:1].islower() or text[:1].isdigit()) and not re.search(r"[.!?。！？]$", text)
 
 

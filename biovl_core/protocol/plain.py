@@ -23,11 +23,14 @@ def plain_votes(region: list[Line]) -> int:
             continue
         if ln.kind == "text":
             continuation = prev is not None and (
-                ln.indent > prev.indent or wraps(prev.text, ln.text)
+                ln.indent > prev.indent
+                or wraps(prev.text, ln.text)
+                or prev.absorbs
+                or prev.kind == "note"
             )
             if not continuation:
                 votes += 1
-        if ln.kind in ("text", "item"):
+        if ln.kind in ("text", "item") or ln.rule == "note-label":
             prev = ln
         elif ln.kind in ("blank", "heading"):
             prev = None if ln.kind == "heading" else prev
@@ -38,7 +41,13 @@ def read_plain(region: list[Line], want_title: bool) -> tuple[str, list[DraftSte
     """Unnumbered lines -> (title, steps, is_prose): one step per line, or prose sentences."""
     blocks: list[list[Line]] = [[]]
     extras_after: dict[int, list[Line]] = {}  # block index -> notes / parameters after it
+    previous: Line | None = None
     for ln in region:
+        label, previous = previous, ln
+        if ln.kind == "text" and label is not None and label.rule == "note-label":
+            label.text = f"{label.text} {ln.text}"  # "Note" over its text: one note
+            decide(ln, "note", "note-continuation")
+            continue
         if ln.kind in ("blank", "heading", "skip", "meta"):
             if blocks[-1]:
                 blocks.append([])
@@ -126,9 +135,12 @@ def _is_prose(blocks: list[list[Line]]) -> bool:
         return True
     for block in blocks:
         for a, b in zip(block, block[1:], strict=False):
-            if wraps(a.text.strip(), b.text.strip()):
+            if len(a.text.strip()) >= _WRAP_MIN_CHARS and wraps(a.text.strip(), b.text.strip()):
                 return True
     return False
+
+
+_WRAP_MIN_CHARS = 40  # a wrapped line runs near the width of the text; a short one is a line
 
 
 def looks_like_title(line: str) -> bool:

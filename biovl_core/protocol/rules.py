@@ -46,7 +46,7 @@ def _rx(pattern: str, flags: int = re.IGNORECASE) -> re.Pattern[str]:
     return re.compile(pattern, flags | re.VERBOSE)
 
 
-_TEMP = r"\d+(?:\.\d+)?\s*(?:°\s*C|℃|ºC|°)"
+_TEMP = r"-?\d+(?:\.\d+)?(?:\s*[-–~]\s*\d+(?:\.\d+)?)?\s*(?:°\s*C|℃|ºC|°)"
 _UNIT = (
     r"(?:µl|μl|ul|ml|l|nl|mg|g|kg|µg|μg|ug|ng|pg|mm|µm|μm|nm|m|mol|mmol|%|x|×|u|units?|"
     r"volumes?|vols?|µL|μL|uL|mL|L)"
@@ -70,10 +70,10 @@ LINE_RULES: tuple[Rule, ...] = (
         "note",
         "note",
         _rx(
-            r"""^[\s>!▲■⚠△*_(\[【「]*(?:
+            r"""^[\s>!?▲■⚠△*_(\[【「]*(?:
             (?i:notes?|nb|n\.b\.|caution|warning|critical(?:\s+step)?|tips?|hint|pause\s+point
                |important|attention)\s*(?:\*\*|__)?\s*[:：\-–—!)\]】]
-          | (?-i:NOTE|CAUTION|WARNING|CRITICAL(?:\ STEP)?|PAUSE\ POINT|TIP|IMPORTANT)\b
+          | (?-i:NOTE|CAUTION|WARNING|CRITICAL(?:\ STEP)?|PAUSE\ POINT|TIP|IMPORTANT|TROUBLESHOOTING)\b
           | (?i:pause\s+point)\b
           | ※
           | (?:注意事項|注意点|注意|注|ポイント|メモ|備考|重要|警告|ヒント|コツ|注意事项|提示|小贴士)\s*[:：】\])）]
@@ -92,6 +92,21 @@ LINE_RULES: tuple[Rule, ...] = (
         "a safety or remark label with its text on the same line: a note, never step text",
     ),
     Rule(
+        "arrow-remark",
+        "note",
+        _rx(r"^(?:->|→|=>|⇒|⟶)\s*\S"),
+        "a remark after an arrow (-> yield checked later), as lab notebooks write them: a note",
+    ),
+    Rule(
+        "note-label",
+        "note",
+        _rx(
+            r"""^[*_]*(?:note|caution|warning|critical|critical\s+step|tip|hint|important|attention
+               |safety\s+information|expected\s+result|pause\s+point|注意|注|ポイント|提示)[*_]*[:：]?$"""
+        ),
+        "a note label alone on its line (Note, Caution, Expected result): the lines under it are the note",
+    ),
+    Rule(
         "expected",
         "expected",
         _rx(
@@ -105,10 +120,10 @@ LINE_RULES: tuple[Rule, ...] = (
         "timing",
         "parameter",
         _rx(
-            r"""^[*_(]*(?:(?:estimated\s+|total\s+|hands-on\s+)?(?:timing|time|duration)(?:\s+needed|\s+required)?
-               |time\s+required|所要時間|時間|时间|耗时|用时)[*_]*\s*[:：]?\s*(?:\d|~|approx|about|ca\.|overnight|[0-9０-９])"""
+            r"""^(?:.{0,80}?[●•]\s*(?-i:TIMING)\b|[*_(]*(?:(?:estimated\s+|total\s+|hands-on\s+)?(?:timing|time|duration)(?:\s+needed|\s+required)?
+               |time\s+required|所要時間|時間|时间|耗时|用时)[*_]*\s*[:：]?\s*(?:\d|~|approx|about|ca\.|overnight|[0-9０-９]))"""
         ),
-        "a timing (Timing:, Duration needed:, TIMING 2 h): a detail of its step",
+        "a timing (Timing:, Duration needed:, ● TIMING 2 h): a detail of its step",
     ),
     Rule(
         "bare-duration",
@@ -138,6 +153,26 @@ LINE_RULES: tuple[Rule, ...] = (
         unless_action=True,
     ),
     Rule(
+        "program-step",
+        "parameter",
+        _rx(rf"^[^\W\d][\w\s/()-]{{0,40}}[:：]\s*(?:{_TEMP}|\d+\s*cycles?\b|\d+\s*サイクル)"),
+        "a named program step (Initial denaturation: 95 °C, 2 min): a parameter of its step",
+    ),
+    Rule(
+        "repeat",
+        "parameter",
+        _rx(r"^(?:repeat|cycle|loop)\b[^.]{0,30}?\b\d+\s*(?:x|×|times|cycles?)\s*[:：]?$"),
+        "a repeat inside a program (Repeat 35x:): a parameter of its step",
+    ),
+    Rule(
+        "settings",
+        "parameter",
+        _rx(
+            r"""^(?:[(（]?\d[\d.,]*\s*(?:v|mv|ma|w|x\s*g|×\s*g|g|rpm|rcf|°c|℃|min|mins|h|s|sec|%|µl|μl|ml|µm|mm)\b[)）]?[,;、，\s]*){2,}$"""
+        ),
+        "a line of settings only (80 V, 20 min; 13,000 x g, 1 min): a parameter of its step",
+    ),
+    Rule(
         "metadata",
         "meta",
         _rx(
@@ -147,6 +182,12 @@ LINE_RULES: tuple[Rule, ...] = (
         ),
         "document metadata (Author:, DOI:, Date:, Version:), not part of any step",
     ),
+    Rule(
+        "version",
+        "meta",
+        _rx(r"^v(?:ersion)?\.?\s*\d+(?:\.\d+)*$"),
+        "a version line (V.2, Version 3): metadata",
+    ),
 )
 
 BLOCK_RULES: tuple[Rule, ...] = (
@@ -155,7 +196,7 @@ BLOCK_RULES: tuple[Rule, ...] = (
         "parameter",
         _rx(
             rf"""^(?:\d+(?:[.,/]\d+)?\s*{_UNIT}\b(?:\s+of)?\s+\S.*
-               |[^\d\s].{{0,80}}?(?:\s|\.{{2,}}|…|:|-|–|\t)+(?:to\s+)?\d+(?:[.,]\d+)?\s*{_UNIT}(?:\s.*)?)$"""
+               |\S.{{0,80}}?(?:\s|\.{{2,}}|…|:|-|–|\t|补至|加至|至|到|各)+(?:to\s+)?\d+(?:[.,]\d+)?\s*{_UNIT}(?:\s.*)?)$"""
         ),
         "a reagent line (water 38 µl, 1 µl template) inside a parameter block",
         unless_action=True,
@@ -177,12 +218,23 @@ BLOCK_RULES: tuple[Rule, ...] = (
 
 # Short label lines that open a parameter block ("Program:", "Reaction mix (per 20 µl):").
 _BLOCK_LABEL = _rx(
-    r"""^[*_]*(?:(?:pcr|thermocycler|thermal\s+cycler|cycling|qpcr|rt-pcr|touchdown)?\s*(?:program|programme|profile|conditions?|settings?)
+    r"""^[*_]*(?:(?:[\w-]+\s+){0,3}(?:program|programme|profile|conditions?|settings?|parameters?)
        |cycling|(?:reaction|master|pcr|digestion|ligation|reagent)\s*(?:mix|mixture|set-?up|composition|components?)
        |mix|recipe|composition|per\s+reaction|components?|プログラム|反応条件|反応液|反応液組成|組成|サイクル条件|PCR条件
        |反应体系|反应程序|扩增程序|反应条件|循环条件|体系|程序)
        (?:\s*[(（][^)）]*[)）])?[*_]*\s*[:：]$"""
 )
+
+
+_LEAD = _rx(
+    r"""(?:[:：]|\b(?:below|following|as\s+follows)\b.*[.:]|(?:以下|下記|次の|如下|下表|以下の).*[。：:])\s*$"""
+)
+
+
+def opens_block(text: str) -> bool:
+    """True for a step that introduces what follows ("Prepare the mix:", "Run the program
+    below.", "以下を加える。"): the parameter lines under it are its details."""
+    return bool(_LEAD.search(text.strip()))
 
 
 def block_label(text: str) -> bool:
@@ -193,13 +245,14 @@ def block_label(text: str) -> bool:
 _ACTION_START = re.compile(
     r"^(?:(?:gently|carefully|briefly|quickly|slowly|then|again|immediately)\s+)?([A-Za-z]+)"
 )
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 _CJK_ACTION_END = re.compile(r"(?:[るすくうつぐぬぶむ]|[。！])\s*$")
 
 
 def reads_as_action(text: str) -> bool:
     """True when a line reads as something to do: a lab verb first (English), or a CJK sentence."""
     body = text.strip().strip("*_[]")
-    if is_cjk(body):
+    if is_cjk(body) or (_CJK_CHAR.search(body) and _CJK_ACTION_END.search(body)):
         return bool(_CJK_ACTION_END.search(body))
     m = _ACTION_START.match(body)
     if m and m.group(1).lower() in LAB_VERBS:
@@ -347,6 +400,10 @@ REASONS = {
     "section-procedure": "a procedure section heading: its lines give the steps",
     "section-other": "a section heading that gives no steps (materials, notes, references ...)",
     "section-part": "a part of the procedure (Day 1, Day 2 ...): a heading, not a step",
+    "plain-heading": "a short title-like line between a finished step and the next list item: "
+    "a heading inside the procedure",
+    "sentence-parent": "a list item written as a sentence, with sub-items: a step, and its "
+    "sub-items steps after it",
     "heading": "a heading inside the procedure: groups the steps under it",
     "sub-heading": "a short line ending with ':' inside a list: a heading, not a step",
     "group": "a list item with sub-items that are actions: a heading over its sub-steps",

@@ -75,10 +75,12 @@ def _find_title(lines: list[Line]) -> str:
 def _sets_title_apart(first: Line, after: Line) -> bool:
     """True when the line after a title-like first line shows it is not a step: a blank line,
     a heading, a list item or table, or a sentence where the first line has no stop."""
-    if after.kind in ("blank", "heading", "item", "row", "skip"):
+    if after.kind in ("blank", "heading", "item", "row", "skip", "meta"):
         return True
-    if after.kind != "text" or wraps(first.text, after.text):
+    if after.kind != "text" or wraps(first.text, after.text) and len(first.text) >= 40:
         return False
+    if first.text[:1].isupper() and after.text[:1].islower():
+        return True  # "PCR cleanup" over lower-case shorthand lines
     if is_cjk(first.text) and not _SENTENCE_END.search(first.text):
         return bool(_SENTENCE_END.search(after.text))
     return bool(_SENTENCE_END.search(after.text)) and len(first.text) <= 80
