@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from biovl_core.protocol.prose import LAB_VERBS, is_cjk
 from biovl_core.protocol.rules import (
     BLOCK_RULES,
-    FULL_WIDTH,
     LINE_RULES,
     REASONS,
+    ascii_view,
     block_label,
     day_heading,
     match_line,
@@ -96,12 +96,12 @@ class Line:
     reason: str = ""
 
 
+_RULE_REASONS = {rule.name: rule.reason for rule in (*LINE_RULES, *BLOCK_RULES)}
+
+
 def reason_text(key: str) -> str:
     """The reason printed for a rule name or a structural decision key."""
-    for rule in (*LINE_RULES, *BLOCK_RULES):
-        if rule.name == key:
-            return rule.reason
-    return REASONS.get(key, key)
+    return _RULE_REASONS.get(key) or REASONS.get(key, key)
 
 
 def decide(ln: Line, cls: str, key: str) -> None:
@@ -157,7 +157,7 @@ def _classify_line(number: int, raw: str) -> Line:
         return heading_line(
             number, md.group("text").strip().strip("*_").strip(), len(md.group("hashes")), raw
         )
-    view = raw.translate(FULL_WIDTH)
+    view = ascii_view(raw)
     style_ordinal, end = _marker(raw, view)
     body = raw[end:].strip() if style_ordinal else raw.strip()
     body = _strip_brackets(_CHECKBOX.sub("", body))
@@ -166,8 +166,8 @@ def _classify_line(number: int, raw: str) -> Line:
         line.kind, line.style, line.ordinal = "item", "bare", int(raw.strip())
         line.text, line.absorbs, line.rule = "", True, "bare-number"
         return line
-    label_rule = match_line(body)
-    if label_rule is not None and label_rule.name == "note-label" and style_ordinal is None:
+    rule = match_line(body)
+    if rule is not None and rule.name == "note-label" and style_ordinal is None:
         line.kind, line.rule = "note", "note-label"
         line.text = body.strip("*_").rstrip(":：") + ("：" if is_cjk(body) else ":")
         return line
@@ -181,7 +181,6 @@ def _classify_line(number: int, raw: str) -> Line:
             line.kind, line.style, line.ordinal = "item", "step-label", label[0]
             line.text, line.absorbs, line.rule = "", True, "step-heading"
             return line
-    rule = match_line(body)
     if rule is not None and rule.cls != "skip" or rule is not None and style_ordinal is None:
         line.kind, line.rule = _KIND_OF_CLASS[rule.cls], rule.name
         if rule.name == "note":
@@ -238,8 +237,8 @@ def _marker(raw: str, view: str) -> tuple[tuple[str, int | None] | None, int]:
     """((style, ordinal), end offset of the marker) of a list marker, or (None, 0)."""
     fw = _FULL_WIDTH_MARKER.match(raw)
     if fw:
-        punct = fw.group("p").translate(FULL_WIDTH).replace("。", ".")
-        return (f"dec1{punct}", int(fw.group("n").translate(FULL_WIDTH))), fw.end()
+        punct = ascii_view(fw.group("p")).replace("。", ".")
+        return (f"dec1{punct}", int(ascii_view(fw.group("n")))), fw.end()
     m = _MARKER.match(view)
     marker = _marker_style(m, view) if m else None
     return (marker, m.end()) if marker and m else (None, 0)
@@ -347,7 +346,7 @@ _INLINE_NOTE = re.compile(
 
 def _inline_items(raw: str) -> list[str]:
     """A list written on one line ("1. Add water. 2. Add primer.") -> one piece per item."""
-    view = raw.translate(FULL_WIDTH)
+    view = ascii_view(raw)
     stripped = view.lstrip()
     if _INLINE_CIRCLED.match(stripped) and len(_INLINE_CIRCLED.findall(stripped)) > 1:
         starts = [m.start() for m in _INLINE_CIRCLED.finditer(view)]

@@ -40,6 +40,7 @@ class Rule:
     pattern: re.Pattern[str]
     reason: str
     unless_action: bool = False  # the rule does not apply to a line that reads as an action
+    gate: str = ""  # tried only on lines that contain this text (a cheap filter)
 
 
 def _rx(pattern: str, flags: int = re.IGNORECASE) -> re.Pattern[str]:
@@ -120,10 +121,17 @@ LINE_RULES: tuple[Rule, ...] = (
         "timing",
         "parameter",
         _rx(
-            r"""^(?:.{0,80}?[●•]\s*(?-i:TIMING)\b|[*_(]*(?:(?:estimated\s+|total\s+|hands-on\s+)?(?:timing|time|duration)(?:\s+needed|\s+required)?
+            r"""^(?:[*_(]*(?:(?:estimated\s+|total\s+|hands-on\s+)?(?:timing|time|duration)(?:\s+needed|\s+required)?
                |time\s+required|所要時間|時間|时间|耗时|用时)[*_]*\s*[:：]?\s*(?:\d|~|approx|about|ca\.|overnight|[0-9０-９]))"""
         ),
-        "a timing (Timing:, Duration needed:, ● TIMING 2 h): a detail of its step",
+        "a timing (Timing:, Duration needed:, TIMING 2 h): a detail of its step",
+    ),
+    Rule(
+        "heading-timing",
+        "parameter",
+        _rx(r"^.{0,80}?[●•]\s*TIMING\b", 0),
+        "a heading with its timing (Cell lysis ● TIMING 30 min): a detail of the steps under it",
+        gate="TIMING",
     ),
     Rule(
         "bare-duration",
@@ -282,7 +290,10 @@ def _first(rules: tuple[Rule, ...], text: str) -> Rule | None:
     plain = body.strip("*_ ")
     action: bool | None = None
     for rule in rules:
-        if not (rule.pattern.match(body) or rule.pattern.match(plain)):
+        if rule.gate and rule.gate not in body:
+            continue
+        match = rule.pattern.match
+        if match(body) is None and (plain == body or match(plain) is None):
             continue
         if rule.unless_action:
             if action is None:
@@ -302,7 +313,7 @@ DAY_HEADING = _rx(
 
 def day_heading(text: str) -> bool:
     """True for a part heading of a multi-day protocol ("Day 1", "Day 2 – Lysis", "2日目", "第一天")."""
-    m = DAY_HEADING.match(text.translate(FULL_WIDTH).strip())
+    m = DAY_HEADING.match(ascii_view(text).strip())
     if not m:
         return False
     rest = (m.group("rest") or "").strip()
@@ -317,7 +328,7 @@ STEP_HEADING = _rx(
 
 def step_heading(text: str) -> tuple[int, str] | None:
     """(number, text after the label) for a step label ("Step 1", "Step 2: Lysis", "第1步"), else None."""
-    m = STEP_HEADING.match(text.translate(FULL_WIDTH))
+    m = STEP_HEADING.match(ascii_view(text))
     if not m:
         return None
     group = "rest" if m.group("n") else "zrest"
@@ -327,6 +338,13 @@ def step_heading(text: str) -> tuple[int, str] | None:
 
 # Full-width ASCII (１．（１）Ａ) read as ASCII when finding markers; one char per char.
 FULL_WIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+_HAS_FULL_WIDTH = re.compile("[\uff01-\uff5e\u3000]")
+
+
+def ascii_view(text: str) -> str:
+    """``text`` with full-width ASCII read as ASCII (the same length, char for char)."""
+    return text.translate(FULL_WIDTH) if _HAS_FULL_WIDTH.search(text) else text
+
 
 PROCEDURE_NAMES = frozenset(
     "procedure, procedures, method, methods, methodology, steps, step, protocol, instructions, "
@@ -377,11 +395,16 @@ def section_kind(text: str) -> str | None:
     return None
 
 
+_SECTION_NUMBER = re.compile(r"^(?:[0-9]+|[ivxIVX]+|[A-Z]|[一二三四五六七八九十]+)[.)、．]\s*")
+_SECTION_PAREN = re.compile(r"\s*[(（].*?[)）]\s*$")
+
+
 def section_name(text: str) -> str:
     """The heading's name, lower-cased, without numbering, decoration and a parenthesis."""
     name = text.strip().strip("*_#").strip()
-    name = re.sub(r"^(?:[0-9]+|[ivxIVX]+|[A-Z]|[一二三四五六七八九十]+)[.)、．]\s*", "", name)
-    name = re.sub(r"\s*[(（].*?[)）]\s*$", "", name)
+    if len(name) > 80:
+        return ""
+    name = _SECTION_PAREN.sub("", _SECTION_NUMBER.sub("", name))
     name = name.strip("【】[]■●◆◇□＜＞<>〈〉 ").rstrip(":：").strip().lower()
     return name if 0 < len(name) <= 40 else ""
 
