@@ -45,3 +45,25 @@ def test_every_style_reaches_the_bar() -> None:
 def test_held_out_keeps_its_floor() -> None:
     scores = [score_case(c.path, c.expected, read_protocol) for c in HELD_OUT]
     assert summary(scores)["f1"] >= HELD_OUT_FLOOR
+
+
+def test_baseline_rev_scores_the_parser_of_an_old_revision() -> None:
+    """``--baseline-rev``: the parser of 4f818d7 (a single module, before issue 18) is scored in
+    a child process; it misses the issue's failures, which this parser gets right."""
+    import subprocess
+
+    from biovl_core.bench.protocols import baseline_scores
+
+    root = Path(__file__).resolve().parents[1]
+    known = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "-e", "4f818d7^{commit}"], capture_output=True
+    )
+    if known.returncode != 0:
+        pytest.skip("revision 4f818d7 is not in this clone (a shallow checkout)")
+    cases = [c for c in DEV if c.path.stem.startswith("issue_")]
+    old = baseline_scores("4f818d7", cases, repo=root)
+    new = [score_case(c.path, c.expected, read_protocol) for c in cases]
+    assert len(old) == len(cases) == 7
+    assert all(s.steps_exact for s in new)
+    assert not any(s.steps_exact for s in old)
+    assert summary(old)["f1"] < summary(new)["f1"]

@@ -226,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="REV",
         help="a git revision whose parser is scored beside this one (e.g. 4f818d7)",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="accepted for `bench all --quick` (the corpora are small)",
+    )
     args = parser.parse_args(argv)
     corpora = [(p.name, p) for p in args.corpus] or list(DEFAULT_CORPORA)
     cases = [c for split, folder in corpora for c in styled_cases(split, folder)]
