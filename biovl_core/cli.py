@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="plain text, Markdown, JSON or protocols.io JSON")
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
     p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print every line's class (title, step, note, parameter ...) and the reason",
+    )
+    p.add_argument(
         "--split-verbs",
         action="store_true",
         help="also split list items at coordinated verbs (prose is always split)",

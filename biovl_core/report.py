@@ -37,7 +37,7 @@ from biovl_core.pipeline import (
     recording_similarity,
     resolve_method,
 )
-from biovl_core.protocol import Protocol, read_protocol
+from biovl_core.protocol import LineDecision, Protocol, explain_file, read_protocol
 from biovl_core.result import AlignmentResult, Span
 from biovl_core.video import probe
 
@@ -142,7 +142,14 @@ def write_outputs(result: AlignmentResult, out_dir: Path) -> list[Path]:
 def run_protocol(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`biovl protocol FILE`: the steps found, with source lines and notes, to check before upload."""
     out = out or sys.stdout
-    protocol = read_protocol(args.file, split_verbs=True if args.split_verbs else None)
+    split = True if args.split_verbs else None
+    if getattr(args, "explain", False):
+        protocol, decisions = explain_file(args.file, split_verbs=split)
+        print(explanation(decisions), file=out)
+        print(file=out)
+        print(protocol_listing(protocol, args.file.name), file=out)
+        return 0
+    protocol = read_protocol(args.file, split_verbs=split)
     if args.json:
         print(json.dumps(protocol.to_dict(), indent=1, ensure_ascii=False), file=out)
         return 0
@@ -150,14 +157,26 @@ def run_protocol(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
+def explanation(decisions: list[LineDecision]) -> str:
+    """One row per source line: its number, class, text (shortened) and the reason."""
+    rows = []
+    for d in decisions:
+        if d.cls == "skip" and not d.text:
+            continue
+        text = d.text if len(d.text) <= 48 else d.text[:47] + "…"
+        rows.append(f"{d.number:>4}  {d.cls:<9}  {text:<48}  {d.reason}")
+    return "\n".join(rows)
+
+
 def protocol_listing(protocol: Protocol, name: str) -> str:
     """Title line, then one line per step (number, source line, text) and its notes under it."""
     lines = [f"{protocol.title or name}: {plural(len(protocol), 'step')}"]
-    for k, (text, line, notes) in enumerate(
-        zip(protocol.steps, protocol.lines, protocol.notes, strict=True)
+    for k, (text, line, notes, details) in enumerate(
+        zip(protocol.steps, protocol.lines, protocol.notes, protocol.details, strict=True)
     ):
         where = f"line {line}" if line is not None else ""
         lines.append(f"{k + 1:>4}  {where:<10} {text}")
+        lines.extend(f"{'':>16}· {detail}" for detail in details)
         lines.extend(f"{'':>16}└ {note}" for note in notes)
     return "\n".join(lines)
 

@@ -1,6 +1,8 @@
 """The on-disk archive, the source of truth: ``root/labs/<lab>/jobs/<job_id>/...``.
 
-A job folder holds the uploaded ``video.<ext>``, ``protocol.txt``, optional
+A job folder holds the uploaded ``video.<ext>``, ``protocol.txt`` (what is aligned: the uploaded
+text, or the step list the lab edited before submitting, as JSON, with the uploaded text kept as
+``protocol.original.txt``), optional
 ``annotations.<ext>``, ``job.json`` (who, what, options, status) and ``alignments/vNNNN.{json,csv,vtt}``
 (one version per completed run; the JSON is written last and is the commit marker). Every write
 goes through a temp file and ``os.replace``, so a reader never sees half a file, and fsyncs the
@@ -102,6 +104,11 @@ class JobFiles:
     def protocol_path(self) -> Path:
         """``protocol.txt``."""
         return self.dir / "protocol.txt"
+
+    @property
+    def protocol_original_path(self) -> Path:
+        """``protocol.original.txt``: the uploaded text when the lab edited the steps."""
+        return self.dir / "protocol.original.txt"
 
     @property
     def alignments_dir(self) -> Path:
@@ -237,6 +244,7 @@ class Archive:
         annotations_tmp: Path | None,
         annotations_ext: str | None,
         record: dict[str, Any],
+        protocol_original: str | None = None,
     ) -> JobFiles:
         """Move uploaded temp files into the job folder and commit ``job.json`` last."""
         if not VIDEO_EXT_RE.match(video_ext):
@@ -246,6 +254,8 @@ class Archive:
         video_name = "video" + video_ext
         move_durable(video_tmp, jf.dir / video_name)
         write_atomic(jf.protocol_path, protocol_text)
+        if protocol_original is not None:
+            write_atomic(jf.protocol_original_path, protocol_original)
         ann_name = None
         if annotations_tmp is not None:
             ann_name = "annotations" + (annotations_ext or ".csv")

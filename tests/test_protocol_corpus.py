@@ -78,4 +78,5 @@ def test_notes_are_exported_in_to_dict() -> None:
         "text": "Thaw the competent cells on ice.",
         "line": 1,
         "notes": ["Note: do not vortex the cells."],
+        "details": [],
     }

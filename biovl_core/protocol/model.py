@@ -1,4 +1,4 @@
-"""What a parsed protocol is: the `Protocol` (title, steps, lines, notes), steps being built, and the size limits."""
+"""What a parsed protocol is: the `Protocol` (title, steps, lines, notes, details), steps being built, each line's decision, and the size limits."""
 
 from __future__ import annotations
 
@@ -23,46 +23,70 @@ class Protocol:
     """A protocol: its title and its steps in order, one action per step.
 
     ``lines[i]`` is the 1-based source line of step i (None where the input has no lines,
-    e.g. protocols.io JSON); ``notes[i]`` the notes written after it. Equality compares the
-    title and the steps, the parts that decide an alignment.
+    e.g. protocols.io JSON); ``notes[i]`` the notes (and expected results) written with it;
+    ``details[i]`` its parameter blocks, timings and table cells (a PCR program, a reagent
+    list). Equality compares the title and the steps, the parts that decide an alignment.
     """
 
     title: str
     steps: list[str] = field(default_factory=list)
     lines: list[int | None] = field(default_factory=list, compare=False)
     notes: list[list[str]] = field(default_factory=list, compare=False)
+    details: list[list[str]] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
-        """Give every step a line (None) and a notes list when the caller gave none."""
+        """Give every step a line (None), a notes and a details list when the caller gave none."""
         self.lines = list(self.lines) + [None] * (len(self.steps) - len(self.lines))
         self.notes = [list(n) for n in self.notes] + [[] for _ in self.steps[len(self.notes) :]]
+        self.details = [list(d) for d in self.details] + [
+            [] for _ in self.steps[len(self.details) :]
+        ]
 
     def __len__(self) -> int:
         """Number of steps."""
         return len(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able preview: title and each step's number, text, source line and notes."""
+        """JSON-able preview: title and each step's number, text, source line, notes, details."""
         return {
             "title": self.title,
             "num_steps": len(self.steps),
             "steps": [
-                {"number": i + 1, "text": text, "line": line, "notes": list(notes)}
-                for i, (text, line, notes) in enumerate(
-                    zip(self.steps, self.lines, self.notes, strict=True)
+                {
+                    "number": i + 1,
+                    "text": text,
+                    "line": line,
+                    "notes": list(notes),
+                    "details": list(details),
+                }
+                for i, (text, line, notes, details) in enumerate(
+                    zip(self.steps, self.lines, self.notes, self.details, strict=True)
                 )
             ],
         }
 
 
+@dataclass(frozen=True)
+class LineDecision:
+    """How one source line was read: its class (step, note, parameter ...) and why."""
+
+    number: int
+    text: str
+    cls: str
+    reason: str
+
+
 @dataclass
 class DraftStep:
-    """A step being built: its text pieces, first source line and notes."""
+    """A step being built: its text, first source line, notes, details, sub-items, and the
+    source lines it was built from (each with the key of the reason it joined)."""
 
     text: str
     line: int | None
     notes: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
     children: list[DraftStep] = field(default_factory=list)
+    sources: list[tuple[Any, str]] = field(default_factory=list)
 
 
 def clean_step(step: str) -> str:

@@ -13,22 +13,30 @@ Accepted inputs (SPEC.md "Data formats"; docs/PROTOCOLS.md has every rule and th
   section except materials, equipment, notes, safety, references and the like;
 - notes ("Note:", "Caution:", "CRITICAL STEP", "Pause point", "注意：", "※" ...) belong to the
   step before them: kept in ``Protocol.notes``, never step text;
-- JSON ``{"title": ..., "steps": [...]}``, a bare JSON list of strings, or protocols.io's
-  API JSON (v3 and v4, see ``protocols_io``).
+- parameter blocks (a PCR program under "Program:", a reagent table, "Timing: 2 h") and
+  expected results stay with their step (``Protocol.details`` / ``Protocol.notes``);
+- JSON ``{"title": ..., "steps": [...]}`` whose steps are strings or objects ``{"text",
+  "notes", "details"}`` (what the upload form's step editor sends), a bare JSON list, or
+  protocols.io's API JSON (v3 and v4, see ``protocols_io``).
+
+``explain_protocol`` gives every source line's class and the reason for it (`biovl protocol
+--explain`); the rules behind those reasons are in ``rules``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from biovl_core.errors import ProtocolError
-from biovl_core.protocol.lines import is_note
+from biovl_core.protocol.lines import is_note, reason_text
 from biovl_core.protocol.model import (
     MAX_PROTOCOL_BYTES,
     MAX_STEP_CHARS,
     MAX_STEPS,
     DraftStep,
+    LineDecision,
     Protocol,
     check_limits,
     clean_step,
@@ -49,21 +57,33 @@ def read_protocol(
 ) -> Protocol:
     """Read and parse a protocol file (text, Markdown, JSON, protocols.io); see ``parse_protocol``."""
     path = Path(path)
+    return parse_protocol(
+        _file_bytes(path),
+        filename=str(path),
+        split_verbs=split_verbs,
+        max_steps=max_steps,
+        max_step_chars=max_step_chars,
+    )
+
+
+def explain_file(
+    path: str | Path, *, split_verbs: bool | None = None
+) -> tuple[Protocol, list[LineDecision]]:
+    """``explain_protocol`` of a protocol file."""
+    path = Path(path)
+    return explain_protocol(_file_bytes(path), str(path), split_verbs=split_verbs)
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The bytes of a protocol file, or a ProtocolError that says what is wrong with the path."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ProtocolError(f"{path}: protocol file not found; check the path.") from None
     except IsADirectoryError:
         raise ProtocolError(f"{path}: is a folder; pass the protocol file inside it.") from None
     except OSError as exc:
         raise ProtocolError(f"{path}: cannot read the protocol file ({exc}).") from exc
-    return parse_protocol(
-        data,
-        filename=str(path),
-        split_verbs=split_verbs,
-        max_steps=max_steps,
-        max_step_chars=max_step_chars,
-    )
 
 
 def parse_protocol(
@@ -79,6 +99,25 @@ def parse_protocol(
     ``split_verbs``: None (default) splits free prose only; True also splits every list
     item / line / JSON step at coordinated verbs; False never splits.
     """
+    protocol, _ = _read(text, filename, split_verbs, max_steps, max_step_chars)
+    return protocol
+
+
+def explain_protocol(
+    text: str | bytes, filename: str | None = None, *, split_verbs: bool | None = None
+) -> tuple[Protocol, list[LineDecision]]:
+    """The protocol and, for each source line, how it was read (class and reason)."""
+    return _read(text, filename, split_verbs, MAX_STEPS, MAX_STEP_CHARS)
+
+
+def _read(
+    text: str | bytes,
+    filename: str | None,
+    split_verbs: bool | None,
+    max_steps: int,
+    max_step_chars: int,
+) -> tuple[Protocol, list[LineDecision]]:
+    """Parse ``text``; the protocol and the decision taken on every line."""
     where = filename or "protocol text"
     if isinstance(text, bytes | bytearray):
         text = _decode(bytes(text), where)
@@ -99,12 +138,23 @@ def parse_protocol(
     if is_json_name or stripped[0] == "{" or (stripped[0] == "[" and _looks_like_json(stripped)):
         title, steps = _parse_json(text, where)
         prose = False
+        decisions = [
+            LineDecision(s.line, s.text, "step", reason_text("json-step"))
+            for s in steps
+            if s.line is not None
+        ]
     else:
-        title, steps, prose = parse_text(text)
+        title, steps, prose, lines = parse_text(text)
+        decisions = [LineDecision(ln.number, ln.raw, ln.cls, ln.reason) for ln in lines]
 
     if split_verbs or (split_verbs is None and prose):
         steps = [
-            DraftStep(piece, s.line, s.notes if k == len(pieces) - 1 else [])
+            DraftStep(
+                piece,
+                s.line,
+                s.notes if k == len(pieces) - 1 else [],
+                s.details if k == len(pieces) - 1 else [],
+            )
             for s in steps
             for pieces in [split_step(s.text)]
             for k, piece in enumerate(pieces)
@@ -113,27 +163,31 @@ def parse_protocol(
     if not title and filename:
         title = Path(filename).stem
     check_limits([clean_step(s.text) for s in kept], where, max_steps, max_step_chars)
-    return Protocol(
+    protocol = Protocol(
         title=title,
         steps=[clean_step(s.text) for s in kept],
         lines=[s.line for s in kept],
         notes=[[clean_step(n) for n in s.notes if clean_step(n)] for s in kept],
+        details=[[clean_step(d) for d in s.details if clean_step(d)] for s in kept],
     )
+    return protocol, decisions
 
 
 def _fold_empty_steps(steps: list[DraftStep]) -> list[DraftStep]:
-    """Drop steps without text, moving their notes to the step before (or the first step)."""
+    """Drop steps without text, moving their notes and details to the step before (or the
+    first step)."""
     kept: list[DraftStep] = []
-    orphan_notes: list[str] = []
+    orphan = DraftStep("", None)
     for step in steps:
         if clean_step(step.text):
             if not kept:
-                step.notes[:0] = orphan_notes
+                step.notes[:0] = orphan.notes
+                step.details[:0] = orphan.details
             kept.append(step)
-        elif kept:
-            kept[-1].notes.extend(step.notes)
         else:
-            orphan_notes.extend(step.notes)
+            into = kept[-1] if kept else orphan
+            into.notes.extend(step.notes)
+            into.details.extend(step.details)
     return kept
 
 
@@ -215,16 +269,44 @@ def _parse_json(text: str, where: str) -> tuple[str, list[DraftStep]]:
         raise ProtocolError(f'{where}: "steps" must be a list, not {type(data).__name__}; {shape}.')
     if not data:
         raise ProtocolError(f"{where}: the JSON protocol has no steps; {shape}.")
-    for i, step in enumerate(data, start=1):
-        if not isinstance(step, str):
+    steps = [_json_step(step, i, where, shape) for i, step in enumerate(data, start=1)]
+    texts = [s.text for s in steps]
+    for step, line in zip(steps, _json_string_lines(text, texts), strict=True):
+        step.line = line
+    return title, steps
+
+
+def _json_step(step: Any, i: int, where: str, shape: str) -> DraftStep:
+    """One JSON step: a string, or ``{"text": ..., "notes": [...], "details": [...]}``."""
+    if isinstance(step, dict):
+        text = step.get("text")
+        if not isinstance(text, str):
             raise ProtocolError(
-                f"{where}: step {i} is {type(step).__name__} {step!r}, not a string; {shape}."
+                f'{where}: step {i} is an object without a "text" string (keys: {sorted(step)}); '
+                'write {"text": "...", "notes": [...], "details": [...]}.'
             )
-        if not step.strip():
-            raise ProtocolError(f"{where}: step {i} is empty; remove it or write the step text.")
-    return title, [
-        DraftStep(s, line) for s, line in zip(data, _json_string_lines(text, data), strict=True)
-    ]
+        extra = {}
+        for key in ("notes", "details"):
+            value = step.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ProtocolError(f'{where}: step {i}: "{key}" must be a list of strings.')
+            extra[key] = list(value)
+        unknown = sorted(set(step) - {"text", "notes", "details", "number", "line"})
+        if unknown:
+            raise ProtocolError(
+                f"{where}: step {i} has unknown keys {unknown}; a step is "
+                '{"text": "...", "notes": [...], "details": [...]}.'
+            )
+        draft = DraftStep(text, None, extra["notes"], extra["details"])
+    elif isinstance(step, str):
+        draft = DraftStep(step, None)
+    else:
+        raise ProtocolError(
+            f"{where}: step {i} is {type(step).__name__} {step!r}, not a string; {shape}."
+        )
+    if not draft.text.strip():
+        raise ProtocolError(f"{where}: step {i} is empty; remove it or write the step text.")
+    return draft
 
 
 def _json_string_lines(text: str, strings: list[str]) -> list[int | None]:
@@ -240,12 +322,3 @@ def _json_string_lines(text: str, strings: list[str]) -> list[int | None]:
                 break
         lines.append(text.count("\n", 0, found) + 1 if found >= 0 else None)
     return lines
-
-
-# ---------------------------------------------------------------- text: lines and sections
-
-
-# ---------------------------------------------------------------- text: lists
-
-
-# ---------------------------------------------------------------- text: plain lines and prose

@@ -28,7 +28,8 @@ LAB_VERBS: frozenset[str] = frozenset(
     put read record rinse remove repeat replace resuspend return rotate run scrape seal
     separate set shake sonicate spin spread squeeze stain stand start stir stop store
     suspend swirl take tap thaw tilt transfer turn use vortex wait warm wash weigh wipe
-    withdraw wrap
+    withdraw wrap activate aspirate coat count dip dissect excise flush grow inoculate lyse
+    neutralise neutralize pass pick rehydrate scrape seed soak spot streak touch dissolve
     """.split()
 )
 

@@ -108,6 +108,7 @@ class JobService:
             "created_at": record.get("created_at"),
             "title": record.get("title"),
             "num_steps": record.get("num_steps"),
+            "protocol_edited": bool(record.get("protocol_edited")),
             "duration_s": record.get("duration_s"),
             "video_sha256": record.get("video_sha256"),
             "options": record.get("options", {}),
@@ -177,7 +178,8 @@ class JobService:
     def _archive_and_enqueue(self, lab: str, upload: Upload, started: float) -> dict[str, Any]:
         """Commit a checked upload as a new job and queue it; an existing job is returned as is
         (and re-queued when Redis lost it)."""
-        job_id = make_job_id(lab, upload.video_sha256, upload.protocol_text, upload.options)
+        protocol_key = upload.protocol_text + "\x00" + (upload.protocol_original or "")
+        job_id = make_job_id(lab, upload.video_sha256, protocol_key, upload.options)
         if self.archive.exists(lab, job_id):
             jf = self.archive.job(lab, job_id)
             if not jf.versions() and jf.record().get("status") != "dead":
@@ -197,6 +199,7 @@ class JobService:
             "num_steps": len(upload.protocol.steps),
             "duration_s": upload.duration_s,
             "options": upload.options,
+            "protocol_edited": upload.protocol_original is not None,
         }
         jf = self.archive.create_job(
             lab,
@@ -204,6 +207,7 @@ class JobService:
             video_tmp=upload.video_tmp,
             video_ext=upload.video_ext,
             protocol_text=upload.protocol_text,
+            protocol_original=upload.protocol_original,
             annotations_tmp=upload.annotations_tmp,
             annotations_ext=upload.annotations_ext,
             record=record,

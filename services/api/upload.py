@@ -53,6 +53,7 @@ class Upload:
     options: dict[str, Any]
     duration_s: float
     temps: list[Path] = field(default_factory=list)
+    protocol_original: str | None = None  # the uploaded text, when the lab sent edited steps
 
     def discard(self) -> None:
         """Delete the temp files the archive did not take over."""
@@ -90,6 +91,12 @@ class UploadChecker:
                 "send one row per step, step,start,end (the operator's limit is "
                 "max_annotations_bytes)",
             ),
+            "steps": PartRule(
+                s.max_protocol_bytes,
+                False,
+                'steps is the edited step list as JSON {"title": ..., "steps": [...]}; send only '
+                "the steps (the operator's limit is max_protocol_bytes)",
+            ),
             "options": PartRule(
                 s.max_options_bytes,
                 False,
@@ -109,7 +116,7 @@ class UploadChecker:
             raise HTTPProblem(
                 413,
                 f"request body is {int(length)} bytes; the limit is {limit_total} bytes "
-                f"(video {s.max_video_bytes}, protocol {s.max_protocol_bytes}, "
+                f"(video {s.max_video_bytes}, protocol and steps {s.max_protocol_bytes} each, "
                 f"annotations {s.max_annotations_bytes}, options {s.max_options_bytes}); "
                 f"{rules['video'].fix}",
             )
@@ -127,13 +134,26 @@ class UploadChecker:
         )
 
     def check(self, form: StreamedForm) -> Upload:
-        """Every field checked in order (video, protocol, annotations, options, probe, probe
-        limits, method); the first problem is raised as an ``HTTPProblem`` and the form's temp
-        files are removed. Blocking (probe, parsing): the ingress runs it in a worker thread."""
+        """Every field checked in order (video, protocol, edited steps, annotations, options,
+        probe, probe limits, method); the first problem is raised as an ``HTTPProblem`` and the
+        form's temp files are removed. Blocking (probe, parsing): the ingress runs it in a
+        worker thread.
+
+        With ``steps`` (the step list a lab edited in the upload form's preview) the job aligns
+        those steps; the uploaded ``protocol`` text is kept as the original beside them."""
         try:
             video = self._video_part(form.get("video"))
-            protocol_text, protocol_name = self._protocol_text(form.get("protocol"))
-            protocol = self._protocol(protocol_text, protocol_name)
+            steps_part = form.get("steps")
+            original: str | None = None
+            if steps_part is None:
+                protocol_text, protocol_name = self._protocol_text(form.get("protocol"))
+                protocol = self._protocol(protocol_text, protocol_name)
+            else:
+                if form.get("protocol") is not None:
+                    original, protocol_name = self._protocol_text(form.get("protocol"))
+                else:
+                    protocol_name = "steps.json"
+                protocol, protocol_text = edited_steps(steps_part, protocol_name)
             annotations = self._annotations(form.get("annotations"))
             options = self._options(form.get("options"))
             assert video.path is not None
@@ -159,6 +179,7 @@ class UploadChecker:
             options=options,
             duration_s=info.duration_s,
             temps=form.temp_files(),
+            protocol_original=original,
         )
 
     @staticmethod
@@ -334,3 +355,36 @@ class UploadChecker:
             return info.canonical_extension
         except ValueError as exc:
             raise HTTPProblem(415, f"video {filename!r}: {exc}") from None
+
+
+def edited_steps(part: FormPart, protocol_name: str | None) -> tuple[Protocol, str]:
+    """The ``steps`` field: (the protocol it gives, the canonical JSON to archive and align).
+
+    It is JSON ``{"title": ..., "steps": [...]}`` (or a bare list), each step a string or
+    ``{"text", "notes", "details"}``; without a title the uploaded protocol's name gives one."""
+    from biovl_core.protocol import parse_protocol
+
+    shape = 'send the edited steps as JSON {"title": "...", "steps": [{"text": "..."}, ...]}'
+    if part.is_file:
+        raise HTTPProblem(422, f"steps must be a JSON text field, not a file; {shape}")
+    try:
+        text = part.value.decode("utf-8-sig")
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPProblem(422, f"steps is not valid JSON ({exc}); {shape}") from None
+    if not isinstance(data, dict | list):
+        raise HTTPProblem(422, f"steps must be a JSON object or list; {shape}")
+    try:
+        protocol = parse_protocol(text, filename="steps.json", split_verbs=False)
+    except ProtocolError as exc:
+        raise HTTPProblem(422, f"{exc}; {shape}") from None
+    title = data.get("title") if isinstance(data, dict) else None
+    protocol.title = title or Path(protocol_name or "protocol").stem
+    canonical = {
+        "title": protocol.title,
+        "steps": [
+            {"text": t, "notes": n, "details": d}
+            for t, n, d in zip(protocol.steps, protocol.notes, protocol.details, strict=True)
+        ],
+    }
+    return protocol, json.dumps(canonical, ensure_ascii=False, indent=1) + "\n"

@@ -12,9 +12,11 @@ import {
   statusBadge,
   wireSignIn,
 } from "./app.js";
+import { StepsEditor } from "./steps_editor.js";
 
 const REFRESH_MS = 3000;
 let refreshTimer = null;
+let stepsEditor = null;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -97,14 +99,13 @@ function postJob(formData, onProgress) {
   });
 }
 
-/** The steps the service will align, shown under the protocol field as soon as a file is chosen. */
+/** The steps the service will align, shown under the protocol field as soon as a file is chosen,
+ * in the step editor (steps_editor.js): the lab fixes them there before submitting. */
 async function previewProtocol() {
   const box = $("#protocol-preview");
   const file = $("#protocol").files[0];
-  if (!file) {
-    box.replaceChildren();
-    return;
-  }
+  stepsEditor.clear();
+  if (!file) return;
   if (!getToken()) {
     box.replaceChildren(h("p", { class: "hint" }, "Sign in with your lab token to preview the steps."));
     return;
@@ -113,22 +114,10 @@ async function previewProtocol() {
   const body = new FormData();
   body.append("protocol", file);
   try {
-    const p = await api("/v1/protocol/preview", { method: "POST", body });
-    const steps = p.steps.map((s) =>
-      h(
-        "li",
-        { class: "preview-step" },
-        h("span", { class: "preview-text" }, s.text),
-        s.line ? h("span", { class: "hint preview-line" }, ` (line ${s.line})`) : null,
-        s.notes.length ? h("ul", { class: "step-notes" }, s.notes.map((n) => h("li", { class: "step-note" }, n))) : null,
-      ),
-    );
-    box.replaceChildren(
-      h("p", { class: "preview-summary" }, `${p.title ? `${p.title}: ` : ""}${p.num_steps} step${p.num_steps === 1 ? "" : "s"} found — check them before uploading.`),
-      h("ol", { class: "preview-steps" }, steps),
-    );
+    stepsEditor.load(await api("/v1/protocol/preview", { method: "POST", body }));
   } catch (err) {
-    box.replaceChildren(h("p", { class: "message error" }, `The protocol cannot be read: ${err.message}`));
+    const title = file.name.replace(/\.[^.]+$/, "");
+    stepsEditor.load({ title, steps: [] }, `The protocol cannot be read: ${err.message} Write the steps below instead.`);
   }
 }
 
@@ -137,6 +126,7 @@ function validateUpload(form) {
   if (!getToken()) problems.push(["token-input", "Sign in with your lab token first."]);
   if (!form.video.files.length) problems.push(["video", "Choose a video file."]);
   if (!form.protocol.files.length) problems.push(["protocol", "Choose a protocol file."]);
+  else if (stepsEditor.loaded) for (const p of stepsEditor.problems()) problems.push(["protocol", p]);
   const options = form.options.value.trim();
   if (options) {
     try {
@@ -165,6 +155,7 @@ async function onUpload(event) {
   data.append("protocol", form.protocol.files[0]);
   if (form.annotations.files.length) data.append("annotations", form.annotations.files[0]);
   if (form.options.value.trim()) data.append("options", form.options.value.trim());
+  if (stepsEditor.loaded && stepsEditor.edited()) data.append("steps", JSON.stringify(stepsEditor.value()));
 
   const submit = $("#upload-submit");
   const progress = $("#upload-progress");
@@ -186,7 +177,7 @@ async function onUpload(event) {
       ".",
     );
     form.reset();
-    $("#protocol-preview").replaceChildren();
+    stepsEditor.clear();
     loadJobs();
   } catch (err) {
     showUploadMessage("error", `Upload failed: ${err.message}`);
@@ -198,6 +189,7 @@ async function onUpload(event) {
 
 function init() {
   captureTokenFromFragment();
+  stepsEditor = new StepsEditor($("#protocol-preview"));
   wireSignIn($("#signin"), loadJobs);
   $("#upload").addEventListener("submit", onUpload);
   $("#protocol").addEventListener("change", previewProtocol);
