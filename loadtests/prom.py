@@ -209,12 +209,12 @@ class PanelQuery:
     @property
     def gpu_only(self) -> bool:
         """The panel's description says it answers on a GPU node only."""
-        return GPU_ONLY in self.description
+        return GPU_ONLY.lower() in self.description.lower()
 
     @property
     def nightly_only(self) -> bool:
         """The panel's description says it answers after a nightly re-align only."""
-        return NIGHTLY_ONLY in self.description
+        return NIGHTLY_ONLY.lower() in self.description.lower()
 
 
 def dashboard_queries(path: Path = DASHBOARD) -> list[PanelQuery]:
