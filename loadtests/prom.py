@@ -179,7 +179,7 @@ class Prometheus:
     ) -> list[dict[str, Any]]:
         """The range matrix of ``expr`` from ``start`` to ``end`` (Unix times) every ``step_s``."""
         data = self._api(
-            "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step_s}s"
+            "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step_s:g}"
         )
         return data["result"]
 
