@@ -793,6 +793,24 @@ def test_realign_cronjob() -> None:
     assert "--archive" in cmd and cmd[cmd.index("--archive") + 1] == "/archive", cmd
 
 
+def test_the_realign_pod_is_scraped_until_its_last_counts() -> None:
+    """The nightly run's biovl_realign_* are served on a port the PodMonitor scrapes, and kept
+    up after the run for two scrape intervals or more, so the panel sees the final counts."""
+    template = _find("CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    cmd = container["command"]
+    port = int(cmd[cmd.index("--metrics-port") + 1])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"biovl-metrics": port}
+    monitor = _find("PodMonitor")["spec"]
+    labels = template["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    for expr in monitor["selector"].get("matchExpressions", []):
+        assert expr["operator"] == "In" and labels.get(expr["key"]) in expr["values"], expr
+    endpoint = next(e for e in monitor["podMetricsEndpoints"] if e["port"] == "biovl-metrics")
+    interval = int(endpoint["interval"].removesuffix("s"))
+    assert float(cmd[cmd.index("--metrics-linger-s") + 1]) >= 2 * interval
+
+
 def test_rayservice_cluster_shape() -> None:
     ray = pytest.importorskip("ray", reason="ray is not installed (service extra)")
     cluster = _find("RayService")["spec"]["rayClusterConfig"]

@@ -130,3 +130,39 @@ def _scrape_until(url: str, sibling: subprocess.Popen[str], timeout_s: float = 3
         except httpx.HTTPError:
             time.sleep(0.1)
     raise AssertionError(f"nobody served {url} within {timeout_s} s after the holder stopped")
+
+
+def test_the_realign_driver_serves_its_counts_after_the_run(tmp_path: Path) -> None:
+    """`biovl realign --metrics-port P --metrics-linger-s S` keeps /metrics up once the run has
+    printed its summary, so a batch job that ends between scrapes still gets its counts scraped."""
+    from tests.fixtures_embed import TINY_MODEL, make_tiny_clip_checkpoint
+
+    checkpoint = make_tiny_clip_checkpoint(tmp_path / "tiny.pt", seed=0)
+    pipeline = f'{{"model": "{TINY_MODEL}", "pretrained": null, "checkpoint": "{checkpoint}"}}'
+    port = free_port()
+    (tmp_path / "archive").mkdir()
+    argv = [sys.executable, "-m", "services.realign", "--archive", str(tmp_path / "archive")]
+    argv += ["--dry-run", "--ray", "local", "--metrics-port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, "--metrics-linger-s", "600"],
+        env=_env(BIOVL_PIPELINE=pipeline, BIOVL_DEVICE="cpu"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # log lines (stderr) first, then the summary (stdout)
+            seen.append(line)
+            if line.startswith("realign (dry run): 0 recordings"):
+                break
+        else:
+            raise AssertionError("no summary printed:\n" + "".join(seen))
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        for outcome in metrics.REALIGN_OUTCOMES:
+            assert f'biovl_realign_recordings_total{{outcome="{outcome}"}} 0.0' in text
+        assert proc.poll() is None, "the driver exited before its linger"
+    finally:
+        proc.kill()
+        proc.wait()
