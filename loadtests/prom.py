@@ -205,6 +205,7 @@ class PanelQuery:
     ref: str
     expr: str
     description: str
+    legend: str = ""
 
     @property
     def gpu_only(self) -> bool:
@@ -225,7 +226,11 @@ def dashboard_queries(path: Path = DASHBOARD) -> list[PanelQuery]:
         for target in panel.get("targets", []):
             out.append(
                 PanelQuery(
-                    panel["title"], target["refId"], target["expr"], panel.get("description", "")
+                    panel["title"],
+                    target["refId"],
+                    target["expr"],
+                    panel.get("description", ""),
+                    target.get("legendFormat", ""),
                 )
             )
     return out
