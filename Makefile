@@ -49,7 +49,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-loadtest: $(STAMP) ## load test, 6 labs: today vs 1 vs "auto" jobs in flight per worker, jobs/min + CPU busy %
+loadtest: $(STAMP) ## load test, 6 labs: today vs 1 vs "auto" jobs in flight per worker, jobs/min + CPU busy % + artifacts/loadtest.png (Prometheus)
 	$(PY) loadtests/run.py --labs 6 $(LOADTEST_ARGS)
 
 clean: ## remove caches and the local archive (keeps .venv)

@@ -15,6 +15,11 @@ wall-clock limit. CPU busy % is the whole machine's (``/proc/stat`` through psut
 other users included) and the service's own share (the CPU time of the processes this run
 started, over wall time x cores). Driver: asyncio + httpx (``loadtests/locustfile.py`` is the same
 scenario for Locust, for runs against a long-lived service).
+
+Debian's Prometheus scrapes the service's metrics port (``--metrics-port``) every second through
+the run; at the end ``loadtests/plot.py`` draws throughput, queue depth and stage latency over
+the phases from the dashboard's own queries into ``artifacts/loadtest.png`` (``--png``;
+``--no-png`` runs without Prometheus).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -37,6 +44,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+SCRAPE_S = 1.0  # Prometheus scrapes the service this often during the run (the picture's step)
 
 
 @dataclass
@@ -60,8 +68,9 @@ class CpuMeter:
     """CPU busy % over a run: the whole machine's, and that of this process's children (the
     service it started), sampled every ``interval_s`` so short-lived children are counted too."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 0.5, exclude: frozenset[int] = frozenset()) -> None:
         self.interval_s = interval_s
+        self.exclude = exclude  # children that are not the service (the Prometheus server)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_loop, name="cpu-meter", daemon=True)
         self._first: dict[int, float] = {}  # CPU seconds of each child when first seen
@@ -71,6 +80,8 @@ class CpuMeter:
 
     def _sample_children(self) -> None:
         for proc in psutil.Process().children(recursive=True):
+            if proc.pid in self.exclude:
+                continue
             try:
                 times = proc.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -130,6 +141,7 @@ class PhaseResult:
     service_busy_pct: float
     by_process_pct: dict[str, float] = field(default_factory=dict)
     plan: str = ""
+    window: tuple[float, float] = (0.0, 0.0)  # Unix time span of the measured scenario
 
     @property
     def jobs_per_min(self) -> float:
@@ -293,7 +305,8 @@ def measure(
         f"(phase {setting}), limit {args.limit_s:g} s",
         flush=True,
     )
-    with CpuMeter() as meter:
+    started = time.time()
+    with CpuMeter(exclude=args.exclude_pids) as meter:
         stats, wall = asyncio.run(
             run_scenario(base_url, tokens, per_lab, args.limit_s, args.poll_s)
         )
@@ -305,6 +318,7 @@ def measure(
         meter.service_busy_pct,
         meter.by_process_pct,
         plan,
+        (started, time.time()),
     )
 
 
@@ -327,13 +341,33 @@ def run_local_phase(
     from services.run_local import start_local_stack
 
     var = Path(tempfile.mkdtemp(prefix="biovl-load-"))
-    stack = start_local_stack(var, args.port, quiet=True, **phase_settings(setting))
+    stack = start_local_stack(
+        var,
+        args.port,
+        quiet=True,
+        worker_metrics_port=args.metrics_port,
+        **phase_settings(setting),
+    )
     try:
         plan = plan_concurrency(stack.settings).describe()
         print(plan, flush=True)
         return measure(stack.base_url, tokens, uploads, args, setting, plan)
     finally:
         stack.stop()
+
+
+def picture(prom: Any, results: list[PhaseResult], args: argparse.Namespace, labs: int) -> None:
+    """The PNG of throughput, queue depth and stage latency over the phases (loadtests/plot.py)."""
+    from loadtests.plot import Window, write_png
+
+    time.sleep(3 * SCRAPE_S)  # the last scrapes after the last phase
+    windows = [Window(r.setting, *r.window) for r in results]
+    title = (
+        f"make loadtest: {labs} labs x {args.jobs_per_lab} jobs of {args.video_seconds:g} s video, "
+        f"{psutil.cpu_count()} cores"
+    )
+    path = write_png(prom, windows, args.png, title, step_s=SCRAPE_S)
+    print(f"picture: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +388,28 @@ def main(argv: list[str] | None = None) -> int:
         default="today,1,auto",
         help='phases side by side: "today" or a jobs_in_flight setting (default "today,1,auto")',
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="the service's metrics port on 127.0.0.1, scraped by Prometheus for the picture",
+    )
+    parser.add_argument(
+        "--png",
+        type=Path,
+        default=ROOT / "artifacts" / "loadtest.png",
+        help="where the picture of throughput, queue depth and stage latency goes",
+    )
+    parser.add_argument("--no-png", action="store_true", help="no Prometheus, no picture")
     args = parser.parse_args(argv)
+    args.exclude_pids = frozenset()
+    if not args.no_png:
+        from loadtests.prom import PrometheusUnavailable, find_tool
+
+        try:
+            find_tool("prometheus")
+        except PrometheusUnavailable as exc:
+            parser.error(f"{exc} (or pass --no-png)")
 
     if args.url:
         host = urlparse(args.url).hostname
@@ -368,7 +423,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BIOVL_LAB_TOKENS"] = ",".join(f"{k}:{v}" for k, v in tokens.items())
     n = len(tokens) * args.jobs_per_lab
     results: list[PhaseResult] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        prom = None
+        if not args.no_png:
+            from loadtests.prom import Prometheus
+
+            target = f"127.0.0.1:{args.metrics_port}"
+            prom = stack.enter_context(
+                Prometheus.scraping([target], Path(tmp) / "prometheus", interval_s=SCRAPE_S)
+            )
+            args.exclude_pids = frozenset({prom.proc.pid})
         print(f"generating {n + 1} recordings of {args.video_seconds:g} s ...", flush=True)
         uploads = make_uploads(Path(tmp), n + 1, args.video_seconds)
         if args.url:
@@ -376,9 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for setting in [p.strip() for p in args.phases.split(",") if p.strip()]:
                 results.append(run_local_phase(setting, tokens, uploads, args))
-    for r in results:
-        report(r)
-    print("\n" + summary_table(results, len(tokens), args.jobs_per_lab))
+        for r in results:
+            report(r)
+        print("\n" + summary_table(results, len(tokens), args.jobs_per_lab))
+        if prom is not None:
+            picture(prom, results, args, len(tokens))
     return 0 if all(r.stats.outcomes.get("succeeded", 0) == n for r in results) else 1
 
 

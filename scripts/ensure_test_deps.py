@@ -1,9 +1,11 @@
-"""Make sure the browser test can run: Debian `chromium` at /usr/bin/chromium and the `playwright` package.
+"""Make sure the tests that run real tools can run: Debian `chromium` at /usr/bin/chromium and the
+`playwright` package (browser tests), Debian `prometheus` and `promtool` (the live Prometheus
+and alert-rule tests).
 
-Called by `make test` before pytest. Installs chromium with apt-get when it is missing
-(root, or passwordless sudo, needed); never runs `playwright install` (the wheel bundles its
-driver, and the test drives the system chromium). Exits non-zero with a message naming the
-fix when something cannot be provided.
+Called by `make test` before pytest. Installs a missing Debian package with apt-get (root, or
+passwordless sudo, needed); never runs `playwright install` (the wheel bundles its driver, and
+the test drives the system chromium). Exits non-zero with a message naming the fix when
+something cannot be provided.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 from pathlib import Path
 
 CHROMIUM = Path(os.environ.get("BIOVL_CHROMIUM", "/usr/bin/chromium"))
+PROMETHEUS = Path(os.environ.get("BIOVL_PROMETHEUS", "/usr/bin/prometheus"))
+PROMTOOL = PROMETHEUS.with_name("promtool")
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
@@ -39,26 +43,39 @@ def _privilege_prefix() -> list[str] | None:
     return None
 
 
-def ensure_chromium() -> str | None:
-    """Install Debian chromium if missing; return an error message or None."""
-    if CHROMIUM.exists():
-        _say(f"chromium present: {CHROMIUM}")
+def ensure_debian_package(binary: Path, package: str) -> str | None:
+    """Install Debian ``package`` with apt-get if ``binary`` is missing; an error message or None."""
+    if binary.exists():
+        _say(f"{package} present: {binary}")
         return None
+    fix = f"install it by hand: apt-get install -y {package}"
     if not shutil.which("apt-get"):
-        return f"{CHROMIUM} is missing and apt-get is not available: install chromium by hand"
+        return f"{binary} is missing and apt-get is not available: {fix}"
     prefix = _privilege_prefix()
     if prefix is None:
-        return f"{CHROMIUM} is missing and this user cannot run apt-get: run `sudo apt-get install -y chromium`"
-    _say(f"{CHROMIUM} missing: installing Debian chromium with apt-get")
+        return f"{binary} is missing and this user cannot run apt-get: run `sudo apt-get install -y {package}`"
+    _say(f"{binary} missing: installing Debian {package} with apt-get")
     try:
         _run([*prefix, "apt-get", "update", "-q"])
-        _run([*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"])
+        _run([*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", package])
     except (subprocess.CalledProcessError, OSError) as exc:
-        return f"apt-get could not install chromium ({exc}); install it by hand: apt-get install -y chromium"
-    if not CHROMIUM.exists():
-        return f"apt-get finished but {CHROMIUM} does not exist"
-    _say(f"installed {CHROMIUM}")
+        return f"apt-get could not install {package} ({exc}); {fix}"
+    if not binary.exists():
+        return f"apt-get finished but {binary} does not exist"
+    _say(f"installed {binary}")
     return None
+
+
+def ensure_chromium() -> str | None:
+    """Debian chromium for the browser tests."""
+    return ensure_debian_package(CHROMIUM, "chromium")
+
+
+def ensure_prometheus() -> str | None:
+    """Debian prometheus (the server and promtool) for the live metrics and alert-rule tests."""
+    return ensure_debian_package(PROMETHEUS, "prometheus") or ensure_debian_package(
+        PROMTOOL, "prometheus"
+    )
 
 
 def ensure_playwright() -> str | None:
@@ -73,8 +90,8 @@ def ensure_playwright() -> str | None:
 
 
 def main() -> int:
-    """Check both dependencies; non-zero exit with every problem listed."""
-    errors = [e for e in (ensure_chromium(), ensure_playwright()) if e]
+    """Check every dependency; non-zero exit with every problem listed."""
+    errors = [e for e in (ensure_chromium(), ensure_playwright(), ensure_prometheus()) if e]
     for err in errors:
         print(f"[ensure_test_deps] ERROR: {err}", file=sys.stderr)
     return 1 if errors else 0

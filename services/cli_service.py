@@ -28,13 +28,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start Ray (or join RAY_ADDRESS), deploy the Serve app, serve until Ctrl-C or SIGTERM;
     then stop everything it started, embedded redis-servers included."""
     import os
+    import tempfile
     import time
 
     from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
 
     settings = _settings(args)
+    scratch = None  # the metrics folder of this run when none is configured, removed at exit
     if settings.metrics_dir:
         os.makedirs(settings.metrics_dir, exist_ok=True)
+    elif settings.worker_metrics_port:
+        scratch = tempfile.TemporaryDirectory(prefix="biovl-metrics-")
+        settings = settings.replace(metrics_dir=scratch.name)
     import ray
     from ray import serve
 
@@ -60,6 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             serve.shutdown()
             ray.shutdown()
         stop_descendants()
+        if scratch is not None:
+            scratch.cleanup()
     return 0
 
 

@@ -1,26 +1,33 @@
 """Prometheus metrics of the service. The names are FIXED (the Grafana dashboard and alerts use them).
 
-Ray Serve replicas are separate processes, so with ``metrics_dir`` set every replica records in
-prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), one folder per role and node:
+Ray Serve replicas are separate processes, so every replica records in prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), one folder per role under the node's
+``metrics_dir``:
 
 - ``<metrics_dir>/ingress``: Ingress replicas: HTTP, submission (jobs_total
   submitted/deduplicated/rejected), upload and probe stages, queue gauges.
 - ``<metrics_dir>/pipeline``: QueueWorker, Decoder, Embedder and Aligner replicas: job outcomes,
   pipeline stages, embed batch sizes, queue gauges, GPU utilisation.
+- ``<metrics_dir>/standalone``: any other process started with ``BIOVL_METRICS_DIR`` set:
+  standalone workers (``biovl worker``), the ``biovl realign`` driver and its local actors.
 
-Whichever process of a node binds ``worker_metrics_port`` (9464) first serves the sums of every
-role folder of that node at ``:9464/metrics``; its siblings find the port taken and skip. Scrape
-9464 on every node: each sample comes from one node, so sums over targets do not double count.
+The Serve application always has a ``metrics_dir``: a fresh folder per start when none is
+configured (``with_metrics_dir``). Whichever process of a node binds ``worker_metrics_port``
+(9464) serves the sums of every role folder of that node at ``:9464/metrics``; its siblings find
+the port taken and keep trying, so the endpoint outlives the process that held it. Scrape 9464
+on every node: each sample comes from one node, so sums over targets do not double count.
 Nothing is served on the public API port. Queue gauges and GPU utilisation are sampled by a
 background thread at a fixed interval (``NodeMetrics``), so a scrape never calls Redis or NVML.
-A standalone worker (``python -m services worker``) serves on the same port. Without
-``metrics_dir`` each process serves only its own registry.
+A process outside multiprocess mode (a standalone worker without ``BIOVL_METRICS_DIR``) serves
+its own registry on its port, a scrape target of its own.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +35,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.queue import JobQueue
+    from services.settings import ServiceSettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-ROLES = ("ingress", "pipeline")  # the multiprocess folders under metrics_dir, one per role
+METRICS_DIR_ENV = "BIOVL_METRICS_DIR"  # the node's metrics_dir (services/settings.py)
+STANDALONE_ROLE = "standalone"  # processes that join the node's folder by BIOVL_METRICS_DIR
+ROLES = ("ingress", "pipeline", STANDALONE_ROLE)  # the multiprocess folders under metrics_dir
 SAMPLE_INTERVAL_S = 5.0
+log = logging.getLogger("biovl.metrics")
+# A process outside Serve (no folder of its own from its runtime_env) joins the node's folder;
+# prometheus_client picks its value store when first imported, hence before the import below.
+if os.environ.get(METRICS_DIR_ENV) and not os.environ.get(MULTIPROC_ENV):
+    os.environ[MULTIPROC_ENV] = os.path.join(os.environ[METRICS_DIR_ENV], STANDALONE_ROLE)
 if os.environ.get(MULTIPROC_ENV):  # values are mmap files in this folder: it must exist first
     os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 
@@ -161,8 +176,12 @@ METRIC_NAMES: frozenset[str] = frozenset(
     }
 )
 
+REALIGN_OUTCOMES = ("done", "skipped", "failed")
+
 for _state in JOB_STATES:  # every state visible from the first scrape (rate() needs a zero)
     JOBS.labels(state=_state)
+for _outcome in REALIGN_OUTCOMES:  # a nightly run's first scrape sees zeros, so increase() counts
+    REALIGN_RECORDINGS.labels(outcome=_outcome)
 
 
 def multiprocess_enabled() -> bool:
@@ -258,38 +277,95 @@ def start_sampler(
     return thread
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> Any | None:
-    """Serve this process's (or, in multiprocess mode, the node's) metrics at
-    http://host:port/metrics with ``prometheus_client.start_http_server``; returns the server,
-    or None if the port is taken (in multiprocess mode the sibling holding it serves the same
-    sums)."""
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=node_registry())
-    except OSError:
-        return None
-    return server
+def with_metrics_dir(settings: ServiceSettings) -> ServiceSettings:
+    """``settings`` with a ``metrics_dir``: a fresh folder when none is configured but a metrics
+    port is (replicas serving their own registries on one shared port would export only the
+    values of whichever replica binds it first)."""
+    if settings.metrics_dir or not settings.worker_metrics_port:
+        return settings
+    folder = tempfile.mkdtemp(prefix="biovl-metrics-")
+    log.info("metrics: no metrics_dir configured; this node's processes record in %s", folder)
+    return settings.replace(metrics_dir=folder)
 
 
-class NodeMetrics:
-    """The Ingress's metrics: the queue gauges and GPU utilisation sampled every ``interval_s``
-    in a thread, and the node's endpoint on ``port`` unless a sibling process already serves it."""
+class MetricsEndpoint:
+    """``/metrics`` of this process (or, in multiprocess mode, of the node) on ``port``, served
+    by ``prometheus_client.start_http_server``. In multiprocess mode a process that finds the
+    port taken (a sibling serves the same sums) retries every ``retry_s``, so the node keeps an
+    endpoint when the process holding it stops. Outside it, a taken port is logged with the fix."""
 
-    def __init__(self, queue: JobQueue, port: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+    def __init__(self, port: int, host: str = "0.0.0.0", retry_s: float = SAMPLE_INTERVAL_S):
+        self.port = port
+        self.host = host
+        self.server: Any | None = None
         self._stop = threading.Event()
-        start_sampler(lambda: sample_gauges(queue), interval_s, self._stop)
-        self.server = serve_metrics(port)
+        if self._bind():
+            return
+        if multiprocess_enabled():
+            threading.Thread(
+                target=self._keep_trying, args=(retry_s,), name="biovl-metrics-port", daemon=True
+            ).start()
+        else:
+            log.warning(
+                "metrics: port %d is taken, so this process's biovl_* metrics are not served; "
+                "give it a free port (--metrics-port / BIOVL_WORKER_METRICS_PORT) and scrape it, "
+                "or set BIOVL_METRICS_DIR to the node's metrics folder to join its endpoint",
+                port,
+            )
+
+    def _bind(self) -> bool:
+        try:
+            self.server, _thread = start_http_server(
+                self.port, addr=self.host, registry=node_registry()
+            )
+        except OSError:
+            return False
+        return True
+
+    def _keep_trying(self, retry_s: float) -> None:
+        while not self._stop.wait(retry_s):
+            if self._bind():
+                log.info("metrics: this process now serves the node's port %d", self.port)
+                return
 
     @property
     def serving(self) -> bool:
-        """True when this process holds the port (False: a sibling serves the node)."""
+        """True while this process holds the port (False: a sibling serves the node)."""
         return self.server is not None
 
     def close(self) -> None:
-        """Stop sampling and release the port."""
+        """Stop retrying and release the port."""
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> MetricsEndpoint:
+    """Serve this process's (or, in multiprocess mode, the node's) metrics at
+    http://host:port/metrics (see ``MetricsEndpoint``)."""
+    return MetricsEndpoint(port, host)
+
+
+class NodeMetrics:
+    """The Ingress's metrics: the queue gauges and GPU utilisation sampled every ``interval_s``
+    in a thread, and the node's endpoint on ``port`` (``MetricsEndpoint``)."""
+
+    def __init__(self, queue: JobQueue, port: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self._stop = threading.Event()
+        start_sampler(lambda: sample_gauges(queue), interval_s, self._stop)
+        self.endpoint = serve_metrics(port)
+
+    @property
+    def serving(self) -> bool:
+        """True when this process holds the port (False: a sibling serves the node)."""
+        return self.endpoint.serving
+
+    def close(self) -> None:
+        """Stop sampling and release the port."""
+        self._stop.set()
+        self.endpoint.close()
 
 
 def sample_gauges(queue: JobQueue) -> None:

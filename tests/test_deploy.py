@@ -52,7 +52,13 @@ CONTRACT: dict[str, str] = {
     "biovl_http_request_seconds": "histogram",
     "biovl_gpu_utilization_ratio": "gauge",
     "biovl_realign_recordings_total": "counter",
+    "biovl_decoder_backend": "gauge",
+    "biovl_decoder_fallbacks_total": "counter",
 }
+# Series that exist only on a GPU node or once the nightly `biovl realign` has run: the panels
+# reading them say so in their description (the live Prometheus test leaves them out).
+GPU_METRICS = {"biovl_gpu_utilization_ratio", "DCGM_FI_DEV_GPU_UTIL"}
+NIGHTLY_METRICS = {"biovl_realign_recordings_total"}
 LABEL_VALUES: dict[tuple[str, str], set[str]] = {
     ("biovl_jobs_total", "state"): {
         "submitted",
@@ -787,6 +793,24 @@ def test_realign_cronjob() -> None:
     assert "--archive" in cmd and cmd[cmd.index("--archive") + 1] == "/archive", cmd
 
 
+def test_the_realign_pod_is_scraped_until_its_last_counts() -> None:
+    """The nightly run's biovl_realign_* are served on a port the PodMonitor scrapes, and kept
+    up after the run for two scrape intervals or more, so the panel sees the final counts."""
+    template = _find("CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    cmd = container["command"]
+    port = int(cmd[cmd.index("--metrics-port") + 1])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"biovl-metrics": port}
+    monitor = _find("PodMonitor")["spec"]
+    labels = template["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    for expr in monitor["selector"].get("matchExpressions", []):
+        assert expr["operator"] == "In" and labels.get(expr["key"]) in expr["values"], expr
+    endpoint = next(e for e in monitor["podMetricsEndpoints"] if e["port"] == "biovl-metrics")
+    interval = int(endpoint["interval"].removesuffix("s"))
+    assert float(cmd[cmd.index("--metrics-linger-s") + 1]) >= 2 * interval
+
+
 def test_rayservice_cluster_shape() -> None:
     ray = pytest.importorskip("ray", reason="ray is not installed (service extra)")
     cluster = _find("RayService")["spec"]["rayClusterConfig"]
@@ -1258,6 +1282,20 @@ def test_dashboard_structure() -> None:
             assert target["expr"].strip()
         used_vars = set(re.findall(r"\$\{?(\w+)", json.dumps(panel["targets"])))
         assert {v for v in used_vars if not v.startswith("__")} <= set(variables), panel["title"]
+
+
+def test_panels_that_answer_only_on_a_gpu_node_or_after_a_nightly_run_say_so() -> None:
+    from loadtests.prom import dashboard_queries
+
+    queries = dashboard_queries(DASHBOARD)
+    assert queries, "no dashboard queries"
+    for q in queries:
+        reads_gpu = any(m in q.expr for m in GPU_METRICS)
+        reads_nightly = any(m in q.expr for m in NIGHTLY_METRICS)
+        assert q.gpu_only == reads_gpu, f"panel {q.panel!r}: 'GPU node only' in its description"
+        assert q.nightly_only == reads_nightly, (
+            f"panel {q.panel!r}: 'nightly run only' in its description"
+        )
 
 
 def test_grafana_provisioning_files() -> None:

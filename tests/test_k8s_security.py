@@ -188,6 +188,8 @@ def test_every_pod_is_under_a_default_deny_policy() -> None:
         (PROMETHEUS, HEAD, BIOVL_METRICS, True),
         (PROMETHEUS, WORKER, BIOVL_METRICS, True),
         (PROMETHEUS, WORKER, RAY_METRICS, True),
+        (PROMETHEUS, REALIGN, BIOVL_METRICS, True),
+        (STRANGER, REALIGN, BIOVL_METRICS, False),
         (PROMETHEUS, HEAD, DASHBOARD, False),
         # Redis only from the Ray pods.
         ("head", REDIS, REDIS_PORT, True),

@@ -295,3 +295,30 @@ def test_ensure_deps_runs_apt_update_then_install(
     assert [c[:2] for c in ran] == [["apt-get", "update"], ["apt-get", "install"]]
     assert "-y" in ran[1] and "chromium" in ran[1]
     assert mod.APT_ENV["DEBIAN_FRONTEND"] == "noninteractive"
+
+
+def test_ensure_deps_installs_prometheus_and_promtool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Debian's prometheus package brings both binaries the metrics and alert tests run."""
+    mod = _ensure_module()
+    server, tool = tmp_path / "prometheus", tmp_path / "promtool"
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str]) -> None:
+        ran.append(cmd)
+        if "install" in cmd:
+            server.write_text("")
+            tool.write_text("")
+
+    monkeypatch.setattr(mod, "PROMETHEUS", server)
+    monkeypatch.setattr(mod, "PROMTOOL", tool)
+    monkeypatch.setattr(mod, "_privilege_prefix", lambda: [])
+    monkeypatch.setattr(mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(mod, "_run", fake_run)
+    assert mod.ensure_prometheus() is None
+    assert ran[-1][-1] == "prometheus" and len(ran) == 2  # one install gives both
+    server.unlink()
+    monkeypatch.setattr(mod, "_privilege_prefix", lambda: None)
+    msg = mod.ensure_prometheus()
+    assert msg and "apt-get install -y prometheus" in msg

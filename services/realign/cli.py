@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from services import metrics
 from services.realign.run import DEFAULT_BATCH, realign_archive
-from services.settings import load_settings
+from services.settings import ServiceSettings, load_settings
 
 log = logging.getLogger("biovl.realign")
 
@@ -37,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=0, help="serve /metrics on this port while running"
     )
+    parser.add_argument(
+        "--metrics-linger-s",
+        type=float,
+        default=0.0,
+        help="with --metrics-port, keep serving this long after the run (a scrape interval or "
+        "two), so Prometheus sees the final counts of a run that ends between scrapes",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
         "--groups",
@@ -51,6 +59,15 @@ def cmd_realign(args: argparse.Namespace) -> int:
     root = args.archive or getattr(args, "archive_dir", None) or settings.archive_dir
     if getattr(args, "metrics_port", 0):
         metrics.serve_metrics(args.metrics_port)
+    try:
+        return _run_and_report(args, settings, root)
+    finally:
+        if getattr(args, "metrics_port", 0) and getattr(args, "metrics_linger_s", 0) > 0:
+            time.sleep(args.metrics_linger_s)
+
+
+def _run_and_report(args: argparse.Namespace, settings: ServiceSettings, root: str) -> int:
+    """The run itself and its printed summary; 0 when nothing failed, 1 otherwise."""
     summary = realign_archive(
         root,
         settings.pipeline_config(),

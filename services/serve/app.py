@@ -32,7 +32,11 @@ def replica_env(settings: ServiceSettings, role: str) -> dict[str, str]:
 
 
 def build_app(settings: ServiceSettings) -> Any:
-    """The Serve application graph: Ingress (+ Decoder, Embedder, Aligner, QueueWorker if configured)."""
+    """The Serve application graph: Ingress (+ Decoder, Embedder, Aligner, QueueWorker if configured).
+
+    Every replica records into a role folder of the node's ``metrics_dir`` (a fresh one when
+    none is configured), so the node's one metrics port serves all of them."""
+    settings = metrics.with_metrics_dir(settings)
     d = serve_deployments()
     cfg = settings.to_dict()
     cpus = settings.replica_num_cpus
