@@ -41,9 +41,9 @@ from services.archive import Archive, JobFiles, write_atomic
 log = logging.getLogger("biovl.groups")
 
 PROTOCOL_ID_OPTION = "protocol_id"
-PROTOCOL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+PROTOCOL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 CORRECTIONS_DIR = "corrections"
-CORRECTION_RE = re.compile(r"^v(\d{4,})\.json$")
+CORRECTION_RE = re.compile(r"v(\d{4,})\.json")
 # The most other recordings one alignment looks at: the annotated ones first, then the newest.
 GROUP_MAX_RECORDINGS = 24
 
@@ -57,7 +57,7 @@ class CorrectionError(ValueError):
 # ---- identity -------------------------------------------------------------------------------
 def check_protocol_id(value: Any) -> str:
     """The ``protocol_id`` option if valid, else ValueError saying what a valid one looks like."""
-    if not isinstance(value, str) or not PROTOCOL_ID_RE.match(value):
+    if not isinstance(value, str) or not PROTOCOL_ID_RE.fullmatch(value):
         raise ValueError(
             f"options.protocol_id {value!r} is not valid: use 1-128 of A-Z a-z 0-9 _ . : - "
             "starting with a letter or digit (e.g. the protocol_key of an earlier result)"
@@ -101,7 +101,7 @@ def correction_versions(jf: JobFiles) -> list[int]:
     folder = corrections_dir(jf)
     if not folder.is_dir():
         return []
-    found = (CORRECTION_RE.match(p.name) for p in folder.iterdir())
+    found = (CORRECTION_RE.fullmatch(p.name) for p in folder.iterdir())
     return sorted(int(m.group(1)) for m in found if m)
 
 

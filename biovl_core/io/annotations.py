@@ -177,6 +177,8 @@ def _read_json_rows(text: str, where: str) -> list[tuple[str, str, Any, Any]]:
     shape = 'expected [{"step": "...", "start": 30, "end": 45}, ...]'
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise AnnotationError(f"{where}: the JSON is nested too deeply to read; {shape}.") from None
     except ValueError as exc:
         raise AnnotationError(f"{where}: invalid JSON ({exc}); {shape}.") from exc
     if isinstance(data, dict):

@@ -69,6 +69,8 @@ def add_correction_routes(app: FastAPI, service: JobService) -> None:
             raise HTTPProblem(413, f"a correction is at most {MAX_CORRECTION_BYTES} bytes")
         try:
             body = json.loads(raw)
+        except RecursionError:
+            raise HTTPProblem(422, "the body is nested too deeply; send a list of spans") from None
         except ValueError as exc:
             raise HTTPProblem(422, f"the body is not JSON ({exc}); send a list of spans") from None
         duration = float(rec.record.get("duration_s") or 0.0)

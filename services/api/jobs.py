@@ -111,6 +111,7 @@ class JobService:
             "duration_s": record.get("duration_s"),
             "video_sha256": record.get("video_sha256"),
             "options": record.get("options", {}),
+            "notes": record.get("notes", []),
             "stage": live.get("stage"),
             "progress": live.get("progress"),
             "notification": record.get("notification"),
@@ -197,6 +198,7 @@ class JobService:
             "num_steps": len(upload.protocol.steps),
             "duration_s": upload.duration_s,
             "options": upload.options,
+            "notes": upload.notes,
         }
         jf = self.archive.create_job(
             lab,

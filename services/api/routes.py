@@ -19,6 +19,7 @@ that does not exist.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,13 @@ from biovl_core.errors import BioVLError
 from services import metrics
 from services.api.corrections import add_correction_routes
 from services.api.errors import HTTPProblem, problem_response
-from services.api.hardening import Hardening
+from services.api.hardening import Hardening, hardened_headers
 from services.api.jobs import JobService
 from services.api.links import SIGNATURE_PARAMS, LinkError, LinkSigner
 from services.archive import JobFiles
 from services.protocol_preview import register_protocol_preview
+
+log = logging.getLogger("biovl.service")
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 ALIGNMENT_MEDIA = {
@@ -50,6 +53,10 @@ VIDEO_MEDIA = {
     ".ts": "video/mp2t",
     ".mov": "video/quicktime",
 }
+DEEP_NESTING_MESSAGE = (
+    "the JSON is nested too deeply to read; send a flat object or list (a protocol, "
+    "annotations, options and corrections are at most a few levels deep)"
+)
 # the archived video never changes (the job id is its content hash): the browser may keep it
 VIDEO_CACHE_CONTROL = "private, max-age=3600"
 
@@ -84,6 +91,18 @@ def create_app(service: JobService) -> FastAPI:
     @app.exception_handler(BioVLError)
     async def _biovl(_: Request, exc: BioVLError) -> JSONResponse:
         return JSONResponse({"error": str(exc), "status": 422}, 422)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        return problem_response(HTTPProblem(422, DEEP_NESTING_MESSAGE))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers this from its outermost middleware, outside Hardening: the
+        # security headers are set here so that a 500 carries them too
+        log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+        body = {"error": "internal error; the operator's log has the details", "status": 500}
+        return JSONResponse(body, 500, headers=hardened_headers(request.url.path))
 
     @app.middleware("http")
     async def _http_metrics(request: Request, call_next: Any) -> Response:

@@ -52,6 +52,7 @@ class Upload:
     annotations_ext: str | None
     options: dict[str, Any]
     duration_s: float
+    notes: list[str] = field(default_factory=list)  # what the check decided for the lab
     temps: list[Path] = field(default_factory=list)
 
     def discard(self) -> None:
@@ -141,7 +142,9 @@ class UploadChecker:
             info = self._probe(video.path, video.filename)
             metrics.STAGE_SECONDS.labels(stage="probe").observe(time.perf_counter() - probe_start)
             video_ext = self._canonical_extension(info, video.filename)
-            self._check_alignable(options, len(protocol.steps), info.duration_s, video.filename)
+            options, note = self._check_alignable(
+                options, len(protocol.steps), info.duration_s, video.filename
+            )
         except BaseException:
             form.discard()
             raise
@@ -158,6 +161,7 @@ class UploadChecker:
             annotations_ext=annotations_ext(annotations.filename) if annotations else None,
             options=options,
             duration_s=info.duration_s,
+            notes=[note] if note else [],
             temps=form.temp_files(),
         )
 
@@ -216,6 +220,10 @@ class UploadChecker:
             raise HTTPProblem(422, "options must be a JSON text field, not a file")
         try:
             options = json.loads(part.value)
+        except RecursionError:
+            raise HTTPProblem(
+                422, 'options is nested too deeply; send e.g. {"method": "nw"}'
+            ) from None
         except ValueError as exc:
             raise HTTPProblem(422, f"options is not valid JSON ({exc})") from None
         if not isinstance(options, dict):
@@ -245,10 +253,15 @@ class UploadChecker:
 
     def _check_alignable(
         self, options: dict[str, Any], num_steps: int, duration_s: float, filename: str | None
-    ) -> None:
+    ) -> tuple[dict[str, Any], str | None]:
         """Probe limits and K <= N by arithmetic, then the method's parameter checks on a 1 x 1
-        matrix: 422 with the limit and the fix, before any work scales with the video."""
+        matrix: 422 with the limit and the fix, before any work scales with the video.
+
+        A short recording with more steps than segments gets shorter segments, as ``biovl
+        align`` gives it (``fit_segment_seconds``): the options returned carry that length, so
+        the worker aligns what was checked here, and the note says so."""
         from biovl_core.align import align, resolve_method
+        from biovl_core.segment_fit import MIN_SEGMENT_SECONDS, fit_segment_seconds
         from biovl_core.video import segment_count
 
         s = self.settings
@@ -261,6 +274,10 @@ class UploadChecker:
                 "make a short file claim a huge duration)",
             )
         cfg = s.pipeline_config(**options)
+        try:
+            spec = resolve_method(cfg.method)
+        except BioVLError as exc:
+            raise HTTPProblem(422, f"options: {exc}") from None
         n = segment_count(duration_s, cfg.segment_seconds)
         if n > s.max_segments:
             raise HTTPProblem(
@@ -270,30 +287,38 @@ class UploadChecker:
                 "segment_seconds) or a shorter recording",
             )
         try:
-            spec = resolve_method(cfg.method)
-        except BioVLError as exc:
-            raise HTTPProblem(422, f"options: {exc}") from None
-        if spec.direct is None and num_steps > n:
+            fitted, note = fit_segment_seconds(cfg, num_steps, duration_s, repr(filename))
+        except BioVLError:
+            most = segment_count(duration_s, MIN_SEGMENT_SECONDS)
             raise HTTPProblem(
                 422,
                 f"this recording cannot be aligned with these options: {num_steps} steps but "
                 f"only {n} segments ({duration_s:.1f} s of video at {cfg.segment_seconds:g} s "
-                f"per segment), and method {spec.name!r} gives every step at least one "
-                "segment; use shorter segments (options segment_seconds), merge steps, or "
-                "method 'uniform'",
+                f"per segment), and even {MIN_SEGMENT_SECONDS:g} s segments give only {most}; "
+                f"method {spec.name!r} gives every step at least one segment: merge steps, "
+                "or use method 'uniform' (options)",
+            ) from None
+        if note is not None:
+            options = {**options, "segment_seconds": fitted.segment_seconds}
+            note = (
+                f"{num_steps} steps but only {n} segments of {cfg.segment_seconds:g} s in "
+                f"{duration_s:.1f} s of video: aligned with {fitted.segment_seconds:g} s "
+                "segments, as biovl align does (set options segment_seconds to choose)"
             )
-        params = self._scalar_params(cfg.method_params, num_steps, n)
+            n = segment_count(duration_s, fitted.segment_seconds)
+        params = self._scalar_params(fitted.method_params, num_steps, n)
         try:
             align(
                 np.zeros((1, 1), dtype=np.float32),
                 method=spec.name,
-                segment_seconds=cfg.segment_seconds,
-                duration_s=cfg.segment_seconds,
+                segment_seconds=fitted.segment_seconds,
+                duration_s=fitted.segment_seconds,
                 backend="numpy",
                 **params,
             )
         except (ValueError, TypeError) as exc:
             raise HTTPProblem(422, f"options: {exc}") from None
+        return options, note
 
     @staticmethod
     def _scalar_params(params: dict[str, Any], num_steps: int, n: int) -> dict[str, Any]:
