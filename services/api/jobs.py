@@ -199,6 +199,7 @@ class JobService:
             "duration_s": upload.duration_s,
             "options": upload.options,
             "notes": upload.notes,
+            "annotation_spans": upload.annotation_spans,
         }
         jf = self.archive.create_job(
             lab,

@@ -25,7 +25,7 @@ from services.api.form import (
     read_streamed_form,
 )
 from services.archive import Archive, annotations_ext
-from services.groups import check_protocol_id
+from services.groups import check_protocol_id, spans_to_json
 from services.settings import JOB_OPTION_KEYS, ServiceSettings
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class Upload:
     protocol: Protocol
     annotations_tmp: Path | None
     annotations_ext: str | None
+    annotation_spans: list[list[float] | None] | None  # matched to the steps at upload
     options: dict[str, Any]
     duration_s: float
     notes: list[str] = field(default_factory=list)  # what the check decided for the lab
@@ -135,7 +136,7 @@ class UploadChecker:
             video = self._video_part(form.get("video"))
             protocol_text, protocol_name = self._protocol_text(form.get("protocol"))
             protocol = self._protocol(protocol_text, protocol_name)
-            annotations = self._annotations(form.get("annotations"))
+            annotations, spans = self._annotations(form.get("annotations"), protocol.steps)
             options = self._options(form.get("options"))
             assert video.path is not None
             probe_start = time.perf_counter()
@@ -159,6 +160,7 @@ class UploadChecker:
             protocol=protocol,
             annotations_tmp=annotations.path if annotations else None,
             annotations_ext=annotations_ext(annotations.filename) if annotations else None,
+            annotation_spans=spans,
             options=options,
             duration_s=info.duration_s,
             notes=[note] if note else [],
@@ -199,18 +201,22 @@ class UploadChecker:
             raise HTTPProblem(422, f"protocol: {exc}") from None
 
     @staticmethod
-    def _annotations(part: FormPart | None) -> FormPart | None:
-        """The optional annotations part, parsed (422 when it cannot be read)."""
+    def _annotations(
+        part: FormPart | None, steps: list[str]
+    ) -> tuple[FormPart | None, list[list[float] | None] | None]:
+        """The optional annotations part, parsed and matched to the protocol's steps once, here
+        (linear: ``annotations_to_spans``); 422 when it cannot be read or does not fit."""
         if part is None:
-            return None
-        from biovl_core.io import parse_annotations
+            return None, None
+        from biovl_core.io import annotations_to_spans, parse_annotations
 
         assert part.path is not None
         try:
-            parse_annotations(part.path.read_bytes(), filename=part.filename)
+            rows = parse_annotations(part.path.read_bytes(), filename=part.filename)
+            spans = annotations_to_spans(rows, steps)
         except AnnotationError as exc:
             raise HTTPProblem(422, f"annotations: {exc}") from None
-        return part
+        return part, spans_to_json(spans)
 
     def _options(self, part: FormPart | None) -> dict[str, Any]:
         """Parse and check the ``options`` JSON (only JOB_OPTION_KEYS; method checked later)."""
