@@ -141,6 +141,22 @@ DECODER_FALLBACKS = Counter(
 REALIGN_RECORDINGS = Counter(
     "biovl_realign_recordings_total", "Recordings processed by the archive re-aligner.", ["outcome"]
 )
+UPLOAD_KINDS = ("direct", "tus")
+UPLOAD_BYTES = Counter(
+    "biovl_upload_bytes_total",
+    "Video bytes the ingress received and kept, by kind of upload (direct multipart or tus).",
+    ["kind"],
+)
+UPLOAD_RESUMPTIONS = Counter(
+    "biovl_upload_resumptions_total",
+    "tus PATCHes that carried an upload on after an interrupted one (hang-up, timeout).",
+)
+UPLOAD_SLOTS_IN_USE = Gauge(
+    "biovl_upload_slots_in_use",
+    "Body slots held per lab on the ingress replicas (uploads, small bodies).",
+    ["lab", "kind"],
+    multiprocess_mode="livesum",
+)
 
 METRIC_NAMES: frozenset[str] = frozenset(
     {
@@ -158,11 +174,16 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_realign_recordings_total",
         "biovl_decoder_backend",
         "biovl_decoder_fallbacks_total",
+        "biovl_upload_bytes_total",
+        "biovl_upload_resumptions_total",
+        "biovl_upload_slots_in_use",
     }
 )
 
 for _state in JOB_STATES:  # every state visible from the first scrape (rate() needs a zero)
     JOBS.labels(state=_state)
+for _kind in UPLOAD_KINDS:
+    UPLOAD_BYTES.labels(kind=_kind)
 
 
 def multiprocess_enabled() -> bool:

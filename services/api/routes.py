@@ -1,7 +1,9 @@
 """The HTTP routes (SPEC "Service") over a ``JobService``, with request metrics and the viewer pages.
 
-- ``POST /v1/jobs``  multipart ``video`` file, ``protocol`` file or text field, optional
-  ``annotations`` file and ``options`` JSON (keys: method, method_params, segment_seconds) -> 202
+- ``POST /v1/jobs``  multipart ``video`` file (or ``video_upload``: a finished resumable upload's
+  id or URL), ``protocol`` file or text field, optional ``annotations`` file and ``options`` JSON
+  (keys: method, method_params, segment_seconds, protocol_id) -> 202
+- ``/v1/uploads``: resumable uploads, tus 1.0 (``services.api.tus``)
 - ``GET /v1/jobs``, ``GET /v1/jobs/{id}`` (with signed media ``links``),
   ``GET /v1/jobs/{id}/alignment.{json,csv,vtt}`` (``?similarity=1`` adds the matrix to the
   JSON), ``GET /v1/jobs/{id}/video`` (HTTP Range)
@@ -34,6 +36,7 @@ from services.api.errors import HTTPProblem, problem_response
 from services.api.hardening import Hardening, hardened_headers
 from services.api.jobs import JobService
 from services.api.links import SIGNATURE_PARAMS, LinkError, LinkSigner
+from services.api.tus import register_tus_routes
 from services.archive import JobFiles
 from services.protocol_preview import register_protocol_preview
 
@@ -68,6 +71,7 @@ def create_app(service: JobService) -> FastAPI:
     )
     app.state.service = service
     register_protocol_preview(app, service)
+    register_tus_routes(app, service)
     links = LinkSigner.from_settings(service.settings)
     app.add_middleware(Hardening)  # added first: the request metrics below also count its 401s
 

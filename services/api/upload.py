@@ -5,6 +5,7 @@ archive's temp folder."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi import Request
 
 from biovl_core.errors import AnnotationError, BioVLError, ProtocolError, VideoError
 from services import metrics
+from services.api.body import BodyLimits, BodyReader
 from services.api.errors import HTTPProblem
 from services.api.form import (
     FormPart,
@@ -24,6 +26,7 @@ from services.api.form import (
     boundary_of,
     read_streamed_form,
 )
+from services.api.tus_store import UploadStore
 from services.archive import Archive, annotations_ext
 from services.groups import check_protocol_id, spans_to_json
 from services.settings import JOB_OPTION_KEYS, ServiceSettings
@@ -66,19 +69,33 @@ class Upload:
 class UploadChecker:
     """Checks an upload against the settings' limits and stores its files in the archive's tmp."""
 
-    def __init__(self, settings: ServiceSettings, archive: Archive) -> None:
+    def __init__(self, settings: ServiceSettings, archive: Archive, store: UploadStore) -> None:
         self.settings = settings
         self.archive = archive
+        self.store = store
 
     def part_rules(self) -> dict[str, PartRule]:
         """The form's fields: each one's byte limit, storage and the fix when it is too big."""
         s = self.settings
-        return {
-            "video": PartRule(
+        if s.max_direct_video_bytes < s.max_video_bytes:
+            video = PartRule(
+                s.max_direct_video_bytes,
+                True,
+                "send larger recordings as a resumable upload (tus, POST /v1/uploads; the "
+                "upload form does) and name it in the field 'video_upload' (the operator's "
+                "limit for direct uploads is max_direct_video_bytes)",
+            )
+        else:
+            video = PartRule(
                 s.max_video_bytes,
                 True,
                 "send a shorter recording or one re-encoded at a lower bitrate "
                 "(the operator's limit is max_video_bytes)",
+            )
+        return {
+            "video": video,
+            "video_upload": PartRule(
+                1024, False, "video_upload is the id or URL of a finished upload"
             ),
             "protocol": PartRule(
                 s.max_protocol_bytes,
@@ -106,12 +123,12 @@ class UploadChecker:
         rules = self.part_rules()
         limit_total = sum(r.limit for r in rules.values()) + FORM_OVERHEAD_BYTES
         length = request.headers.get("content-length")
+        s = self.settings
         if length and length.isdigit() and int(length) > limit_total:
-            s = self.settings
             raise HTTPProblem(
                 413,
                 f"request body is {int(length)} bytes; the limit is {limit_total} bytes "
-                f"(video {s.max_video_bytes}, protocol {s.max_protocol_bytes}, "
+                f"(video {rules['video'].limit}, protocol {s.max_protocol_bytes}, "
                 f"annotations {s.max_annotations_bytes}, options {s.max_options_bytes}); "
                 f"{rules['video'].fix}",
             )
@@ -120,19 +137,63 @@ class UploadChecker:
             rules,
             self.archive.temp_path,
         )
+        body = BodyReader(
+            request,
+            BodyLimits(
+                max_bytes=limit_total,
+                deadline_s=s.upload_deadline_s,
+                idle_timeout_s=s.upload_idle_timeout_s,
+                min_rate_bps=s.upload_min_rate_bps,
+                grace_s=s.upload_rate_grace_s,
+                what="the upload",
+                fix="send one video, one protocol and at most one annotations file",
+            ),
+        )
         return await read_streamed_form(
-            request.stream(),
-            sink,
-            batch_bytes=self.settings.upload_chunk_bytes,
-            total_limit=limit_total,
-            idle_timeout_s=self.settings.upload_idle_timeout_s,
+            body.chunks(), sink, batch_bytes=self.settings.upload_chunk_bytes
         )
 
-    def check(self, form: StreamedForm) -> Upload:
+    def small_body_limits(self, what: str, max_bytes: int, fix: str) -> BodyLimits:
+        """The pace every small body (preview, correction) must keep: ``body_deadline_s``."""
+        s = self.settings
+        return BodyLimits(
+            max_bytes=max_bytes,
+            deadline_s=s.body_deadline_s,
+            idle_timeout_s=min(s.upload_idle_timeout_s, s.body_deadline_s),
+            min_rate_bps=s.upload_min_rate_bps,
+            grace_s=min(s.upload_rate_grace_s, s.body_deadline_s),
+            what=what,
+            fix=fix,
+        )
+
+    async def read_protocol_form(self, request: Request) -> FormPart | None:
+        """The ``protocol`` field of a small multipart form (the protocol preview), read as a
+        stream under ``max_protocol_bytes`` and ``body_deadline_s``."""
+        limit = self.settings.max_protocol_bytes
+        fix = "a protocol is plain text or JSON with one step per line (max_protocol_bytes)"
+        rules = {"protocol": PartRule(limit, False, fix)}
+        try:
+            boundary = boundary_of(
+                request.headers.get("content-type"), ["protocol"], "POST /v1/protocol/preview"
+            )
+        except HTTPProblem:
+            return None  # not multipart: no protocol field (the body is never read)
+        sink = MultipartSink(boundary, rules, self.archive.temp_path)
+        body = BodyReader(
+            request, self.small_body_limits("the protocol", limit + FORM_OVERHEAD_BYTES, fix)
+        )
+        form = await read_streamed_form(
+            body.chunks(), sink, batch_bytes=self.settings.upload_chunk_bytes
+        )
+        return form.get("protocol")
+
+    def check(self, form: StreamedForm, lab: str) -> Upload:
         """Every field checked in order (video, protocol, annotations, options, probe, probe
         limits, method); the first problem is raised as an ``HTTPProblem`` and the form's temp
         files are removed. Blocking (probe, parsing): the ingress runs it in a worker thread."""
         try:
+            if form.get("video_upload") is not None:
+                form.parts["video"] = self._uploaded_video(form, lab)
             video = self._video_part(form.get("video"))
             protocol_text, protocol_name = self._protocol_text(form.get("protocol"))
             protocol = self._protocol(protocol_text, protocol_name)
@@ -167,11 +228,55 @@ class UploadChecker:
             temps=form.temp_files(),
         )
 
+    def _uploaded_video(self, form: StreamedForm, lab: str) -> FormPart:
+        """The finished resumable upload named by ``video_upload``, linked into the archive's
+        temp folder as if it had come in the form: its size and the sha256 computed while its
+        bytes arrived (nothing reads it again to hash it)."""
+        from services.api.tus import upload_id_of
+
+        if form.get("video") is not None:
+            raise HTTPProblem(422, "send either 'video' or 'video_upload', not both")
+        named = form.parts.pop("video_upload").value.decode("utf-8", "replace")
+        try:
+            info = self.store.get(lab, upload_id_of(named))
+        except ValueError as exc:
+            raise HTTPProblem(422, f"video_upload: {exc}") from None
+        if info is None:
+            raise HTTPProblem(
+                422,
+                f"video_upload {named[:100]!r}: no such upload for your lab (unknown, deleted, "
+                "or expired); upload the recording again",
+            )
+        if not info.complete or not info.sha256:
+            raise HTTPProblem(
+                409,
+                f"upload {info.id} has {info.offset} of {info.length} bytes: resume it (HEAD, "
+                "then PATCH from that offset) before naming it in video_upload",
+            )
+        tmp = self.archive.temp_path()
+        try:
+            os.link(self.store.data_path(lab, info.id), tmp)
+        except FileNotFoundError:
+            raise HTTPProblem(
+                422, f"upload {info.id} was removed meanwhile; upload the recording again"
+            ) from None
+        return FormPart(
+            name="video",
+            filename=info.metadata.get("filename") or f"upload-{info.id}",
+            size=info.length,
+            sha256=info.sha256,
+            path=tmp,
+        )
+
     @staticmethod
     def _video_part(part: FormPart | None) -> FormPart:
         """The video file part (422 when missing, not a file, or empty)."""
         if part is None or not part.is_file:
-            raise HTTPProblem(422, "missing the 'video' file field (multipart/form-data)")
+            raise HTTPProblem(
+                422,
+                "missing the 'video' file field (multipart/form-data), or 'video_upload' naming "
+                "a finished resumable upload (POST /v1/uploads)",
+            )
         if part.size == 0:
             raise HTTPProblem(
                 422,
