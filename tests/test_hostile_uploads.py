@@ -793,6 +793,7 @@ def test_serve_ingress_answers_status_polls_while_slow_uploads_are_in_flight(
         checkpoint,
         worker_replicas=0,
         max_concurrent_uploads=uploads,
+        max_uploads_per_lab=uploads,  # one lab here: its cap is the replica's
         http_port=int(ray_cluster["port"]),  # type: ignore[arg-type]
     )
     assert settings.ingress_max_ongoing_requests > uploads
