@@ -1,9 +1,11 @@
-"""Make sure the browser test can run: Debian `chromium` at /usr/bin/chromium and the `playwright` package.
+"""Make sure the browser and edge tests can run: Debian `chromium` at /usr/bin/chromium, the
+`playwright` package, and Debian's `nginx` (tests/test_edge.py runs it in front of `biovl serve`).
 
-Called by `make test` before pytest. Installs chromium with apt-get when it is missing
-(root, or passwordless sudo, needed); never runs `playwright install` (the wheel bundles its
-driver, and the test drives the system chromium). Exits non-zero with a message naming the
-fix when something cannot be provided.
+Called by `make test` before pytest. Installs chromium and nginx with apt-get when they are
+missing (root, or passwordless sudo, needed); never runs `playwright install` (the wheel bundles
+its driver, and the test drives the system chromium); never starts the system nginx (the test
+runs its own nginx process on free ports). Exits non-zero with a message naming the fix when
+something cannot be provided.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 CHROMIUM = Path(os.environ.get("BIOVL_CHROMIUM", "/usr/bin/chromium"))
+NGINX = Path(os.environ.get("BIOVL_NGINX", "/usr/sbin/nginx"))
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
@@ -39,26 +42,42 @@ def _privilege_prefix() -> list[str] | None:
     return None
 
 
-def ensure_chromium() -> str | None:
-    """Install Debian chromium if missing; return an error message or None."""
-    if CHROMIUM.exists():
-        _say(f"chromium present: {CHROMIUM}")
+def ensure_debian_package(package: str, binary: Path) -> str | None:
+    """Install a Debian package with apt-get if ``binary`` is missing; an error message or None."""
+    if binary.exists():
+        _say(f"{package} present: {binary}")
         return None
     if not shutil.which("apt-get"):
-        return f"{CHROMIUM} is missing and apt-get is not available: install chromium by hand"
+        return f"{binary} is missing and apt-get is not available: install {package} by hand"
     prefix = _privilege_prefix()
     if prefix is None:
-        return f"{CHROMIUM} is missing and this user cannot run apt-get: run `sudo apt-get install -y chromium`"
-    _say(f"{CHROMIUM} missing: installing Debian chromium with apt-get")
+        return (
+            f"{binary} is missing and this user cannot run apt-get: run "
+            f"`sudo apt-get install -y {package}`"
+        )
+    _say(f"{binary} missing: installing Debian {package} with apt-get")
     try:
         _run([*prefix, "apt-get", "update", "-q"])
-        _run([*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"])
+        _run([*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", package])
     except (subprocess.CalledProcessError, OSError) as exc:
-        return f"apt-get could not install chromium ({exc}); install it by hand: apt-get install -y chromium"
-    if not CHROMIUM.exists():
-        return f"apt-get finished but {CHROMIUM} does not exist"
-    _say(f"installed {CHROMIUM}")
+        return (
+            f"apt-get could not install {package} ({exc}); install it by hand: "
+            f"apt-get install -y {package}"
+        )
+    if not binary.exists():
+        return f"apt-get finished but {binary} does not exist"
+    _say(f"installed {binary}")
     return None
+
+
+def ensure_chromium() -> str | None:
+    """Install Debian chromium if missing; return an error message or None."""
+    return ensure_debian_package("chromium", CHROMIUM)
+
+
+def ensure_nginx() -> str | None:
+    """Install Debian nginx if missing (the edge test runs it); an error message or None."""
+    return ensure_debian_package("nginx", NGINX)
 
 
 def ensure_playwright() -> str | None:
@@ -74,7 +93,7 @@ def ensure_playwright() -> str | None:
 
 def main() -> int:
     """Check both dependencies; non-zero exit with every problem listed."""
-    errors = [e for e in (ensure_chromium(), ensure_playwright()) if e]
+    errors = [e for e in (ensure_chromium(), ensure_nginx(), ensure_playwright()) if e]
     for err in errors:
         print(f"[ensure_test_deps] ERROR: {err}", file=sys.stderr)
     return 1 if errors else 0
