@@ -587,7 +587,7 @@ def serve_in_subprocess(settings: ServiceSettings) -> Iterator[Server]:
     )
     server = Server(proc, port, settings)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a loaded machine starts it slowly
         while True:
             try:
                 if httpx.get(f"{server.base}/v1/healthz", timeout=2).status_code == 200:

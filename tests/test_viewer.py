@@ -362,7 +362,11 @@ def test_upload_view_seek_and_layout(
     _shot(page, "jobs-390x844.png")
 
     assert not watch.foreign, f"requests left the service's origin: {watch.foreign}"
-    assert not watch.errors, f"console errors: {watch.errors}"
+    # the one PATCH the test cut off is logged by the browser; nothing else may be
+    errors = list(watch.errors)
+    if "Failed to load resource: net::ERR_CONNECTION_RESET" in errors:
+        errors.remove("Failed to load resource: net::ERR_CONNECTION_RESET")
+    assert not errors, f"console errors: {watch.errors}"
     assert any("/video?" in u for u in watch.urls), "the page never requested the video"
     leaked = [u for u in watch.urls if TOKEN in u]
     assert not leaked, f"the lab token travelled in a URL: {leaked}"
