@@ -196,6 +196,8 @@ def start_stack(work: Path, *, with_worker: bool, **settings_changes: object) ->
         "access_log /dev/stdout edge;": f"access_log {work}/access.log edge;",
     }.items():
         conf = conf.replace(old, new)
+    if os.geteuid() == 0:  # nginx's workers would drop to nobody, who cannot write here
+        conf = "user root;\n" + conf
     (work / "nginx.conf").write_text(conf, encoding="utf-8")
     edge = subprocess.Popen(
         ["nginx", "-e", str(work / "nginx-error.log"), "-c", str(work / "nginx.conf"),

@@ -30,9 +30,8 @@ SECURITY_HEADERS = {
 
 
 def _job_with_links(env: Any, recording: Path, protocol: str | None = None) -> dict[str, Any]:
-    """Submit a job (not processed) and return GET /v1/jobs/{id} with its links (another
-    protocol goes without the recording's annotations: they are matched to its steps at upload)."""
-    posted = env.post(recording, protocol=protocol, annotations=protocol is None)
+    """Submit a job (not processed) and return GET /v1/jobs/{id} with its links."""
+    posted = env.post(recording, protocol=protocol)
     assert posted.status_code == 202, posted.text
     body = env.client.get(f"/v1/jobs/{posted.json()['job_id']}", headers=AUTH_A)
     assert body.status_code == 200, body.text
