@@ -114,14 +114,21 @@ class Stack:
     edge_url: str
     archive: Path
 
-    def ray_process(self, needle: str) -> psutil.Process:
-        for child in psutil.Process(self.serve.pid).children(recursive=True):
-            try:
-                if needle in " ".join(child.cmdline()):
+    def ray_process(self, needle: str, timeout_s: float = 120) -> psutil.Process:
+        deadline = time.monotonic() + timeout_s
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            seen = []
+            for child in psutil.Process(self.serve.pid).children(recursive=True):
+                try:
+                    line = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                seen.append(line[:80])
+                if needle in line:
                     return child
-            except psutil.Error:
-                continue
-        raise RuntimeError(f"no process {needle!r} under biovl serve")
+            time.sleep(1)
+        raise RuntimeError(f"no process {needle!r} under biovl serve; saw {seen}")
 
     def stop(self) -> None:
         for proc, sig in ((self.edge, signal.SIGQUIT), (self.serve, signal.SIGTERM)):

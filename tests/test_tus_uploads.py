@@ -282,8 +282,8 @@ def test_trickling_clients_of_one_lab_never_give_another_lab_a_503(
         max_concurrent_uploads=4,
         max_uploads_per_lab=2,
         upload_min_rate_bps=4096,
-        upload_rate_grace_s=15.0,
-        upload_idle_timeout_s=30.0,
+        upload_rate_grace_s=45.0,  # longer than the loop below may take on a loaded machine
+        upload_idle_timeout_s=90.0,
     )
     partial = multipart(job_parts(recording, (recording / "video.mp4").read_bytes()), close=False)
     probe_body = multipart([("video", "v.mp4", b"x"), ("protocol", None, THREE_STEPS)])
@@ -291,7 +291,7 @@ def test_trickling_clients_of_one_lab_never_give_another_lab_a_503(
         stalled = [RawUpload(server.port) for _ in range(2)]
         for s in stalled:
             s.send(partial[:1000])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 40
         while True:  # until lab A's cap is seen full
             probe = RawUpload(server.port)
             probe.send(probe_body)

@@ -50,15 +50,15 @@ class LabSlots:
         """Take one slot for ``lab`` or raise the 503 (with Retry-After) saying which cap is full."""
         with self._lock:
             mine = self._held.get(lab, 0)
-            if mine >= self.per_lab:
-                raise self._refuse(
-                    f"your lab already has {mine} {self.kind} in progress on this server (the "
-                    f"limit per lab is {self.per_lab}, {self.setting_names[1]}); let one finish"
-                )
             if sum(self._held.values()) >= self.total:
                 raise self._refuse(
                     f"{self.total} {self.kind} are already in progress on this server "
                     f"({self.setting_names[0]})"
+                )
+            if mine >= self.per_lab:
+                raise self._refuse(
+                    f"your lab already has {mine} {self.kind} in progress on this server (the "
+                    f"limit per lab is {self.per_lab}, {self.setting_names[1]}); let one finish"
                 )
             self._held[lab] = mine + 1
             count = mine + 1
