@@ -33,6 +33,7 @@ from tests.conftest import free_port
 from tests.service_fixtures import AUTH_A, make_settings
 
 checkpoint, recording = sf.checkpoint, sf.recording
+pytestmark = pytest.mark.slow  # starts Ray (a minute or more)
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE_CONF = ROOT / "k8s" / "edge" / "nginx.conf"
