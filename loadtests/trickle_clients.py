@@ -135,6 +135,8 @@ def _lab_b(base: str, token: str, video: bytes, until: float, codes: Counter) ->
                     },
                 )
                 codes[f"patch {p.status_code}"] += 1
+                gone = client.delete(r.headers["location"], headers=TUS)
+                codes[f"delete {gone.status_code}"] += 1
             preview = client.post("/v1/protocol/preview", files={"protocol": ("p.txt", protocol)})
             codes[f"preview {preview.status_code}"] += 1
             time.sleep(1.0)
