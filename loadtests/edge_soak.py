@@ -378,9 +378,12 @@ PROTOCOL = b"1. Add sterile distilled water.\n2. Add primer1.\n3. Add primer2.\n
 
 # ---- trickle -------------------------------------------------------------------------------
 def trickle(args: argparse.Namespace) -> int:
+    import shutil
+
     from loadtests.trickle_clients import run_trickle
 
     work = Path(args.work)
+    shutil.rmtree(work / "trickle-stack" / "archive", ignore_errors=True)  # a fresh run
     stack = start_stack(work / "trickle-stack", with_worker=False)
     try:
         base = stack.serve_url if args.via == "serve" else stack.edge_url
