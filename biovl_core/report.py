@@ -33,12 +33,12 @@ from biovl_core.pipeline import (
     ProgressFn,
     align_video,
     aligner_params,
-    fit_segment_seconds,
     recording_similarity,
     resolve_method,
 )
 from biovl_core.protocol import LineDecision, Protocol, explain_file, read_protocol
 from biovl_core.result import AlignmentResult, Span
+from biovl_core.segment_fit import fit_segment_seconds
 from biovl_core.video import probe
 
 RANDOM_BANNER = (

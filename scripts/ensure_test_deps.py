@@ -1,10 +1,11 @@
 """Make sure the tests that run real tools can run: Debian `chromium` at /usr/bin/chromium and the
 `playwright` package (browser tests), Debian `prometheus` and `promtool` (the live Prometheus
-and alert-rule tests).
+and alert-rule tests), Debian's `nginx` (tests/test_edge.py runs it in front of `biovl serve`).
 
 Called by `make test` before pytest. Installs a missing Debian package with apt-get (root, or
 passwordless sudo, needed); never runs `playwright install` (the wheel bundles its driver, and
-the test drives the system chromium). Exits non-zero with a message naming the fix when
+the test drives the system chromium); never starts the system nginx (the test runs its own nginx
+process on free ports). Exits non-zero with a message naming the fix when
 something cannot be provided.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 CHROMIUM = Path(os.environ.get("BIOVL_CHROMIUM", "/usr/bin/chromium"))
 PROMETHEUS = Path(os.environ.get("BIOVL_PROMETHEUS", "/usr/bin/prometheus"))
 PROMTOOL = PROMETHEUS.with_name("promtool")
+NGINX = Path(os.environ.get("BIOVL_NGINX", "/usr/sbin/nginx"))
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
@@ -78,6 +80,11 @@ def ensure_prometheus() -> str | None:
     )
 
 
+def ensure_nginx() -> str | None:
+    """Debian nginx for the edge test (it runs its own nginx process on free ports)."""
+    return ensure_debian_package(NGINX, "nginx")
+
+
 def ensure_playwright() -> str | None:
     """Check the playwright Python package is importable; return an error message or None."""
     if importlib.util.find_spec("playwright") is None:
@@ -91,7 +98,11 @@ def ensure_playwright() -> str | None:
 
 def main() -> int:
     """Check every dependency; non-zero exit with every problem listed."""
-    errors = [e for e in (ensure_chromium(), ensure_playwright(), ensure_prometheus()) if e]
+    errors = [
+        e
+        for e in (ensure_chromium(), ensure_playwright(), ensure_prometheus(), ensure_nginx())
+        if e
+    ]
     for err in errors:
         print(f"[ensure_test_deps] ERROR: {err}", file=sys.stderr)
     return 1 if errors else 0

@@ -7,7 +7,8 @@ text, or the step list the lab edited before submitting, as JSON, with the uploa
 (one version per completed run; the JSON is written last and is the commit marker). Every write
 goes through a temp file and ``os.replace``, so a reader never sees half a file, and fsyncs the
 file and its folder (``biovl_core.cache.fsync_dir``), so a commit survives a crash. Lab names and
-job ids are checked against strict patterns before they touch a path.
+job ids are checked against strict patterns (full matches: no trailing newline slips
+through a ``$``) before they touch a path.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from typing import Any
 
 from biovl_core.files import atomic_write, fsync_dir
 
-LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-JOB_ID_RE = re.compile(r"^[0-9a-f]{40}$")
-VIDEO_EXT_RE = re.compile(r"^\.[a-z0-9]{1,8}$")
+LAB_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+JOB_ID_RE = re.compile(r"[0-9a-f]{40}")
+VIDEO_EXT_RE = re.compile(r"\.[a-z0-9]{1,8}")
 ANNOTATION_EXTS = (".csv", ".json", ".eaf")
-VERSION_RE = re.compile(r"^v(\d{4,})\.json$")
+VERSION_RE = re.compile(r"v(\d{4,})\.json")
 
 
 class ArchiveError(ValueError):
@@ -37,14 +38,14 @@ class ArchiveError(ValueError):
 
 def check_lab(lab: str) -> str:
     """Return ``lab`` if it is a valid lab name, else raise ArchiveError."""
-    if not isinstance(lab, str) or not LAB_RE.match(lab):
+    if not isinstance(lab, str) or not LAB_RE.fullmatch(lab):
         raise ArchiveError(f"invalid lab name {lab!r}: use 1-63 of a-z 0-9 _ - (lower case)")
     return lab
 
 
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it looks like a job id (40 hex digits), else raise ArchiveError."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise ArchiveError(f"invalid job id {job_id!r}: job ids are 40 lower-case hex digits")
     return job_id
 
@@ -133,7 +134,7 @@ class JobFiles:
         """Completed alignment versions, ascending."""
         if not self.alignments_dir.is_dir():
             return []
-        found = (VERSION_RE.match(p.name) for p in self.alignments_dir.iterdir())
+        found = (VERSION_RE.fullmatch(p.name) for p in self.alignments_dir.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
     def alignment_path(self, version: int, ext: str = "json") -> Path:
@@ -247,7 +248,7 @@ class Archive:
         protocol_original: str | None = None,
     ) -> JobFiles:
         """Move uploaded temp files into the job folder and commit ``job.json`` last."""
-        if not VIDEO_EXT_RE.match(video_ext):
+        if not VIDEO_EXT_RE.fullmatch(video_ext):
             raise ArchiveError(f"invalid video extension {video_ext!r}: expected e.g. '.mp4'")
         jf = self.job(lab, job_id)
         make_dirs_durable(jf.dir)
@@ -268,7 +269,7 @@ class Archive:
     def labs(self) -> list[str]:
         """Lab folders present in the archive."""
         base = self.root / "labs"
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and LAB_RE.match(p.name))
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and LAB_RE.fullmatch(p.name))
 
     def iter_jobs(self, lab: str | None = None) -> Iterator[JobFiles]:
         """Every committed job (of one lab, or of all labs)."""
@@ -277,5 +278,5 @@ class Archive:
             if not jobs_dir.is_dir():
                 continue
             for p in sorted(jobs_dir.iterdir()):
-                if JOB_ID_RE.match(p.name) and (p / "job.json").is_file():
+                if JOB_ID_RE.fullmatch(p.name) and (p / "job.json").is_file():
                     yield JobFiles(name, p.name, p)

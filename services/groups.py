@@ -4,8 +4,14 @@ archive, and what each member teaches (its latest correction, else its uploaded 
 Identity: a lab's ``protocol_id`` job option when it set one (labs set it when they reword a
 protocol, e.g. to the ``protocol_key`` an earlier result reported), else ``steps:`` + a hash of
 the normalised step texts. Groups never cross labs: members are looked up in one lab's folder.
-Steps are matched across versions of a protocol by text (``biovl_core.formats``' matcher, the
-one annotation rows use), so a reworded protocol's annotations still label the right steps.
+Steps are matched across versions of a protocol by text (``biovl_core.io.match_rows``, the
+matcher annotation rows use: exact text first, a capped fuzzy pass), so a reworded protocol's
+annotations still label the right steps.
+
+Uploaded annotations are matched to the protocol's steps once, at upload (``services.api.upload``),
+and the spans are kept in the job record (``annotation_spans``); ``uploaded_spans`` serves them,
+so no request, group member or job matches rows again. A job archived before that gets its spans
+computed once and kept beside its record (``annotation_spans.json``).
 
 Corrections saved from the viewer are versions in the job folder, ``corrections/vNNNN.json``
 (spans, the lab that saved them, when); the newest one is the recording's annotation from then on.
@@ -24,26 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from biovl_core.align import GroupContext, GroupMember
-from biovl_core.io import (
-    MATCH_THRESHOLD,
-    annotations_to_spans,
-    monotonic_match,
-    normalise_step,
-    read_annotations,
-    text_similarity,
-)
+from biovl_core.io import annotations_to_spans, match_rows, normalise_step, read_annotations
 from biovl_core.protocol import parse_protocol
-from services.archive import Archive, JobFiles, write_atomic
+from services.archive import Archive, JobFiles, write_atomic, write_json_atomic
 
 log = logging.getLogger("biovl.groups")
 
 PROTOCOL_ID_OPTION = "protocol_id"
-PROTOCOL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+PROTOCOL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 CORRECTIONS_DIR = "corrections"
-CORRECTION_RE = re.compile(r"^v(\d{4,})\.json$")
+CORRECTION_RE = re.compile(r"v(\d{4,})\.json")
 # The most other recordings one alignment looks at: the annotated ones first, then the newest.
 GROUP_MAX_RECORDINGS = 24
 
@@ -57,7 +54,7 @@ class CorrectionError(ValueError):
 # ---- identity -------------------------------------------------------------------------------
 def check_protocol_id(value: Any) -> str:
     """The ``protocol_id`` option if valid, else ValueError saying what a valid one looks like."""
-    if not isinstance(value, str) or not PROTOCOL_ID_RE.match(value):
+    if not isinstance(value, str) or not PROTOCOL_ID_RE.fullmatch(value):
         raise ValueError(
             f"options.protocol_id {value!r} is not valid: use 1-128 of A-Z a-z 0-9 _ . : - "
             "starting with a letter or digit (e.g. the protocol_key of an earlier result)"
@@ -82,8 +79,7 @@ def map_spans(spans: Sequence[Span], source: Sequence[str], target: Sequence[str
     """
     if list(source) == list(target):
         return list(spans)
-    sims = np.array([[text_similarity(t, s) for s in source] for t in target], dtype=np.float64)
-    matched = monotonic_match(sims, MATCH_THRESHOLD) if sims.size else {}
+    matched = match_rows(target, source)  # MatchTooLarge (a ValueError) past its cap
     if len(matched) < len(target):
         missing = [t for i, t in enumerate(target) if i not in matched]
         raise ValueError(f"steps {missing[:3]} match no step of the annotated version")
@@ -101,7 +97,7 @@ def correction_versions(jf: JobFiles) -> list[int]:
     folder = corrections_dir(jf)
     if not folder.is_dir():
         return []
-    found = (CORRECTION_RE.match(p.name) for p in folder.iterdir())
+    found = (CORRECTION_RE.fullmatch(p.name) for p in folder.iterdir())
     return sorted(int(m.group(1)) for m in found if m)
 
 
@@ -169,6 +165,38 @@ def save_correction(jf: JobFiles, spans: Sequence[Span], steps: Sequence[str], l
             tmp.unlink(missing_ok=True)
 
 
+# ---- uploaded annotations, matched once -------------------------------------------------
+SPANS_FILE = "annotation_spans.json"
+
+
+def spans_to_json(spans: Sequence[Span]) -> list[list[float] | None]:
+    """Spans as JSON lists (None stays null)."""
+    return [None if s is None else [float(s[0]), float(s[1])] for s in spans]
+
+
+def uploaded_spans(
+    jf: JobFiles, steps: Sequence[str], record: dict[str, Any] | None = None
+) -> list[Span] | None:
+    """The uploaded annotations as one span per step (None: the job has no annotations).
+
+    Read from the record (matched at upload) or, for a job archived before that, matched once
+    and kept in ``annotation_spans.json``. ValueError when the file does not fit the steps."""
+    record = jf.record() if record is None else record
+    stored = record.get("annotation_spans")
+    sidecar = jf.dir / SPANS_FILE
+    if stored is None and sidecar.is_file():
+        stored = json.loads(sidecar.read_text(encoding="utf-8"))
+    if stored is None:
+        path = jf.annotations_path()
+        if path is None or not path.is_file():
+            return None
+        stored = spans_to_json(annotations_to_spans(read_annotations(path), steps))
+        write_json_atomic(sidecar, stored)
+    if len(stored) != len(steps):
+        raise ValueError(f"{len(stored)} annotated spans for {len(steps)} steps")
+    return [None if s is None else (float(s[0]), float(s[1])) for s in stored]
+
+
 # ---- members --------------------------------------------------------------------------------
 @dataclass
 class Recording:
@@ -193,11 +221,8 @@ class Recording:
         corrected = latest_correction(self.jf)
         if corrected is not None:
             return [None if s is None else (s[0], s[1]) for s in corrected["spans"]], True
-        path = self.jf.annotations_path()
-        if path is None or not path.is_file():
-            return None, False
         try:
-            return annotations_to_spans(read_annotations(path), self.steps), False
+            return uploaded_spans(self.jf, self.steps, self.record), False
         except (ValueError, OSError) as exc:
             log.info(
                 "%s/%s: annotations not used by its group (%s)", self.jf.lab, self.jf.job_id, exc

@@ -156,6 +156,22 @@ DECODER_FALLBACKS = Counter(
 REALIGN_RECORDINGS = Counter(
     "biovl_realign_recordings_total", "Recordings processed by the archive re-aligner.", ["outcome"]
 )
+UPLOAD_KINDS = ("direct", "tus")
+UPLOAD_BYTES = Counter(
+    "biovl_upload_bytes_total",
+    "Video bytes the ingress received and kept, by kind of upload (direct multipart or tus).",
+    ["kind"],
+)
+UPLOAD_RESUMPTIONS = Counter(
+    "biovl_upload_resumptions_total",
+    "tus PATCHes that carried an upload on after an interrupted one (hang-up, timeout).",
+)
+UPLOAD_SLOTS_IN_USE = Gauge(
+    "biovl_upload_slots_in_use",
+    "Body slots held per lab on the ingress replicas (uploads, small bodies).",
+    ["lab", "kind"],
+    multiprocess_mode="livesum",
+)
 
 METRIC_NAMES: frozenset[str] = frozenset(
     {
@@ -173,6 +189,9 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_realign_recordings_total",
         "biovl_decoder_backend",
         "biovl_decoder_fallbacks_total",
+        "biovl_upload_bytes_total",
+        "biovl_upload_resumptions_total",
+        "biovl_upload_slots_in_use",
     }
 )
 
@@ -182,6 +201,8 @@ for _state in JOB_STATES:  # every state visible from the first scrape (rate() n
     JOBS.labels(state=_state)
 for _outcome in REALIGN_OUTCOMES:  # a nightly run's first scrape sees zeros, so increase() counts
     REALIGN_RECORDINGS.labels(outcome=_outcome)
+for _kind in UPLOAD_KINDS:
+    UPLOAD_BYTES.labels(kind=_kind)
 
 
 def multiprocess_enabled() -> bool:

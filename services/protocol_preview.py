@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from biovl_core.errors import ProtocolError
-from biovl_core.protocol import MAX_PROTOCOL_BYTES, parse_protocol
+from biovl_core.protocol import parse_protocol
 
 PREVIEW_ROUTE = "/v1/protocol/preview"
 
@@ -23,16 +23,12 @@ def register_protocol_preview(app: FastAPI, service: Any) -> None:
     @app.post(PREVIEW_ROUTE)
     async def preview_protocol(request: Request) -> JSONResponse:
         """Parse an uploaded protocol (multipart field ``protocol``): its title, steps and notes."""
-        service.lab_of(request)
-        form = await request.form()
-        field = form.get("protocol")
-        if field is None or isinstance(field, str) and not field.strip():
+        lab = service.lab_of(request)
+        with service.body_slots.hold(lab):  # read as a stream: byte cap, deadline, rate
+            field = await service.uploads.read_protocol_form(request)
+        if field is None or not field.is_file and not field.value.strip():
             return _problem(422, 'no protocol: send the protocol file as the form field "protocol"')
-        if isinstance(field, str):
-            data, name = field.encode("utf-8"), "protocol.txt"
-        else:
-            data = await field.read(MAX_PROTOCOL_BYTES + 1)
-            name = field.filename or "protocol.txt"
+        data, name = field.value, field.filename or "protocol.txt"
         try:
             protocol = parse_protocol(data, filename=name)
         except ProtocolError as exc:

@@ -119,16 +119,16 @@ def payload_spans(payload: dict[str, Any]) -> list[tuple[float, float] | None]:
 def annotate_payload(payload: dict[str, Any], jf: JobFiles) -> dict[str, Any]:
     """Add the job's annotated spans, each step's IoU and the mIoU (ours and the uniform
     baseline's) to an alignment JSON when the job has annotations; the viewer shows them.
-    An annotations file that does not match the protocol is reported, never fatal."""
-    from biovl_core.io import annotations_to_spans, read_annotations
+    An annotations file that does not match the protocol is reported, never fatal; the spans
+    are the ones matched at upload (``services.groups.uploaded_spans``)."""
     from biovl_core.metrics import miou, step_ious
+    from services.groups import uploaded_spans
 
-    path = jf.annotations_path()
-    if path is None or not path.is_file():
-        return payload
     steps = [s["text"] for s in sorted(payload.get("steps", []), key=lambda s: s["index"])]
     try:
-        gt = annotations_to_spans(read_annotations(path), steps)
+        gt = uploaded_spans(jf, steps)  # matched at upload, never again here
+        if gt is None:
+            return payload
         pred = payload_spans(payload)
         payload["annotation_spans"] = [list(g) if g is not None else None for g in gt]
         payload["step_ious"] = step_ious(pred, gt)

@@ -43,14 +43,34 @@ class ServiceSettings:
     link_ttl_s: int = 3600
     # job-end webhooks, registered per lab by the operator ({lab: {url, secret}}, JSON or YAML)
     webhooks_file: str | None = None
-    # upload limits (bytes)
-    max_video_bytes: int = 2048 * MiB
+    # upload limits (bytes). A recording: 1080p at 10-40 Mbps is 1.5-6 GB per 20 minutes; it
+    # comes through resumable (tus) uploads at /v1/uploads, in PATCHes of at most
+    # tus_max_patch_bytes, so no request body is ever larger than that
+    max_video_bytes: int = 16 * 1024 * MiB
+    # a video sent directly in the multipart form of POST /v1/jobs: Ray Serve's proxy queues a
+    # request body whole, so direct uploads stay small (the edge's limit for /v1/jobs matches)
+    max_direct_video_bytes: int = 256 * MiB
     max_protocol_bytes: int = 256 * 1024
     max_annotations_bytes: int = 1 * MiB
     max_options_bytes: int = 64 * 1024
     upload_chunk_bytes: int = 1 * MiB  # body bytes parsed and written per worker-thread call
-    upload_idle_timeout_s: float = 60.0  # 408 when an upload sends nothing for this long
+    # every body is read under a deadline, an idle timeout and a minimum average rate (after a
+    # grace period): 408 beyond any of them (services/api/body.py)
+    upload_idle_timeout_s: float = 60.0
+    upload_deadline_s: float = 3600.0  # a direct multipart upload, whole
+    upload_min_rate_bps: float = 32 * 1024
+    upload_rate_grace_s: float = 30.0
     max_concurrent_uploads: int = 8  # per ingress replica; more get 503 + Retry-After
+    max_uploads_per_lab: int = 4  # of those, at most this many for one lab
+    # small bodies (protocol preview, corrections): their own slots and a short deadline
+    body_deadline_s: float = 30.0
+    max_body_reads: int = 16
+    max_body_reads_per_lab: int = 4
+    # resumable uploads (tus 1.0: core, creation, termination, expiration)
+    tus_max_patch_bytes: int = 64 * MiB  # one PATCH body at most; the browser sends 32 MiB
+    tus_patch_deadline_s: float = 600.0
+    upload_expiry_s: float = 24 * 3600.0  # an upload not written for this long is removed
+    max_open_uploads_per_lab: int = 32  # uploads created and not yet expired or deleted
     stale_temp_grace_s: float = 3600.0  # ingress start removes upload temp files older than this
     # probe limits, checked right after the probe and before any work that scales with the video
     max_video_duration_s: float = 4 * 3600.0

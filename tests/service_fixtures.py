@@ -47,10 +47,13 @@ def upload(
     *,
     protocol: str | None = None,
     options: str | None = None,
-    annotations: bool = True,
+    annotations: bool | None = None,
     video_bytes: bytes | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(files, data) for a multipart POST /v1/jobs of a generated recording."""
+    """(files, data) for a multipart POST /v1/jobs of a generated recording; its annotations go
+    along by default with its own protocol only (they are matched to the steps at upload)."""
+    if annotations is None:
+        annotations = protocol is None
     video = video_bytes if video_bytes is not None else (recording / "video.mp4").read_bytes()
     files: dict[str, Any] = {"video": ("video.mp4", video, "video/mp4")}
     text = protocol if protocol is not None else (recording / "protocol.txt").read_text()

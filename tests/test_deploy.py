@@ -758,10 +758,20 @@ def test_redis_url_points_at_the_redis_statefulset() -> None:
 
 
 def test_lab_tokens_secret_is_mounted_where_the_service_reads_it() -> None:
+    """On the head, where the Ingress runs (pinned by a resource only the head offers), and in
+    no other pod: a GPU worker never holds the lab tokens."""
     secrets = {d["metadata"]["name"]: d for _, d in _k8s_docs() if d["kind"] == "Secret"}
     tokens_file = _config_maps()["biovl-config"]["BIOVL_TOKENS_FILE"]
     rayservice = _find("RayService")
+    for where, doc in _k8s_docs():
+        for pod_where, pod in _pod_specs(doc):
+            if pod_where == "RayService head":
+                continue
+            names = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+            assert "biovl-lab-tokens" not in names, f"{where} {pod_where} mounts the lab tokens"
     for where, pod in _pod_specs(rayservice):
+        if where != "RayService head":
+            continue
         container = pod["containers"][0]
         volumes = {v["name"]: v for v in pod["volumes"]}
         hits = [
@@ -934,11 +944,21 @@ def test_deploy_serve_config_validates_with_ray_schema() -> None:
     _check_serve_config(_yaml_docs(SERVE_CONFIG)[0], str(SERVE_CONFIG.relative_to(ROOT)))
 
 
+INGRESS_RESOURCE = "biovl_ingress"  # offered by the k8s head alone: the lab tokens live there
+
+
 def test_rayservice_embeds_deploy_serve_config() -> None:
+    """Equal, but for the k8s Ingress asking for the head-only resource (a single-node
+    ``serve run deploy/serve_config.yaml`` has no such resource to offer)."""
     if not SERVE_CONFIG.exists():
         pytest.skip("deploy/serve_config.yaml is not written yet (service engineer)")
     want = _yaml_docs(SERVE_CONFIG)[0]
-    assert _serve_config_v2() == want, (
+    got = copy.deepcopy(_serve_config_v2())
+    (ingress,) = [d for d in got["applications"][0]["deployments"] if d["name"] == "Ingress"]
+    assert ingress["ray_actor_options"].pop("resources") == {INGRESS_RESOURCE: 1}
+    head = _find("RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    assert json.loads(json.loads(head["resources"])) == {INGRESS_RESOURCE: 100}
+    assert got == want, (
         "k8s/rayservice.yaml serveConfigV2 differs from deploy/serve_config.yaml; paste the file "
         "(indented) under spec.serveConfigV2: |\n" + yaml.safe_dump(want, sort_keys=False)
     )

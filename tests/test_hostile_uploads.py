@@ -225,6 +225,7 @@ class Case:
 
 
 THREE_STEPS = b"1. Add water.\n2. Add primer.\n3. Mix.\n"
+TWELVE_STEPS = "".join(f"{i}. Step {i}.\n" for i in range(1, 13)).encode()
 CASES = {
     "mkv-1000-hours": Case(
         lambda env, rec, m: _post(env, job_parts(rec, m["huge.mkv"], "huge.mkv")),
@@ -232,12 +233,12 @@ CASES = {
         ("lasts 1000.0 h", "max_video_duration_s", "split the recording"),
     ),
     "mkv-audio-longer-than-video": Case(
-        # 10 s of video make 2 segments; counted from the 30 s of audio they would be 6
+        # 10 s of video give at most 10 segments (1 s each); the 30 s of audio would give 30
         lambda env, rec, m: _post(
-            env, [("video", "a.mkv", m["long-audio.mkv"]), ("protocol", None, THREE_STEPS)]
+            env, [("video", "a.mkv", m["long-audio.mkv"]), ("protocol", None, TWELVE_STEPS)]
         ),
         422,
-        ("3 steps but only 2 segments", "merge steps"),
+        ("12 steps but only 2 segments", "even 1 s segments give only 10", "merge steps"),
     ),
     "segments-over-max-segments": Case(
         with_recording(("options", None, b'{"segment_seconds": 0.5}')),
@@ -337,11 +338,11 @@ CASES = {
             env,
             [
                 ("video", "v.mp4", (rec / "video.mp4").read_bytes()),
-                ("protocol", None, "".join(f"{i}. Step {i}.\n" for i in range(1, 9)).encode()),
+                ("protocol", None, "".join(f"{i}. Step {i}.\n" for i in range(1, 41)).encode()),
             ],
         ),
         422,
-        ("8 steps but only 6 segments", "method 'uniform'"),
+        ("40 steps but only 6 segments", "even 1 s segments give only 30", "method 'uniform'"),
     ),
     "annotations-garbage": Case(
         with_recording(("annotations", "a.csv", b"\x00\x01,\x02\n")),
@@ -586,7 +587,7 @@ def serve_in_subprocess(settings: ServiceSettings) -> Iterator[Server]:
     )
     server = Server(proc, port, settings)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a loaded machine starts it slowly
         while True:
             try:
                 if httpx.get(f"{server.base}/v1/healthz", timeout=2).status_code == 200:
@@ -792,6 +793,7 @@ def test_serve_ingress_answers_status_polls_while_slow_uploads_are_in_flight(
         checkpoint,
         worker_replicas=0,
         max_concurrent_uploads=uploads,
+        max_uploads_per_lab=uploads,  # one lab here: its cap is the replica's
         http_port=int(ray_cluster["port"]),  # type: ignore[arg-type]
     )
     assert settings.ingress_max_ongoing_requests > uploads

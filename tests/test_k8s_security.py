@@ -37,7 +37,7 @@ def _pod_templates() -> dict[str, dict[str, Any]]:
     pods: dict[str, dict[str, Any]] = {}
     for doc in _docs():
         spec = doc.get("spec", {})
-        if doc["kind"] == "StatefulSet":
+        if doc["kind"] in ("StatefulSet", "Deployment"):
             pods[doc["metadata"]["name"]] = spec["template"]
         elif doc["kind"] == "CronJob":
             pods[doc["metadata"]["name"]] = spec["jobTemplate"]["spec"]["template"]
@@ -137,6 +137,7 @@ def _labels(pod: str) -> dict[str, str]:
 
 
 HEAD, WORKER, REDIS, REALIGN = "ray-head", "ray-worker-gpu", "biovl-redis", "biovl-realign"
+EDGE_POD, EDGE_HTTPS = "biovl-edge", 8443
 SERVE, DASHBOARD, GCS, CLIENT, RAY_METRICS, BIOVL_METRICS, REDIS_PORT = (
     8000,
     8265,
@@ -166,9 +167,16 @@ def test_every_pod_is_under_a_default_deny_policy() -> None:
 @pytest.mark.parametrize(
     "sender,receiver,port,expected",
     [
-        # Only the Serve proxy takes traffic from outside.
-        (STRANGER, HEAD, SERVE, True),
-        (STRANGER, WORKER, SERVE, True),
+        # Only the edge takes traffic from outside; Serve's proxy takes the edge alone.
+        (STRANGER, EDGE_POD, EDGE_HTTPS, True),
+        (STRANGER, HEAD, SERVE, False),
+        (STRANGER, WORKER, SERVE, False),
+        (NEIGHBOUR, HEAD, SERVE, False),
+        ("edge", HEAD, SERVE, True),
+        ("edge", WORKER, SERVE, True),
+        ("edge", HEAD, DASHBOARD, False),
+        ("edge", HEAD, GCS, False),
+        ("edge", REDIS, REDIS_PORT, False),
         (STRANGER, HEAD, DASHBOARD, False),
         (STRANGER, HEAD, GCS, False),
         (STRANGER, HEAD, CLIENT, False),
@@ -205,9 +213,110 @@ def test_network_policies_admit_exactly_whom_they_must(
 ) -> None:
     if isinstance(sender, str):
         sender = Peer(
-            NAMESPACE, _labels({"head": HEAD, "worker": WORKER, "realign": REALIGN}[sender])
+            NAMESPACE,
+            _labels({"head": HEAD, "worker": WORKER, "realign": REALIGN, "edge": EDGE_POD}[sender]),
         )
     assert allowed(sender, receiver, port) is expected, (sender, receiver, port)
+
+
+def _in_cidr(ip: str, cidr: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+
+
+def egress_allowed(sender: str, receiver: str, port: int) -> bool:
+    """Whether the Egress policies let pod ``sender`` reach ``receiver`` on ``port``: a pod of
+    the manifests, ``"dns"`` (kube-dns in kube-system) or an IP address outside the cluster."""
+    labels = _labels(sender)
+    policies = [
+        d
+        for d in _docs()
+        if d["kind"] == "NetworkPolicy"
+        and "Egress" in d["spec"].get("policyTypes", [])
+        and _selects(d["spec"]["podSelector"], labels)
+    ]
+    if not policies:
+        return True
+    if receiver == "dns":
+        peer: Peer | None = Peer("kube-system", {"k8s-app": "kube-dns"})
+        ip = None
+    elif receiver in _pod_templates():
+        peer, ip = Peer(NAMESPACE, _labels(receiver)), None
+    else:
+        peer, ip = None, receiver
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port for p in ports):
+                continue
+            for to in rule.get("to", [{}]):
+                if "ipBlock" in to:
+                    block = to["ipBlock"]
+                    if (
+                        ip
+                        and _in_cidr(ip, block["cidr"])
+                        and not any(_in_cidr(ip, e) for e in block.get("except", []))
+                    ):
+                        return True
+                elif peer is not None and (not to or _peer_matches(to, peer)):
+                    return True
+    return False
+
+
+METADATA, PUBLIC, INTERNAL, API_SERVER = "169.254.169.254", "93.184.216.34", "10.0.0.5", "10.96.0.1"
+
+
+@pytest.mark.parametrize(
+    "sender,receiver,port,expected",
+    [
+        (HEAD, REDIS, REDIS_PORT, True),
+        (WORKER, REDIS, REDIS_PORT, True),
+        (WORKER, HEAD, GCS, True),
+        (HEAD, "dns", 53, True),
+        (REDIS, "dns", 53, True),
+        (HEAD, PUBLIC, 443, True),  # webhooks, weight downloads
+        (HEAD, API_SERVER, 443, True),  # the autoscaler
+        (HEAD, METADATA, 80, False),  # no cloud metadata endpoint
+        (HEAD, METADATA, 443, False),
+        (WORKER, INTERNAL, 80, False),  # no plain HTTP inside the cluster's networks
+        (WORKER, PUBLIC, 22, False),
+        (REDIS, PUBLIC, 443, False),
+        (REDIS, HEAD, GCS, False),
+        (EDGE_POD, HEAD, SERVE, True),
+        (EDGE_POD, HEAD, DASHBOARD, False),
+        (EDGE_POD, REDIS, REDIS_PORT, False),
+        (EDGE_POD, PUBLIC, 443, False),
+        (REALIGN, REDIS, REDIS_PORT, False),
+        (REALIGN, PUBLIC, 443, True),
+        (REALIGN, METADATA, 80, False),
+    ],
+)
+def test_egress_policies_let_out_exactly_what_they_must(
+    sender: str, receiver: str, port: int, expected: bool
+) -> None:
+    assert egress_allowed(sender, receiver, port) is expected, (sender, receiver, port)
+
+
+def test_every_pod_runs_the_restricted_pod_security_profile() -> None:
+    """PSA enforces 'restricted' on the namespace; every pod (the KubeRay autoscaler too) meets
+    it: seccomp RuntimeDefault, non-root, no privilege escalation, every capability dropped."""
+    (namespace,) = [d for d in _docs() if d["kind"] == "Namespace"]
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for name, pod in _pod_templates().items():
+        spec = pod["spec"]
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            ctx = c["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert ctx["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+    (rayservice,) = [d for d in _docs() if d["kind"] == "RayService"]
+    autoscaler = rayservice["spec"]["rayClusterConfig"]["autoscalerOptions"]["securityContext"]
+    assert autoscaler["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert autoscaler["runAsNonRoot"] is True and autoscaler["allowPrivilegeEscalation"] is False
+    assert autoscaler["capabilities"]["drop"] == ["ALL"]
 
 
 def test_the_evaluator_can_say_no() -> None:

@@ -133,8 +133,9 @@ def test_bad_inputs_get_clear_4xx(make_env: Any, recording: Path) -> None:
     assert bad_opt.status_code == 422 and "cannot be set per job" in bad_opt.json()["error"]
     bad_method = env.post(recording, options='{"method": "telepathy"}')
     assert bad_method.status_code == 422 and "telepathy" in bad_method.json()["error"]
-    too_many = env.post(recording, protocol="".join(f"{i}. Step {i}.\n" for i in range(1, 9)))
-    assert too_many.status_code == 422 and "8 steps" in too_many.json()["error"]
+    # 40 steps in 30 s: fewer than one 1 s segment each (8 steps would get 3.7 s segments)
+    too_many = env.post(recording, protocol="".join(f"{i}. Step {i}.\n" for i in range(1, 41)))
+    assert too_many.status_code == 422 and "40 steps" in too_many.json()["error"]
     no_video = env.client.post(
         "/v1/jobs", files={"protocol": ("p.txt", b"1. Add water.\n")}, headers=AUTH_A
     )

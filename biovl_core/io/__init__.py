@@ -28,6 +28,8 @@ from biovl_core.io.exports import (
 )
 from biovl_core.io.step_match import (
     MATCH_THRESHOLD,
+    MatchTooLarge,
+    match_rows,
     monotonic_match,
     normalise_step,
     text_similarity,
@@ -35,6 +37,8 @@ from biovl_core.io.step_match import (
 
 __all__ = [
     "MATCH_THRESHOLD",
+    "MatchTooLarge",
+    "match_rows",
     "monotonic_match",
     "normalise_step",
     "text_similarity",

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from biovl_core.errors import AnnotationError
 from biovl_core.io.elan import read_eaf_rows
-from biovl_core.io.step_match import MATCH_THRESHOLD, monotonic_match, text_similarity
+from biovl_core.io.step_match import MatchTooLarge, match_rows
 from biovl_core.result import Span
 
 
@@ -108,18 +106,34 @@ def parse_annotations(
     return annotations
 
 
+MAX_ROWS_PER_STEP = 4
+"""An annotations file may have up to this many rows per protocol step (plus MAX_EXTRA_ROWS)."""
+MAX_EXTRA_ROWS = 16
+
+
 def annotations_to_spans(annotations: Sequence[Annotation], steps: Sequence[str]) -> list[Span]:
     """One ground-truth span per protocol step (None where a step has no annotation).
 
     With as many rows as steps, rows pair with steps in order. Otherwise rows are matched
-    to steps by text (in order, fuzzy); a row that matches no step is an error.
+    to steps by text (in order; exact normalised text first, then a capped fuzzy pass:
+    ``step_match.match_rows``); a row that matches no step is an error, and so is a file with
+    far more rows than the protocol has steps.
     """
     if len(annotations) == len(steps):
         return [a.span for a in annotations]
-    sims = np.array(
-        [[text_similarity(a.step, s) for s in steps] for a in annotations], dtype=np.float64
-    )
-    matched = monotonic_match(sims, MATCH_THRESHOLD)
+    most = MAX_ROWS_PER_STEP * len(steps) + MAX_EXTRA_ROWS
+    if len(annotations) > most:
+        raise AnnotationError(
+            f"{len(annotations)} annotation rows for {len(steps)} protocol steps (at most "
+            f"{most} are read); give one row per step, step,start,end."
+        )
+    try:
+        matched = match_rows([a.step for a in annotations], steps)
+    except MatchTooLarge as exc:
+        raise AnnotationError(
+            f"{len(annotations)} annotation rows for {len(steps)} protocol steps: {exc}; use "
+            "the protocol's step texts in the annotations or give exactly one row per step."
+        ) from None
     unmatched = [i for i in range(len(annotations)) if i not in matched]
     if unmatched:
         rows = ", ".join(f"{i + 1} ({annotations[i].step!r})" for i in unmatched[:5])
@@ -177,6 +191,8 @@ def _read_json_rows(text: str, where: str) -> list[tuple[str, str, Any, Any]]:
     shape = 'expected [{"step": "...", "start": 30, "end": 45}, ...]'
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise AnnotationError(f"{where}: the JSON is nested too deeply to read; {shape}.") from None
     except ValueError as exc:
         raise AnnotationError(f"{where}: invalid JSON ({exc}); {shape}.") from exc
     if isinstance(data, dict):

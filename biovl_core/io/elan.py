@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as safe_fromstring
+
 from biovl_core.errors import AnnotationError
 
 STEP_TIER = "steps"
@@ -64,9 +67,17 @@ def write_eaf(rows: Sequence[tuple[str, float, float]], media_url: str = "") -> 
 
 
 def read_eaf_rows(text: str, where: str) -> list[tuple[str, str, Any, Any]]:
-    """EAF XML -> (row label, step, start s, end s) for each annotation of the step tier."""
+    """EAF XML -> (row label, step, start s, end s) for each annotation of the step tier.
+
+    Read with defusedxml: a DTD with entities (billion laughs, external entities) is refused,
+    as ELAN never writes one."""
     try:
-        root = ET.fromstring(text)
+        root = safe_fromstring(text)
+    except DefusedXmlException as exc:
+        raise AnnotationError(
+            f"{where}: the .eaf declares XML entities or a DTD ({type(exc).__name__}), which "
+            "ELAN never writes; export the file from ELAN again."
+        ) from None
     except ET.ParseError as exc:
         raise AnnotationError(f"{where}: not a well-formed ELAN .eaf file ({exc}).") from exc
     if root.tag != "ANNOTATION_DOCUMENT":

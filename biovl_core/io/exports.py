@@ -134,15 +134,32 @@ def to_json(
     )
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""Cell openings a spreadsheet reads as a formula (CSV injection, OWASP)."""
+
+
+def csv_safe(cell: str) -> str:
+    """``cell`` as a spreadsheet shows it as text: a leading ``'`` before a formula opening
+    (numbers such as ``-0.25`` stay numbers)."""
+    if not cell.startswith(FORMULA_PREFIXES):
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell
+
+
 def to_csv(result: AlignmentResult) -> str:
-    """CSV ``step,start,end,score``, readable back by ``read_annotations``; no span -> empty."""
+    """CSV ``step,start,end,score``, readable back by ``read_annotations``; no span -> empty.
+    Step texts that open like a formula (``=``, ``+``, ``-``, ``@``) get a leading ``'``."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["step", "start", "end", "score"])
     for text, span, score in zip(result.steps, result.spans, result.step_scores, strict=True):
         writer.writerow(
             [
-                text,
+                csv_safe(text),
                 f"{span[0]:.3f}" if span else "",
                 f"{span[1]:.3f}" if span else "",
                 "" if score is None or not math.isfinite(score) else f"{score:.4f}",

@@ -1,13 +1,30 @@
-"""Rows of text matched to protocol steps: normalised text, similarity, and one monotonic matching."""
+"""Rows of text matched to protocol steps: normalised text, similarity, and one monotonic matching.
+
+``match_rows`` is the matcher every caller uses (annotation rows to steps, one protocol
+version's steps to another's). It runs in about linear time: rows whose normalised text equals
+a step's are matched first (a hash lookup, in order); only the rows left between two such
+anchors go through the fuzzy pass (difflib per row x step, then ``monotonic_match``), and that
+pass is capped at ``FUZZY_MAX_CELLS`` row x step pairs: beyond it ``MatchTooLarge`` is raised
+instead of minutes of CPU.
+"""
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
 MATCH_THRESHOLD = 0.6
+FUZZY_MAX_CELLS = 20_000
+"""Row x step pairs the fuzzy pass may compare (each a difflib ratio of <= FUZZY_TEXT_CHARS)."""
+FUZZY_TEXT_CHARS = 200
+
+
+class MatchTooLarge(ValueError):
+    """The rows left after exact matching are too many for the capped fuzzy pass."""
 
 
 def normalise_step(text: str) -> str:
@@ -47,3 +64,59 @@ def monotonic_match(sims: np.ndarray, threshold: float) -> dict[int, int]:
         else:
             j -= 1
     return matched
+
+
+def match_rows(
+    rows: Sequence[str],
+    steps: Sequence[str],
+    threshold: float = MATCH_THRESHOLD,
+    max_cells: int = FUZZY_MAX_CELLS,
+) -> dict[int, int]:
+    """Order-preserving one-to-one matching of ``rows`` to ``steps`` by text: exact normalised
+    text first, then the capped fuzzy pass in the gaps between exact matches."""
+    norm_steps = [normalise_step(s) for s in steps]
+    positions: dict[str, list[int]] = {}
+    for j, text in enumerate(norm_steps):
+        positions.setdefault(text, []).append(j)
+    matched: dict[int, int] = {}
+    last = -1
+    norm_rows = [normalise_step(r) for r in rows]
+    for i, text in enumerate(norm_rows):
+        where = positions.get(text) if text else None
+        if not where:
+            continue
+        k = bisect.bisect_right(where, last)
+        if k < len(where):
+            matched[i] = last = where[k]
+    anchors = sorted(matched.items())
+    gaps: list[tuple[list[int], list[int]]] = []
+    prev_row, prev_step = -1, -1
+    for row, step in [*anchors, (len(rows), len(steps))]:
+        gap_rows = list(range(prev_row + 1, row))
+        gap_steps = list(range(prev_step + 1, step))
+        if gap_rows and gap_steps:
+            gaps.append((gap_rows, gap_steps))
+        prev_row, prev_step = row, step
+    cells = sum(len(r) * len(c) for r, c in gaps)
+    if cells > max_cells:
+        left = sum(len(r) for r, _ in gaps)
+        raise MatchTooLarge(
+            f"{left} rows match no step text exactly, and comparing them with the steps left "
+            f"takes {cells} text comparisons (the limit is {max_cells})"
+        )
+    for gap_rows, gap_steps in gaps:
+        sims = np.array(
+            [[_fuzzy(norm_rows[i], norm_steps[j]) for j in gap_steps] for i in gap_rows],
+            dtype=np.float64,
+        )
+        for a, b in monotonic_match(sims, threshold).items():
+            matched[gap_rows[a]] = gap_steps[b]
+    return matched
+
+
+def _fuzzy(a: str, b: str) -> float:
+    """difflib ratio of two normalised texts, each cut to FUZZY_TEXT_CHARS."""
+    if not a or not b:
+        return 0.0
+    a, b = a[:FUZZY_TEXT_CHARS], b[:FUZZY_TEXT_CHARS]
+    return difflib.SequenceMatcher(None, a, b).ratio()

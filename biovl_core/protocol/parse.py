@@ -234,6 +234,8 @@ def _looks_like_json(text: str) -> bool:
     """True when ``text`` parses as JSON (so "[1] Add water" stays a text list)."""
     try:
         json.loads(text)
+    except RecursionError:
+        return True  # JSON, nested too deeply: _parse_json says so
     except ValueError:
         return False
     return True
@@ -244,6 +246,8 @@ def _parse_json(text: str, where: str) -> tuple[str, list[DraftStep]]:
     shape = 'expected {"title": "...", "steps": ["step 1", "step 2", ...]} or a list of strings'
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise ProtocolError(f"{where}: the JSON is nested too deeply to read; {shape}.") from None
     except ValueError as exc:
         raise ProtocolError(f"{where}: invalid JSON ({exc}); {shape}.") from exc
     root = protocols_io_root(data)

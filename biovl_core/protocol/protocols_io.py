@@ -95,7 +95,7 @@ def _step_paragraphs(step: dict[str, Any]) -> list[str]:
     if stripped.startswith("{"):
         try:
             return _draft_paragraphs(json.loads(stripped))
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     if "<" in stripped:
         return _html_paragraphs(stripped)

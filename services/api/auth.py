@@ -2,6 +2,9 @@
 
 Sources (merged): a tokens file (JSON or YAML mapping ``lab: sha256(token)``) and, for
 development, ``BIOVL_LAB_TOKENS="lab1:token1,lab2:token2"`` (plain tokens, hashed on load).
+The tokens file is read again whenever it changes (its inode, size or mtime: a k8s Secret
+update swaps a symlink), so a revoked token stops working on the next request; a file that
+cannot be read or parsed keeps the tokens last loaded and logs why.
 ``python -m services tokens add LAB`` creates a token and stores its hash in the tokens file.
 """
 
@@ -9,11 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import secrets
+import threading
 from pathlib import Path
 
 from services.archive import check_lab
 from services.settings import read_mapping_file
+
+log = logging.getLogger("biovl.auth")
 
 
 class AuthError(Exception):
@@ -55,35 +63,82 @@ def parse_dev_tokens(spec: str | None) -> dict[str, str]:
 
 
 class TokenStore:
-    """Maps a presented token to its lab."""
+    """Maps a presented token to its lab; follows the tokens file as it changes."""
 
-    def __init__(self, digests: dict[str, str]) -> None:
+    def __init__(
+        self,
+        digests: dict[str, str],
+        tokens_file: str | Path | None = None,
+        dev_digests: dict[str, str] | None = None,
+    ) -> None:
         self._by_digest = {d: lab for lab, d in digests.items()}
+        self._file = Path(tokens_file) if tokens_file else None
+        self._dev = dict(dev_digests or {})
+        self._stamp = _file_stamp(self._file)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, tokens_file: str | None, lab_tokens: str | None) -> TokenStore:
         """Merge the tokens file and the dev tokens string."""
+        dev = parse_dev_tokens(lab_tokens)
         digests = load_tokens_file(tokens_file) if tokens_file else {}
-        digests.update(parse_dev_tokens(lab_tokens))
-        return cls(digests)
+        digests.update(dev)
+        return cls(digests, tokens_file, dev)
+
+    def _refresh(self) -> None:
+        """Reload the tokens file when its stamp changed (one stat per request)."""
+        if self._file is None:
+            return
+        stamp = _file_stamp(self._file)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            try:
+                digests = load_tokens_file(self._file)
+            except (OSError, ValueError) as exc:
+                log.error(
+                    "%s: not reloaded, keeping the tokens loaded before (%s)", self._file, exc
+                )
+                self._stamp = stamp
+                return
+            digests.update(self._dev)
+            self._by_digest = {d: lab for lab, d in digests.items()}
+            self._stamp = stamp
+            log.info("%s changed: %d lab token(s) loaded", self._file, len(self._by_digest))
 
     def __len__(self) -> int:
+        self._refresh()
         return len(self._by_digest)
 
     @property
     def labs(self) -> frozenset[str]:
         """The labs that hold a token (a signed link of any other lab is refused)."""
+        self._refresh()
         return frozenset(self._by_digest.values())
 
     def lab_for(self, token: str | None) -> str:
         """The lab owning ``token``; AuthError when missing or unknown."""
         if not token:
             raise AuthError("missing token: send 'Authorization: Bearer <lab token>'")
+        self._refresh()
         digest = hash_token(token)
         for known, lab in self._by_digest.items():
             if hmac.compare_digest(known, digest):
                 return lab
         raise AuthError("invalid token: it matches no lab; ask the operator for your lab's token")
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of the file ``path`` resolves to, None when absent."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from services.api.body import BodyReader
 from services.api.errors import HTTPProblem
 from services.api.jobs import JobService
 from services.archive import JobFiles
@@ -64,11 +65,15 @@ def add_correction_routes(app: FastAPI, service: JobService) -> None:
     async def put_annotations(job_id: str, request: Request) -> dict[str, Any]:
         """Save corrected spans (one per step, null = not performed) as a new version."""
         lab, rec = _recording(service, request, job_id)
-        raw = await request.body()
-        if len(raw) > MAX_CORRECTION_BYTES:
-            raise HTTPProblem(413, f"a correction is at most {MAX_CORRECTION_BYTES} bytes")
+        limits = service.uploads.small_body_limits(
+            "a correction", MAX_CORRECTION_BYTES, "send one [start_s, end_s] or null per step"
+        )
+        with service.body_slots.hold(lab):  # read as a stream: byte cap, deadline, rate
+            raw = await BodyReader(request, limits).read()
         try:
             body = json.loads(raw)
+        except RecursionError:
+            raise HTTPProblem(422, "the body is nested too deeply; send a list of spans") from None
         except ValueError as exc:
             raise HTTPProblem(422, f"the body is not JSON ({exc}); send a list of spans") from None
         duration = float(rec.record.get("duration_s") or 0.0)

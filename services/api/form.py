@@ -4,7 +4,6 @@ or without Content-Length never costs more than its limits in disk or one read b
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from services.api.errors import HTTPProblem
 
@@ -205,55 +203,29 @@ class MultipartSink:
         self.complete = True
 
 
-def boundary_of(content_type: str | None, fields: list[str]) -> bytes:
+def boundary_of(content_type: str | None, fields: list[str], route: str = "POST /v1/jobs") -> bytes:
     """The multipart boundary of a Content-Type header (415 for any other body)."""
     kind, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise HTTPProblem(
             415,
-            f"POST /v1/jobs takes multipart/form-data (fields {fields}), got Content-Type "
+            f"{route} takes multipart/form-data (fields {fields}), got Content-Type "
             f"{content_type!r}; e.g. curl -F video=@rec.mp4 -F protocol=@protocol.txt",
         )
     return boundary
 
 
-async def _next_chunk(chunks: AsyncIterator[bytes], idle_timeout_s: float) -> bytes | None:
-    """The next body chunk, None at the end; 408 when the client sends nothing for too long."""
-    try:
-        return await asyncio.wait_for(anext(chunks), idle_timeout_s)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise HTTPProblem(
-            408,
-            f"the upload sent no data for {idle_timeout_s:g} s (upload_idle_timeout_s); "
-            "check the connection and send it again",
-        ) from None
-
-
 async def read_streamed_form(
-    chunks: AsyncIterator[bytes],
-    sink: MultipartSink,
-    *,
-    batch_bytes: int,
-    total_limit: int,
-    idle_timeout_s: float,
+    chunks: AsyncIterator[bytes], sink: MultipartSink, *, batch_bytes: int
 ) -> StreamedForm:
     """Feed the body to ``sink`` in batches of about ``batch_bytes`` (parsing and disk writes in
-    a worker thread, off the event loop); 413 as soon as a field or the body passes its limit."""
+    a worker thread, off the event loop); ``chunks`` enforces the body's cap and pace
+    (``services.api.body.BodyReader``), ``sink`` each field's limit."""
     pending: list[bytes] = []
     pending_bytes = 0
-    total = 0
     try:
-        while (chunk := await _next_chunk(chunks, idle_timeout_s)) is not None:
-            total += len(chunk)
-            if total > total_limit:
-                raise HTTPProblem(
-                    413,
-                    f"the request body is larger than {total_limit} bytes, the sum of the field "
-                    "limits; send one video, one protocol and at most one annotations file",
-                )
+        async for chunk in chunks:
             pending.append(chunk)
             pending_bytes += len(chunk)
             if pending_bytes >= batch_bytes:
@@ -262,9 +234,6 @@ async def read_streamed_form(
         if pending:
             await run_in_threadpool(sink.feed, b"".join(pending))
         return sink.finish()
-    except ClientDisconnect:
-        sink.abort()
-        raise HTTPProblem(400, "the client disconnected mid-upload; send it again") from None
     except BaseException:
         sink.abort()
         raise

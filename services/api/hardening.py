@@ -26,6 +26,14 @@ QUERY_TOKEN_MESSAGE = (
 )
 
 
+def hardened_headers(path: str) -> dict[str, str]:
+    """The headers ``Hardening`` adds to an answer on ``path`` (for answers made outside it)."""
+    headers = dict(SECURITY_HEADERS)
+    if path.startswith(LAB_DATA_PREFIX):
+        headers["Cache-Control"] = LAB_DATA_CACHE_CONTROL
+    return headers
+
+
 def _has_query_token(query_string: bytes) -> bool:
     """True when the query string names a lab-token parameter."""
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from services import metrics
 from services.api.auth import AuthError, TokenStore, bearer_token
 from services.api.errors import HTTPProblem
+from services.api.slots import LabSlots
+from services.api.tus_store import UploadStore
 from services.api.upload import Upload, UploadChecker
 from services.archive import Archive, ArchiveError, JobFiles
 from services.queue import JobQueue
@@ -47,9 +48,27 @@ class JobService:
         self.archive = Archive(settings.archive_path)
         self.queue = JobQueue.from_settings(settings, self.archive.root)
         self.redis = self.queue.r
-        self.uploads = UploadChecker(settings, self.archive)
-        # non-blocking slots (works across event loops and threads): excess uploads get 503
-        self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
+        self.tus_store = UploadStore(self.archive.root / "uploads", settings.upload_expiry_s)
+        self.tus_store.sweep()
+        self.uploads = UploadChecker(settings, self.archive, self.tus_store)
+        # non-blocking slots (work across event loops and threads), capped per replica and per
+        # lab: excess uploads get 503, and one lab can never hold them all
+        self.upload_slots = LabSlots(
+            "uploads",
+            settings.max_concurrent_uploads,
+            settings.max_uploads_per_lab,
+            settings.retry_after_s,
+            ("max_concurrent_uploads", "max_uploads_per_lab"),
+            lambda lab, n: metrics.UPLOAD_SLOTS_IN_USE.labels(lab=lab, kind="upload").set(n),
+        )
+        self.body_slots = LabSlots(
+            "requests with a body",
+            settings.max_body_reads,
+            settings.max_body_reads_per_lab,
+            settings.retry_after_s,
+            ("max_body_reads", "max_body_reads_per_lab"),
+            lambda lab, n: metrics.UPLOAD_SLOTS_IN_USE.labels(lab=lab, kind="body").set(n),
+        )
         removed = self.archive.remove_stale_temps(settings.stale_temp_grace_s)
         if removed:
             log.info("removed %d stale upload temp file(s) from %s", removed, self.archive.tmp_dir)
@@ -112,6 +131,7 @@ class JobService:
             "duration_s": record.get("duration_s"),
             "video_sha256": record.get("video_sha256"),
             "options": record.get("options", {}),
+            "notes": record.get("notes", []),
             "stage": live.get("stage"),
             "progress": live.get("progress"),
             "notification": record.get("notification"),
@@ -143,24 +163,23 @@ class JobService:
         started = time.perf_counter()
         lab = self.lab_of(request)
         await run_in_threadpool(self._check_capacity)
-        if not self._upload_slots.acquire(blocking=False):
+        try:
+            self.upload_slots.acquire(lab)
+        except HTTPProblem:
             metrics.JOBS.labels(state="rejected").inc()
-            s = self.settings
-            raise HTTPProblem(
-                503,
-                f"{s.max_concurrent_uploads} uploads are already in progress on this server "
-                f"(max_concurrent_uploads); retry in {s.retry_after_s} s",
-                {"Retry-After": str(s.retry_after_s)},
-            )
+            raise
         try:
             form = await self.uploads.read_form(request)
-            upload = await run_in_threadpool(self.uploads.check, form)
+            video = form.get("video")
+            if video is not None and video.is_file:
+                metrics.UPLOAD_BYTES.labels(kind="direct").inc(video.size)
+            upload = await run_in_threadpool(self.uploads.check, form, lab)
             try:
                 return 202, await run_in_threadpool(self._archive_and_enqueue, lab, upload, started)
             finally:
                 upload.discard()
         finally:
-            self._upload_slots.release()
+            self.upload_slots.release(lab)
 
     def _check_capacity(self) -> None:
         """503 with Retry-After when the queue is full."""
@@ -200,6 +219,8 @@ class JobService:
             "duration_s": upload.duration_s,
             "options": upload.options,
             "protocol_edited": upload.protocol_original is not None,
+            "notes": upload.notes,
+            "annotation_spans": upload.annotation_spans,
         }
         jf = self.archive.create_job(
             lab,

@@ -139,7 +139,8 @@ class LinkSigner:
         except ValueError:
             raise LinkError(f"invalid signed link: exp is not a number; {fix}") from None
         want = self.signature(lab, job_id, resource, expires)
-        if not hmac.compare_digest(want, sig.lower()):
+        # bytes, not str: compare_digest refuses a non-ASCII str (a ``sig=%C3%A9`` would be a 500)
+        if not hmac.compare_digest(want.encode("ascii"), sig.lower().encode("utf-8")):
             raise LinkError(
                 f"invalid link signature: the link was altered or made for another job or "
                 f"file; {fix}"

@@ -1,7 +1,9 @@
 """The HTTP routes (SPEC "Service") over a ``JobService``, with request metrics and the viewer pages.
 
-- ``POST /v1/jobs``  multipart ``video`` file, ``protocol`` file or text field, optional
-  ``annotations`` file and ``options`` JSON (keys: method, method_params, segment_seconds) -> 202
+- ``POST /v1/jobs``  multipart ``video`` file (or ``video_upload``: a finished resumable upload's
+  id or URL), ``protocol`` file or text field, optional ``annotations`` file and ``options`` JSON
+  (keys: method, method_params, segment_seconds, protocol_id) -> 202
+- ``/v1/uploads``: resumable uploads, tus 1.0 (``services.api.tus``)
 - ``GET /v1/jobs``, ``GET /v1/jobs/{id}`` (with signed media ``links``),
   ``GET /v1/jobs/{id}/alignment.{json,csv,vtt}`` (``?similarity=1`` adds the matrix to the
   JSON), ``GET /v1/jobs/{id}/video`` (HTTP Range)
@@ -19,6 +21,7 @@ that does not exist.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,14 @@ from biovl_core.errors import BioVLError
 from services import metrics
 from services.api.corrections import add_correction_routes
 from services.api.errors import HTTPProblem, problem_response
-from services.api.hardening import Hardening
+from services.api.hardening import Hardening, hardened_headers
 from services.api.jobs import JobService
 from services.api.links import SIGNATURE_PARAMS, LinkError, LinkSigner
+from services.api.tus import register_tus_routes
 from services.archive import JobFiles
 from services.protocol_preview import register_protocol_preview
+
+log = logging.getLogger("biovl.service")
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 ALIGNMENT_MEDIA = {
@@ -50,6 +56,10 @@ VIDEO_MEDIA = {
     ".ts": "video/mp2t",
     ".mov": "video/quicktime",
 }
+DEEP_NESTING_MESSAGE = (
+    "the JSON is nested too deeply to read; send a flat object or list (a protocol, "
+    "annotations, options and corrections are at most a few levels deep)"
+)
 # the archived video never changes (the job id is its content hash): the browser may keep it
 VIDEO_CACHE_CONTROL = "private, max-age=3600"
 
@@ -61,6 +71,7 @@ def create_app(service: JobService) -> FastAPI:
     )
     app.state.service = service
     register_protocol_preview(app, service)
+    register_tus_routes(app, service)
     links = LinkSigner.from_settings(service.settings)
     app.add_middleware(Hardening)  # added first: the request metrics below also count its 401s
 
@@ -84,6 +95,18 @@ def create_app(service: JobService) -> FastAPI:
     @app.exception_handler(BioVLError)
     async def _biovl(_: Request, exc: BioVLError) -> JSONResponse:
         return JSONResponse({"error": str(exc), "status": 422}, 422)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        return problem_response(HTTPProblem(422, DEEP_NESTING_MESSAGE))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers this from its outermost middleware, outside Hardening: the
+        # security headers are set here so that a 500 carries them too
+        log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+        body = {"error": "internal error; the operator's log has the details", "status": 500}
+        return JSONResponse(body, 500, headers=hardened_headers(request.url.path))
 
     @app.middleware("http")
     async def _http_metrics(request: Request, call_next: Any) -> Response:

@@ -5,16 +5,17 @@ archive's temp folder."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import Request
 
-from biovl_core.errors import AnnotationError, BioVLError, ProtocolError, VideoError
+from biovl_core.errors import AnnotationError, ProtocolError, VideoError
 from services import metrics
+from services.api.body import BodyLimits, BodyReader
 from services.api.errors import HTTPProblem
 from services.api.form import (
     FormPart,
@@ -24,9 +25,11 @@ from services.api.form import (
     boundary_of,
     read_streamed_form,
 )
+from services.api.job_options import check_alignable, check_options
+from services.api.tus_store import UploadStore
 from services.archive import Archive, annotations_ext
-from services.groups import check_protocol_id
-from services.settings import JOB_OPTION_KEYS, ServiceSettings
+from services.groups import spans_to_json
+from services.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from biovl_core.protocol import Protocol
@@ -50,8 +53,10 @@ class Upload:
     protocol: Protocol
     annotations_tmp: Path | None
     annotations_ext: str | None
+    annotation_spans: list[list[float] | None] | None  # matched to the steps at upload
     options: dict[str, Any]
     duration_s: float
+    notes: list[str] = field(default_factory=list)  # what the check decided for the lab
     temps: list[Path] = field(default_factory=list)
     protocol_original: str | None = None  # the uploaded text, when the lab sent edited steps
 
@@ -65,19 +70,33 @@ class Upload:
 class UploadChecker:
     """Checks an upload against the settings' limits and stores its files in the archive's tmp."""
 
-    def __init__(self, settings: ServiceSettings, archive: Archive) -> None:
+    def __init__(self, settings: ServiceSettings, archive: Archive, store: UploadStore) -> None:
         self.settings = settings
         self.archive = archive
+        self.store = store
 
     def part_rules(self) -> dict[str, PartRule]:
         """The form's fields: each one's byte limit, storage and the fix when it is too big."""
         s = self.settings
-        return {
-            "video": PartRule(
+        if s.max_direct_video_bytes < s.max_video_bytes:
+            video = PartRule(
+                s.max_direct_video_bytes,
+                True,
+                "send larger recordings as a resumable upload (tus, POST /v1/uploads; the "
+                "upload form does) and name it in the field 'video_upload' (the operator's "
+                "limit for direct uploads is max_direct_video_bytes)",
+            )
+        else:
+            video = PartRule(
                 s.max_video_bytes,
                 True,
                 "send a shorter recording or one re-encoded at a lower bitrate "
                 "(the operator's limit is max_video_bytes)",
+            )
+        return {
+            "video": video,
+            "video_upload": PartRule(
+                1024, False, "video_upload is the id or URL of a finished upload"
             ),
             "protocol": PartRule(
                 s.max_protocol_bytes,
@@ -111,12 +130,12 @@ class UploadChecker:
         rules = self.part_rules()
         limit_total = sum(r.limit for r in rules.values()) + FORM_OVERHEAD_BYTES
         length = request.headers.get("content-length")
+        s = self.settings
         if length and length.isdigit() and int(length) > limit_total:
-            s = self.settings
             raise HTTPProblem(
                 413,
                 f"request body is {int(length)} bytes; the limit is {limit_total} bytes "
-                f"(video {s.max_video_bytes}, protocol and steps {s.max_protocol_bytes} each, "
+                f"(video {rules['video'].limit}, protocol and steps {s.max_protocol_bytes} each, "
                 f"annotations {s.max_annotations_bytes}, options {s.max_options_bytes}); "
                 f"{rules['video'].fix}",
             )
@@ -125,15 +144,57 @@ class UploadChecker:
             rules,
             self.archive.temp_path,
         )
+        body = BodyReader(
+            request,
+            BodyLimits(
+                max_bytes=limit_total,
+                deadline_s=s.upload_deadline_s,
+                idle_timeout_s=s.upload_idle_timeout_s,
+                min_rate_bps=s.upload_min_rate_bps,
+                grace_s=s.upload_rate_grace_s,
+                what="the upload",
+                fix="send one video, one protocol and at most one annotations file",
+            ),
+        )
         return await read_streamed_form(
-            request.stream(),
-            sink,
-            batch_bytes=self.settings.upload_chunk_bytes,
-            total_limit=limit_total,
-            idle_timeout_s=self.settings.upload_idle_timeout_s,
+            body.chunks(), sink, batch_bytes=self.settings.upload_chunk_bytes
         )
 
-    def check(self, form: StreamedForm) -> Upload:
+    def small_body_limits(self, what: str, max_bytes: int, fix: str) -> BodyLimits:
+        """The pace every small body (preview, correction) must keep: ``body_deadline_s``."""
+        s = self.settings
+        return BodyLimits(
+            max_bytes=max_bytes,
+            deadline_s=s.body_deadline_s,
+            idle_timeout_s=min(s.upload_idle_timeout_s, s.body_deadline_s),
+            min_rate_bps=s.upload_min_rate_bps,
+            grace_s=min(s.upload_rate_grace_s, s.body_deadline_s),
+            what=what,
+            fix=fix,
+        )
+
+    async def read_protocol_form(self, request: Request) -> FormPart | None:
+        """The ``protocol`` field of a small multipart form (the protocol preview), read as a
+        stream under ``max_protocol_bytes`` and ``body_deadline_s``."""
+        limit = self.settings.max_protocol_bytes
+        fix = "a protocol is plain text or JSON with one step per line (max_protocol_bytes)"
+        rules = {"protocol": PartRule(limit, False, fix)}
+        try:
+            boundary = boundary_of(
+                request.headers.get("content-type"), ["protocol"], "POST /v1/protocol/preview"
+            )
+        except HTTPProblem:
+            return None  # not multipart: no protocol field (the body is never read)
+        sink = MultipartSink(boundary, rules, self.archive.temp_path)
+        body = BodyReader(
+            request, self.small_body_limits("the protocol", limit + FORM_OVERHEAD_BYTES, fix)
+        )
+        form = await read_streamed_form(
+            body.chunks(), sink, batch_bytes=self.settings.upload_chunk_bytes
+        )
+        return form.get("protocol")
+
+    def check(self, form: StreamedForm, lab: str) -> Upload:
         """Every field checked in order (video, protocol, edited steps, annotations, options,
         probe, probe limits, method); the first problem is raised as an ``HTTPProblem`` and the
         form's temp files are removed. Blocking (probe, parsing): the ingress runs it in a
@@ -142,6 +203,8 @@ class UploadChecker:
         With ``steps`` (the step list a lab edited in the upload form's preview) the job aligns
         those steps; the uploaded ``protocol`` text is kept as the original beside them."""
         try:
+            if form.get("video_upload") is not None:
+                form.parts["video"] = self._uploaded_video(form, lab)
             video = self._video_part(form.get("video"))
             steps_part = form.get("steps")
             original: str | None = None
@@ -154,14 +217,16 @@ class UploadChecker:
                 else:
                     protocol_name = "steps.json"
                 protocol, protocol_text = edited_steps(steps_part, protocol_name)
-            annotations = self._annotations(form.get("annotations"))
-            options = self._options(form.get("options"))
+            annotations, spans = self._annotations(form.get("annotations"), protocol.steps)
+            options = check_options(self.settings, form.get("options"))
             assert video.path is not None
             probe_start = time.perf_counter()
             info = self._probe(video.path, video.filename)
             metrics.STAGE_SECONDS.labels(stage="probe").observe(time.perf_counter() - probe_start)
             video_ext = self._canonical_extension(info, video.filename)
-            self._check_alignable(options, len(protocol.steps), info.duration_s, video.filename)
+            options, note = check_alignable(
+                self.settings, options, len(protocol.steps), info.duration_s, video.filename
+            )
         except BaseException:
             form.discard()
             raise
@@ -176,17 +241,63 @@ class UploadChecker:
             protocol=protocol,
             annotations_tmp=annotations.path if annotations else None,
             annotations_ext=annotations_ext(annotations.filename) if annotations else None,
+            annotation_spans=spans,
             options=options,
             duration_s=info.duration_s,
+            notes=[note] if note else [],
             temps=form.temp_files(),
             protocol_original=original,
+        )
+
+    def _uploaded_video(self, form: StreamedForm, lab: str) -> FormPart:
+        """The finished resumable upload named by ``video_upload``, linked into the archive's
+        temp folder as if it had come in the form: its size and the sha256 computed while its
+        bytes arrived (nothing reads it again to hash it)."""
+        from services.api.tus import upload_id_of
+
+        if form.get("video") is not None:
+            raise HTTPProblem(422, "send either 'video' or 'video_upload', not both")
+        named = form.parts.pop("video_upload").value.decode("utf-8", "replace")
+        try:
+            info = self.store.get(lab, upload_id_of(named))
+        except ValueError as exc:
+            raise HTTPProblem(422, f"video_upload: {exc}") from None
+        if info is None:
+            raise HTTPProblem(
+                422,
+                f"video_upload {named[:100]!r}: no such upload for your lab (unknown, deleted, "
+                "or expired); upload the recording again",
+            )
+        if not info.complete or not info.sha256:
+            raise HTTPProblem(
+                409,
+                f"upload {info.id} has {info.offset} of {info.length} bytes: resume it (HEAD, "
+                "then PATCH from that offset) before naming it in video_upload",
+            )
+        tmp = self.archive.temp_path()
+        try:
+            os.link(self.store.data_path(lab, info.id), tmp)
+        except FileNotFoundError:
+            raise HTTPProblem(
+                422, f"upload {info.id} was removed meanwhile; upload the recording again"
+            ) from None
+        return FormPart(
+            name="video",
+            filename=info.metadata.get("filename") or f"upload-{info.id}",
+            size=info.length,
+            sha256=info.sha256,
+            path=tmp,
         )
 
     @staticmethod
     def _video_part(part: FormPart | None) -> FormPart:
         """The video file part (422 when missing, not a file, or empty)."""
         if part is None or not part.is_file:
-            raise HTTPProblem(422, "missing the 'video' file field (multipart/form-data)")
+            raise HTTPProblem(
+                422,
+                "missing the 'video' file field (multipart/form-data), or 'video_upload' naming "
+                "a finished resumable upload (POST /v1/uploads)",
+            )
         if part.size == 0:
             raise HTTPProblem(
                 422,
@@ -216,124 +327,22 @@ class UploadChecker:
             raise HTTPProblem(422, f"protocol: {exc}") from None
 
     @staticmethod
-    def _annotations(part: FormPart | None) -> FormPart | None:
-        """The optional annotations part, parsed (422 when it cannot be read)."""
+    def _annotations(
+        part: FormPart | None, steps: list[str]
+    ) -> tuple[FormPart | None, list[list[float] | None] | None]:
+        """The optional annotations part, parsed and matched to the protocol's steps once, here
+        (linear: ``annotations_to_spans``); 422 when it cannot be read or does not fit."""
         if part is None:
-            return None
-        from biovl_core.io import parse_annotations
+            return None, None
+        from biovl_core.io import annotations_to_spans, parse_annotations
 
         assert part.path is not None
         try:
-            parse_annotations(part.path.read_bytes(), filename=part.filename)
+            rows = parse_annotations(part.path.read_bytes(), filename=part.filename)
+            spans = annotations_to_spans(rows, steps)
         except AnnotationError as exc:
             raise HTTPProblem(422, f"annotations: {exc}") from None
-        return part
-
-    def _options(self, part: FormPart | None) -> dict[str, Any]:
-        """Parse and check the ``options`` JSON (only JOB_OPTION_KEYS; method checked later)."""
-        if part is None or (not part.is_file and not part.value.strip()):
-            return {}
-        if part.is_file:
-            raise HTTPProblem(422, "options must be a JSON text field, not a file")
-        try:
-            options = json.loads(part.value)
-        except ValueError as exc:
-            raise HTTPProblem(422, f"options is not valid JSON ({exc})") from None
-        if not isinstance(options, dict):
-            raise HTTPProblem(422, 'options must be a JSON object, e.g. {"method": "nw"}')
-        unknown = sorted(set(options) - JOB_OPTION_KEYS)
-        if unknown:
-            raise HTTPProblem(
-                422, f"options {unknown} cannot be set per job; allowed: {sorted(JOB_OPTION_KEYS)}"
-            )
-        if "protocol_id" in options:
-            try:
-                check_protocol_id(options["protocol_id"])
-            except ValueError as exc:
-                raise HTTPProblem(422, str(exc)) from None
-        seg = options.get("segment_seconds")
-        if seg is not None and (
-            not isinstance(seg, int | float) or isinstance(seg, bool) or not 0.5 <= seg <= 60
-        ):
-            raise HTTPProblem(422, f"segment_seconds must be a number from 0.5 to 60, got {seg!r}")
-        if not isinstance(options.get("method_params", {}), dict):
-            raise HTTPProblem(422, "method_params must be a JSON object")
-        try:
-            self.settings.pipeline_config(**options)
-        except (ValueError, TypeError) as exc:
-            raise HTTPProblem(422, f"options: {exc}") from None
-        return options
-
-    def _check_alignable(
-        self, options: dict[str, Any], num_steps: int, duration_s: float, filename: str | None
-    ) -> None:
-        """Probe limits and K <= N by arithmetic, then the method's parameter checks on a 1 x 1
-        matrix: 422 with the limit and the fix, before any work scales with the video."""
-        from biovl_core.align import align, resolve_method
-        from biovl_core.video import segment_count
-
-        s = self.settings
-        if duration_s > s.max_video_duration_s:
-            raise HTTPProblem(
-                422,
-                f"video {filename!r} lasts {duration_s / 3600:.1f} h ({duration_s:.0f} s); the "
-                f"limit is {s.max_video_duration_s / 3600:.1f} h (max_video_duration_s): split "
-                "the recording into shorter parts, or check the file (a broken timestamp can "
-                "make a short file claim a huge duration)",
-            )
-        cfg = s.pipeline_config(**options)
-        n = segment_count(duration_s, cfg.segment_seconds)
-        if n > s.max_segments:
-            raise HTTPProblem(
-                422,
-                f"video {filename!r} makes {n} segments of {cfg.segment_seconds:g} s; the limit "
-                f"is {s.max_segments} (max_segments): use longer segments (options "
-                "segment_seconds) or a shorter recording",
-            )
-        try:
-            spec = resolve_method(cfg.method)
-        except BioVLError as exc:
-            raise HTTPProblem(422, f"options: {exc}") from None
-        if spec.direct is None and num_steps > n:
-            raise HTTPProblem(
-                422,
-                f"this recording cannot be aligned with these options: {num_steps} steps but "
-                f"only {n} segments ({duration_s:.1f} s of video at {cfg.segment_seconds:g} s "
-                f"per segment), and method {spec.name!r} gives every step at least one "
-                "segment; use shorter segments (options segment_seconds), merge steps, or "
-                "method 'uniform'",
-            )
-        params = self._scalar_params(cfg.method_params, num_steps, n)
-        try:
-            align(
-                np.zeros((1, 1), dtype=np.float32),
-                method=spec.name,
-                segment_seconds=cfg.segment_seconds,
-                duration_s=cfg.segment_seconds,
-                backend="numpy",
-                **params,
-            )
-        except (ValueError, TypeError) as exc:
-            raise HTTPProblem(422, f"options: {exc}") from None
-
-    @staticmethod
-    def _scalar_params(params: dict[str, Any], num_steps: int, n: int) -> dict[str, Any]:
-        """``params`` less its per-step / per-segment lists, whose lengths are checked here (422);
-        what is left can be checked on a 1 x 1 matrix."""
-        sizes = {"steps": (num_steps, "step"), "drop_cost": (n, "segment")}
-        out = dict(params)
-        for name, (size, unit) in sizes.items():
-            value = out.get(name)
-            if not isinstance(value, list):
-                continue
-            if len(value) != size:
-                raise HTTPProblem(
-                    422,
-                    f"method_params.{name} has {len(value)} values for {size} {unit}s of this "
-                    f"upload; give one per {unit}",
-                )
-            del out[name]  # the values themselves are checked by the worker's full-size run
-        return out
+        return part, spans_to_json(spans)
 
     @staticmethod
     def _probe(path: Path, filename: str | None) -> VideoInfo:

@@ -13,6 +13,7 @@ import {
   wireSignIn,
 } from "./app.js";
 import { StepsEditor } from "./steps_editor.js";
+import { uploadVideo } from "./upload.js";
 
 const REFRESH_MS = 3000;
 let refreshTimer = null;
@@ -151,7 +152,6 @@ async function onUpload(event) {
     return;
   }
   const data = new FormData();
-  data.append("video", form.video.files[0]);
   data.append("protocol", form.protocol.files[0]);
   if (form.annotations.files.length) data.append("annotations", form.annotations.files[0]);
   if (form.options.value.trim()) data.append("options", form.options.value.trim());
@@ -164,9 +164,19 @@ async function onUpload(event) {
   progress.value = 0;
   showUploadMessage("info", "Uploading…");
   try {
-    const job = await postJob(data, (pct) => {
-      progress.value = pct;
+    const video = form.video.files[0];
+    const uploadUrl = await uploadVideo(video, {
+      onProgress: (sent, total) => {
+        progress.value = total ? Math.round((100 * sent) / total) : 0;
+        showUploadMessage("info", `Uploading… ${Math.round(sent / 1048576)} of ${Math.round(total / 1048576)} MiB`);
+      },
+      onRetry: (attempt) => {
+        showUploadMessage("info", `The connection dropped: resuming the upload (attempt ${attempt})…`);
+      },
     });
+    data.append("video_upload", uploadUrl);
+    showUploadMessage("info", "Checking the recording…");
+    const job = await postJob(data, () => {});
     const id = job.job_id || job.id;
     showUploadMessage(
       "success",
