@@ -244,6 +244,7 @@ class Worker:
             cfg,
             progress,
             group=group_context(self.archive, jf),
+            video_sha256=record.get("video_sha256") or None,  # hashed at upload: not read again
         )
 
     @contextmanager
