@@ -141,6 +141,14 @@ DECODER_FALLBACKS = Counter(
 REALIGN_RECORDINGS = Counter(
     "biovl_realign_recordings_total", "Recordings processed by the archive re-aligner.", ["outcome"]
 )
+# what decoding costs (issue 23): per sample = rate(frames or bytes) / rate(samples)
+DECODE_FRAMES = Counter("biovl_decode_frames_total", "Video frames the decoders decoded.")
+DECODE_READ_BYTES = Counter(
+    "biovl_decode_read_bytes_total", "Bytes of video files the decoders read."
+)
+DECODE_SAMPLES = Counter(
+    "biovl_decode_samples_total", "Sample timestamps decoded (frames handed to the embedder)."
+)
 
 METRIC_NAMES: frozenset[str] = frozenset(
     {
@@ -158,6 +166,9 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_realign_recordings_total",
         "biovl_decoder_backend",
         "biovl_decoder_fallbacks_total",
+        "biovl_decode_frames_total",
+        "biovl_decode_read_bytes_total",
+        "biovl_decode_samples_total",
     }
 )
 
@@ -211,6 +222,15 @@ def observe_stages(timings: dict[str, float]) -> None:
     for stage, seconds in timings.items():
         if stage in STAGES:
             STAGE_SECONDS.labels(stage=stage).observe(seconds)
+
+
+def observe_decode(stats: Any) -> None:
+    """Count what one decode call or job cost: a ``DecodeStats`` or the alignment result's
+    ``decode`` dict (frames_decoded, bytes_read, samples); nothing where it is empty."""
+    get = stats.get if isinstance(stats, dict) else lambda k, d=0: getattr(stats, k, d)
+    DECODE_FRAMES.inc(max(0.0, float(get("frames_decoded", 0))))
+    DECODE_READ_BYTES.inc(max(0.0, float(get("bytes_read", 0))))
+    DECODE_SAMPLES.inc(max(0.0, float(get("samples", 0))))
 
 
 def update_gpu_utilization() -> bool:

@@ -61,10 +61,17 @@ class PyAVSampler:
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
-        self.last_stats = DecodeStats()
+        self._local = threading.local()  # last_stats per thread: a Decoder replica decodes
+        # several files at once, each call reads back its own counters
+        self._latest = DecodeStats()  # the latest call of any thread (a prefetch thread's)
         self._idle: collections.OrderedDict[tuple, PacketReader] = collections.OrderedDict()
         self._idle_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    @property
+    def last_stats(self) -> DecodeStats:
+        """What the last `sample` / `iter_batches` call of this thread cost."""
+        return getattr(self._local, "stats", None) or self._latest
 
     def sample(self, path: str | Path, timestamps: np.ndarray, size: int = 224) -> np.ndarray:
         """uint8 RGB [N, k, size, size, 3] of the frames shown at `timestamps` [N, k] (s)."""
@@ -119,7 +126,7 @@ class PyAVSampler:
         rotation = _rotation(str(p), st.st_size, st.st_mtime_ns)
         index = container_index(p)
         stats = DecodeStats()
-        self.last_stats = stats
+        self._local.stats = self._latest = stats
         started = time.perf_counter()
         n, k = ts.shape
         if n == 0:
