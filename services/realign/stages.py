@@ -84,7 +84,7 @@ class SimilarityStage:
     def similarity(self, task: Task) -> dict[str, Any]:
         """The similarity columns of one task: sim float32 [K, N], steps, title, duration_s,
         video_sha256, embedded, timings, frame_times (float64 [N, k], the embedded frames)."""
-        from biovl_core.pipeline import recording_similarity, sample_plan_for, timed
+        from biovl_core.pipeline import recording_similarity, timed
         from biovl_core.protocol import parse_protocol
         from biovl_core.video import probe, video_sha256
 
@@ -112,9 +112,8 @@ class SimilarityStage:
                 if txt is None:  # new step texts: embed the texts only, never the video
                     txt = cache.texts(self._embedder(cfg), steps)
                 duration = task.duration_s or probe(video).duration_s
-                if times is None:  # an entry made before frame times were kept: plan only
-                    plan = sample_plan_for(video, probe(video), cfg, ident.frames_per_segment)
-                    times = plan.frame_times
+                if times is None:  # an entry made before frame times were kept
+                    times = _planned_frame_times(video, cfg, ident.frames_per_segment)
                 sim = np.ascontiguousarray(txt @ seg.T, dtype=np.float32)
                 embedded = False
         if sim is None:
@@ -193,6 +192,20 @@ def _align_group(
     aligned, calls = batched(resolve_method(cfg))
     baselines, _ = batched("uniform")
     return aligned, baselines, calls
+
+
+def _planned_frame_times(video: Path, cfg: PipelineConfig, k: int) -> np.ndarray | None:
+    """The frame times the sampling rule gives (the container's index, no decoding); None where
+    the video cannot be read (the cached embeddings still align)."""
+    from biovl_core.errors import VideoError
+    from biovl_core.pipeline import sample_plan_for
+    from biovl_core.video import probe
+
+    try:
+        return sample_plan_for(video, probe(video), cfg, k).frame_times
+    except VideoError as exc:
+        log.warning("%s: no frame times (%s)", video, exc)
+        return None
 
 
 def _frame_times(row: dict[str, Any]) -> np.ndarray | None:
