@@ -69,13 +69,17 @@ def _name_prefetch_thread() -> None:
     threading.current_thread().name = PREFETCH_THREAD
 
 
-def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+def prefetched(
+    items: Iterator[T], depth: int = 1, meanwhile: Callable[[], object] | None = None
+) -> Iterator[T]:
     """Yield ``items`` while one executor thread already produces the next ``depth`` of them.
 
     Decoding the next batch of segments overlaps embedding the current one (both release
     the GIL); memory stays bounded to ``depth + 1`` batches. Errors surface in the consumer.
-    Closing the generator (``contextlib.closing`` in the consumer) cancels what is queued and
-    waits for the one ``next`` in progress, so no thread outlives its consumer.
+    ``meanwhile`` runs in the consumer while the first item is produced (the step texts are
+    embedded while the first batch decodes). Closing the generator (``contextlib.closing`` in
+    the consumer) cancels what is queued and waits for the one ``next`` in progress, so no
+    thread outlives its consumer.
     """
     done = object()
     executor = ThreadPoolExecutor(max_workers=1, initializer=_name_prefetch_thread)
@@ -83,6 +87,8 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     try:
         for _ in range(max(1, depth)):
             pending.append(executor.submit(next, items, done))
+        if meanwhile is not None:
+            meanwhile()
         while True:
             item = pending.popleft().result()
             if item is done:
@@ -136,13 +142,15 @@ def embed_video(
     plan: SamplePlan | None = None,
     deadline: Deadline | None = None,
     decode_stats: dict[str, float] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> np.ndarray:
     """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments.
 
     ``sampler`` replaces the configured decoder (the service passes one that calls its
     Decoder deployment); ``info`` and ``plan`` are the probe and sample plan the caller already
     made. ``deadline`` is checked after every batch; ``decode_stats`` receives what decoding
-    cost, where the sampler counts it (``DECODE_STATS``).
+    cost, where the sampler counts it (``DECODE_STATS``); ``meanwhile`` runs while the first
+    batch decodes.
     """
     timings = {} if timings is None else timings
     own_sampler = sampler is None
@@ -156,7 +164,7 @@ def embed_video(
         video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
     )
     try:
-        with closing(prefetched(decoded)) as batches:
+        with closing(prefetched(decoded, meanwhile=meanwhile)) as batches:
             while True:
                 with timed(timings, "decode"):
                     item = next(batches, None)
@@ -207,6 +215,14 @@ def recording_similarity(
     video_emb = cache.get(*cache_args) if cache is not None else None
     frame_times = cache.get_frame_times(*cache_args) if video_emb is not None else None
     decode: dict[str, float] = {}
+    texts: list[np.ndarray] = []
+
+    def embed_texts() -> None:
+        with timed(timings, "embed_text"):
+            texts.append(
+                cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
+            )
+
     if video_emb is None:
         with timed(timings, "probe"):
             plan = sample_plan_for(video_path, info, cfg, fps)
@@ -221,16 +237,16 @@ def recording_similarity(
             plan=plan,
             deadline=deadline,
             decode_stats=decode,
+            meanwhile=embed_texts,  # the step texts while the first batch decodes
         )
         frame_times = plan.frame_times
         if cache is not None:
             cache.put(*cache_args[:4], video_emb, rule, frame_times)
     elif frame_times is None:  # an entry made before frame times were kept: plan, no decoding
         frame_times = sample_plan_for(video_path, info, cfg, fps).frame_times
-    with timed(timings, "embed_text"):
-        text_emb = (
-            cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
-        )
+    if not texts:
+        embed_texts()
+    text_emb = texts[0]
     similarity = np.ascontiguousarray(text_emb @ video_emb.T, dtype=np.float32)
     return RecordingSimilarity(
         similarity, info.duration_s, sha, timings, video_emb, text_emb, frame_times, decode
