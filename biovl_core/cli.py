@@ -102,6 +102,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--segment-seconds", type=float, default=d.segment_seconds)
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     g.add_argument("--decoder", default=d.decoder, choices=["auto", "pyav", "dali"])
+    g.add_argument(
+        "--sampling",
+        default=d.sampling,
+        choices=["keyframe", "exact"],
+        help="frame of each segment: the keyframe nearest its middle within "
+        "--keyframe-tolerance, decoded alone (default), or the exact middle frame",
+    )
+    g.add_argument("--keyframe-tolerance", type=float, default=d.keyframe_tolerance_s)
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=d.job_deadline_s,
+        help="seconds one recording may take, 0 for no limit (default %(default)s)",
+    )
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument(
         "--method",
@@ -131,6 +145,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         batch_size=args.batch_size,
         device=args.device,
         decoder=args.decoder,
+        sampling=args.sampling,
+        keyframe_tolerance_s=args.keyframe_tolerance,
+        job_deadline_s=args.deadline or None,
         method=args.method,
         backend=args.backend,
         cache_dir=args.cache_dir,

@@ -37,13 +37,20 @@ class PipelineConfig:
     batch_size: int = 64
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     allow_random_weights: bool = field(default_factory=lambda: env_flag(RANDOM_WEIGHTS_ENV))
-    # decoding
+    # decoding (SPEC.md "Frames"; biovl_core/video/segments.py)
     decoder: str = "auto"  # "auto" | "pyav" | "dali"
+    sampling: str = "keyframe"  # "keyframe": nearest keyframe within the tolerance | "exact"
+    keyframe_tolerance_s: float = 1.0  # how far a keyframe may lie from a sample's exact time
+    job_deadline_s: float | None = 3600.0  # wall seconds one recording may take; None: no limit
     # alignment
     method: str = "default"  # "default" | "uniform" | "nw" | "drop_dtw" | ...
     method_params: dict[str, Any] = field(default_factory=dict)
     backend: str = "auto"  # "auto" | "numpy" | "numba" | "cupy"
     cache_dir: str | None = None  # embedding cache folder; None disables caching
+
+    def sampling_key(self) -> str:
+        """The frame rule as cache keys record it: "exact", or "keyframe:<tolerance>"."""
+        return "exact" if self.sampling == "exact" else f"keyframe:{self.keyframe_tolerance_s:g}"
 
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with some fields changed."""

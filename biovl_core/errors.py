@@ -25,3 +25,7 @@ class WeightsUnavailable(BioVLError):
 
 class DecoderUnavailable(BioVLError):
     """The requested frame decoder cannot run here (DALI without a CUDA GPU or not installed)."""
+
+
+class JobDeadlineExceeded(BioVLError):
+    """A recording took longer than its deadline (``PipelineConfig.job_deadline_s``)."""

@@ -29,18 +29,20 @@ from biovl_core.align import (
 )
 from biovl_core.align import resolve_method as method_spec
 from biovl_core.config import PipelineConfig
+from biovl_core.deadline import Deadline
 from biovl_core.embed import Embedder, EmbeddingCache, load_embedder
 from biovl_core.protocol import Protocol
 from biovl_core.result import AlignmentResult
 from biovl_core.segment_fit import resolve_method
 from biovl_core.video import (
     FrameSampler,
+    SamplePlan,
     VideoInfo,
     get_sampler,
     probe,
-    segment_timestamps,
-    video_sha256,
+    recording_plan,
 )
+from biovl_core.video import video_sha256 as hash_video
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 T = TypeVar("T")
@@ -64,13 +66,17 @@ def _name_prefetch_thread() -> None:
     threading.current_thread().name = PREFETCH_THREAD
 
 
-def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+def prefetched(
+    items: Iterator[T], depth: int = 1, meanwhile: Callable[[], object] | None = None
+) -> Iterator[T]:
     """Yield ``items`` while one executor thread already produces the next ``depth`` of them.
 
     Decoding the next batch of segments overlaps embedding the current one (both release
     the GIL); memory stays bounded to ``depth + 1`` batches. Errors surface in the consumer.
-    Closing the generator (``contextlib.closing`` in the consumer) cancels what is queued and
-    waits for the one ``next`` in progress, so no thread outlives its consumer.
+    ``meanwhile`` runs in the consumer while the first item is produced (the step texts are
+    embedded while the first batch decodes). Closing the generator (``contextlib.closing`` in
+    the consumer) cancels what is queued and waits for the one ``next`` in progress, so no
+    thread outlives its consumer.
     """
     done = object()
     executor = ThreadPoolExecutor(max_workers=1, initializer=_name_prefetch_thread)
@@ -78,6 +84,8 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     try:
         for _ in range(max(1, depth)):
             pending.append(executor.submit(next, items, done))
+        if meanwhile is not None:
+            meanwhile()
         while True:
             item = pending.popleft().result()
             if item is done:
@@ -98,6 +106,25 @@ class RecordingSimilarity:
     timings: dict[str, float] = field(default_factory=dict)
     frames: np.ndarray | None = None  # float32 [N, D] segment embeddings (for group alignment)
     texts: np.ndarray | None = None  # float32 [K, D] step embeddings
+    frame_times: np.ndarray | None = None  # float64 [N, k] time of every embedded frame (s)
+    decode: dict[str, float] = field(default_factory=dict)  # what decoding cost (DecodeStats)
+
+
+DECODE_STATS = ("frames_decoded", "samples", "bytes_read", "keyframes_alone", "seeks")
+
+
+def sample_plan_for(
+    video_path: str | Path, info: VideoInfo, cfg: PipelineConfig, frames_per_segment: int
+) -> SamplePlan:
+    """Which frame stands for each segment under the configured rule (SPEC.md "Frames")."""
+    return recording_plan(
+        video_path,
+        info,
+        cfg.segment_seconds,
+        frames_per_segment,
+        rule=cfg.sampling,
+        tolerance_s=cfg.keyframe_tolerance_s,
+    )
 
 
 def embed_video(
@@ -109,32 +136,50 @@ def embed_video(
     progress: ProgressFn | None = None,
     sampler: FrameSampler | None = None,
     info: VideoInfo | None = None,
+    plan: SamplePlan | None = None,
+    deadline: Deadline | None = None,
+    decode_stats: dict[str, float] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> np.ndarray:
     """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments.
 
     ``sampler`` replaces the configured decoder (the service passes one that calls its
-    Decoder deployment); ``info`` is the probe the caller already made.
+    Decoder deployment); ``info`` and ``plan`` are the probe and sample plan the caller already
+    made. ``deadline`` is checked after every batch; ``decode_stats`` receives what decoding
+    cost, where the sampler counts it (``DECODE_STATS``); ``meanwhile`` runs while the first
+    batch decodes.
     """
     timings = {} if timings is None else timings
+    own_sampler = sampler is None
     with timed(timings, "probe"):
         info = info or probe(video_path)
-        stamps = segment_timestamps(info, cfg.segment_seconds, embedder.frames_per_segment)
+        plan = plan or sample_plan_for(video_path, info, cfg, embedder.frames_per_segment)
         sampler = sampler or get_sampler(cfg.decoder)
+    stamps = plan.timestamps
     chunks: list[np.ndarray] = []
     decoded = sampler.iter_batches(
         video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
     )
-    with closing(prefetched(decoded)) as batches:
-        while True:
-            with timed(timings, "decode"):
-                item = next(batches, None)
-            if item is None:
-                break
-            segments, frames = item
-            with timed(timings, "embed_video"):
-                chunks.append(embedder.embed_frames(frames))
-            if progress:
-                progress("embed_video", segments.stop, len(stamps))
+    try:
+        with closing(prefetched(decoded, meanwhile=meanwhile)) as batches:
+            while True:
+                with timed(timings, "decode"):
+                    item = next(batches, None)
+                if item is None:
+                    break
+                segments, frames = item
+                with timed(timings, "embed_video"):
+                    chunks.append(embedder.embed_frames(frames))
+                if progress:
+                    progress("embed_video", segments.stop, len(stamps))
+                if deadline is not None:
+                    deadline.check(f"{segments.stop} of {len(stamps)} segments embedded")
+        stats = getattr(sampler, "last_stats", None)
+        if decode_stats is not None and stats is not None:
+            decode_stats.update({k: float(getattr(stats, k, 0)) for k in DECODE_STATS})
+    finally:
+        if own_sampler and hasattr(sampler, "close"):
+            sampler.close()
     return np.concatenate(chunks, axis=0)
 
 
@@ -146,17 +191,39 @@ def recording_similarity(
     *,
     progress: ProgressFn | None = None,
     sampler: FrameSampler | None = None,
+    video_sha256: str | None = None,
+    deadline: Deadline | None = None,
 ) -> RecordingSimilarity:
-    """Cosine similarity [K steps, N segments]; embeddings come from the cache when present."""
+    """Cosine similarity [K steps, N segments]; embeddings come from the cache when present.
+
+    ``video_sha256``: the file's content hash where the caller knows it (the archive computes
+    it while the upload streams), so the file is not read again for it.
+    """
     timings: dict[str, float] = {}
     with timed(timings, "probe"):
         info = probe(video_path)
-    with timed(timings, "hash"):
-        sha = video_sha256(video_path)
+    if video_sha256 is None:
+        with timed(timings, "hash"):
+            video_sha256 = hash_video(video_path)
+    sha = video_sha256
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
+    fps, rule = embedder.frames_per_segment, cfg.sampling_key()
+    cache_args = (sha, embedder.cache_key(), cfg.segment_seconds, fps, rule)
+    video_emb = cache.get(*cache_args) if cache is not None else None
+    frame_times = cache.get_frame_times(*cache_args) if video_emb is not None else None
+    decode: dict[str, float] = {}
+    texts: list[np.ndarray] = []
 
-    def compute() -> np.ndarray:
-        return embed_video(
+    def embed_texts() -> None:
+        with timed(timings, "embed_text"):
+            texts.append(
+                cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
+            )
+
+    if video_emb is None:
+        with timed(timings, "probe"):
+            plan = sample_plan_for(video_path, info, cfg, fps)
+        video_emb = embed_video(
             video_path,
             embedder,
             cfg,
@@ -164,18 +231,23 @@ def recording_similarity(
             progress=progress,
             sampler=sampler,
             info=info,
+            plan=plan,
+            deadline=deadline,
+            decode_stats=decode,
+            meanwhile=embed_texts,  # the step texts while the first batch decodes
         )
-
-    if cache is not None:
-        video_emb = cache.segments(sha, embedder, cfg.segment_seconds, compute)
-    else:
-        video_emb = compute()
-    with timed(timings, "embed_text"):
-        text_emb = (
-            cache.texts(embedder, steps) if cache is not None else embedder.embed_texts(steps)
-        )
+        frame_times = plan.frame_times
+        if cache is not None:
+            cache.put(*cache_args[:4], video_emb, rule, frame_times)
+    elif frame_times is None:  # an entry made before frame times were kept: plan, no decoding
+        frame_times = sample_plan_for(video_path, info, cfg, fps).frame_times
+    if not texts:
+        embed_texts()
+    text_emb = texts[0]
     similarity = np.ascontiguousarray(text_emb @ video_emb.T, dtype=np.float32)
-    return RecordingSimilarity(similarity, info.duration_s, sha, timings, video_emb, text_emb)
+    return RecordingSimilarity(
+        similarity, info.duration_s, sha, timings, video_emb, text_emb, frame_times, decode
+    )
 
 
 def aligner_params(
@@ -203,21 +275,32 @@ def align_video(
     sampler: FrameSampler | None = None,
     align_fn: AlignFn = align,
     group: GroupContext | None = None,
+    video_sha256: str | None = None,
 ) -> AlignmentResult:
     """Align every protocol step of ``protocol`` to its span in the video at ``video_path``.
 
     ``embedder``, ``sampler`` and ``align_fn`` replace the configured stages (the service
     passes stand-ins that call its Embedder, Decoder and Aligner deployments). ``group``: the
     other recordings of this protocol (``services/groups.py``); with the default method and
-    members whose embeddings are cached, ``coalign`` replaces ``align_fn``.
+    members whose embeddings are cached, ``coalign`` replaces ``align_fn``. ``video_sha256``:
+    the file's hash where known (never read again for it). ``cfg.job_deadline_s`` bounds the
+    whole run, checked between batches (`biovl_core.deadline`).
     """
     cfg = cfg or PipelineConfig()
+    deadline = Deadline(cfg.job_deadline_s, video_path)
     total_start = time.perf_counter()
     load_timings: dict[str, float] = {}
     with timed(load_timings, "load_model"):
         embedder = embedder or load_embedder(cfg)
     rec = recording_similarity(
-        video_path, list(protocol.steps), cfg, embedder, progress=progress, sampler=sampler
+        video_path,
+        list(protocol.steps),
+        cfg,
+        embedder,
+        progress=progress,
+        sampler=sampler,
+        video_sha256=video_sha256,
+        deadline=deadline,
     )
     timings = {**load_timings, **rec.timings}
     method = resolve_method(cfg)
@@ -259,6 +342,8 @@ def align_video(
         notes=protocol.notes,
         step_lines=protocol.lines,
         group=group_info,
+        frame_times=rec.frame_times,
+        decode=rec.decode,
     )
 
 
@@ -282,7 +367,7 @@ def align_in_group(
         for member in group.members:
             if member.video_sha256 == rec.video_sha256:
                 continue  # the same video cannot confirm itself
-            emb = cache.get(member.video_sha256, key, cfg.segment_seconds, fps)
+            emb = cache.get(member.video_sha256, key, cfg.segment_seconds, fps, cfg.sampling_key())
             if emb is not None and emb.shape[1] == rec.frames.shape[1]:
                 used.append(member)
                 frames.append(emb)
@@ -316,10 +401,13 @@ def alignment_result(
     notes: list[list[str]] | None = None,
     step_lines: list[int | None] | None = None,
     group: dict[str, Any] | None = None,
+    frame_times: np.ndarray | list[list[float]] | None = None,
+    decode: dict[str, float] | None = None,
 ) -> AlignmentResult:
     """The ``AlignmentResult`` of one recording; ``align_video`` and ``biovl realign`` both
     build theirs here, so a re-aligned result has exactly the fields of a fresh one.
-    ``notes`` / ``step_lines``: the protocol's notes and source line per step."""
+    ``notes`` / ``step_lines``: the protocol's notes and source line per step;
+    ``frame_times``: the time of every embedded frame, [N, k] seconds."""
     return AlignmentResult(
         steps=list(steps),
         spans=list(alignment.spans),
@@ -342,6 +430,10 @@ def alignment_result(
         step_lines=list(step_lines or []),
         confidence=None if alignment.confidence is None else list(map(float, alignment.confidence)),
         group=group,
+        frame_times=None
+        if frame_times is None
+        else [[round(float(t), 6) for t in row] for row in frame_times],
+        decode=dict(decode or {}),
     )
 
 

@@ -35,6 +35,8 @@ class AlignmentResult:
     step_lines: list[int | None] = field(default_factory=list)  # per step: protocol line
     confidence: list[float] | None = None  # per step in [0, 1], where the aligner gives one
     group: dict[str, Any] | None = None  # the recordings of its protocol that helped (groups)
+    frame_times: list[list[float]] | None = None  # per segment: time (s) of each embedded frame
+    decode: dict[str, float] = field(default_factory=dict)  # decoding cost (frames, bytes, samples)
 
     def step_notes(self, k: int) -> list[str]:
         """The notes of step k ([] where the protocol gave none)."""

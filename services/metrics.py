@@ -172,6 +172,14 @@ UPLOAD_SLOTS_IN_USE = Gauge(
     ["lab", "kind"],
     multiprocess_mode="livesum",
 )
+# what decoding costs (issue 23): per sample = rate(frames or bytes) / rate(samples)
+DECODE_FRAMES = Counter("biovl_decode_frames_total", "Video frames the decoders decoded.")
+DECODE_READ_BYTES = Counter(
+    "biovl_decode_read_bytes_total", "Bytes of video files the decoders read."
+)
+DECODE_SAMPLES = Counter(
+    "biovl_decode_samples_total", "Sample timestamps decoded (frames handed to the embedder)."
+)
 
 METRIC_NAMES: frozenset[str] = frozenset(
     {
@@ -192,6 +200,9 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_upload_bytes_total",
         "biovl_upload_resumptions_total",
         "biovl_upload_slots_in_use",
+        "biovl_decode_frames_total",
+        "biovl_decode_read_bytes_total",
+        "biovl_decode_samples_total",
     }
 )
 
@@ -251,6 +262,15 @@ def observe_stages(timings: dict[str, float]) -> None:
     for stage, seconds in timings.items():
         if stage in STAGES:
             STAGE_SECONDS.labels(stage=stage).observe(seconds)
+
+
+def observe_decode(stats: Any) -> None:
+    """Count what one decode call or job cost: a ``DecodeStats`` or the alignment result's
+    ``decode`` dict (frames_decoded, bytes_read, samples); nothing where it is empty."""
+    get = stats.get if isinstance(stats, dict) else lambda k, d=0: getattr(stats, k, d)
+    DECODE_FRAMES.inc(max(0.0, float(get("frames_decoded", 0))))
+    DECODE_READ_BYTES.inc(max(0.0, float(get("bytes_read", 0))))
+    DECODE_SAMPLES.inc(max(0.0, float(get("samples", 0))))
 
 
 def update_gpu_utilization() -> bool:

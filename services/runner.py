@@ -20,7 +20,14 @@ from biovl_core.result import AlignmentResult
 from services.archive import JobFiles
 
 # Config fields that cannot change an alignment (where and how fast it runs).
-_RUNTIME_ONLY = ("device", "batch_size", "cache_dir", "backend", "allow_random_weights")
+_RUNTIME_ONLY = (
+    "device",
+    "batch_size",
+    "cache_dir",
+    "backend",
+    "allow_random_weights",
+    "job_deadline_s",
+)
 
 
 class Runner(Protocol):
@@ -44,8 +51,10 @@ class Runner(Protocol):
         cfg: PipelineConfig,
         progress: Any,
         group: Any = None,
+        video_sha256: str | None = None,
     ) -> AlignmentResult:
-        """Align the protocol to the video (with its group: ``services.groups.group_context``)."""
+        """Align the protocol to the video (with its group: ``services.groups.group_context``);
+        ``video_sha256``: the archived video's hash, so the file is not read again for it."""
 
 
 def config_key(cfg: PipelineConfig, model_id: str, weights: str, model_key: str) -> str:
@@ -92,13 +101,22 @@ class LocalRunner:
         cfg: PipelineConfig,
         progress: Any,
         group: Any = None,
+        video_sha256: str | None = None,
     ) -> AlignmentResult:
         """``biovl_core.pipeline.align_video`` on the archived inputs."""
         from biovl_core.pipeline import align_video
 
         protocol = parse_protocol(protocol_text, filename=protocol_name)
         embedder = self.embedder(cfg)
-        return align_video(video, protocol, cfg, embedder=embedder, progress=progress, group=group)
+        return align_video(
+            video,
+            protocol,
+            cfg,
+            embedder=embedder,
+            progress=progress,
+            group=group,
+            video_sha256=video_sha256,
+        )
 
 
 def result_payload(result: AlignmentResult, service: dict[str, Any]) -> dict[str, Any]:

@@ -215,6 +215,9 @@ class Worker:
         metrics.observe_stages({k: v for k, v in result.timings.items() if k not in remote})
         metrics.VIDEO_SECONDS.inc(result.duration_s)
         metrics.SEGMENTS_EMBEDDED.inc(result.num_segments)
+        metrics.observe_decode(
+            result.decode
+        )  # in-process decoding (Serve's Decoder counts its own)
         return self._succeed(claim, jf, record, version, "succeeded")
 
     def _run_pipeline(
@@ -244,6 +247,7 @@ class Worker:
             cfg,
             progress,
             group=group_context(self.archive, jf),
+            video_sha256=record.get("video_sha256") or None,  # hashed at upload: not read again
         )
 
     @contextmanager

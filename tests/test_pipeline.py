@@ -92,3 +92,18 @@ def test_a_failing_consumer_leaves_no_live_prefetch_thread(tmp_path: Path) -> No
             errors.append(exc)  # kept, as a worker's retry state keeps it: the traceback too
     assert len(errors) == 3
     assert not [t for t in threading.enumerate() if t.name == PREFETCH_THREAD and t.is_alive()]
+
+
+def test_meanwhile_runs_while_the_first_item_is_produced() -> None:
+    """The step texts are embedded while the first batch decodes: the producer of the first
+    item sees what ``meanwhile`` did before it finishes that item."""
+    texts_done = threading.Event()
+    seen: list[bool] = []
+
+    def source() -> Iterator[int]:
+        seen.append(texts_done.wait(timeout=30))  # the first item waits for meanwhile
+        yield 0
+        yield 1
+
+    out = list(prefetched(source(), meanwhile=texts_done.set))
+    assert out == [0, 1] and seen == [True]

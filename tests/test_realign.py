@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from biovl_core.align import align
+from biovl_core.config import PipelineConfig
 from biovl_core.embed import EmbeddingCache, load_embedder
 from biovl_core.io import to_csv, to_webvtt
 from biovl_core.pipeline import align_video, step_scores
@@ -190,7 +191,7 @@ def _cached_job(
         inside = (mids >= a) & (mids < b)
         seg_emb[inside] = seg_emb[inside] * 0.6 + text_emb[step]
     sha = hashlib.sha256(video).hexdigest()
-    cache.put(sha, model_key, SEG, 1, _normalise(seg_emb))
+    cache.put(sha, model_key, SEG, 1, _normalise(seg_emb), PipelineConfig().sampling_key())
     cache.put_texts(model_key, steps, ("{}",), text_emb)
     _stale_v1(jf, k, n, duration)
 

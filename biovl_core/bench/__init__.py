@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+HELPER_MODULES = ("videos",)
+"""Modules of this package that build benchmark inputs; not benchmarks themselves."""
+
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Fastest of ``repeats`` wall-clock runs of ``fn`` after one warm-up call."""

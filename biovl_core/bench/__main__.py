@@ -16,7 +16,9 @@ import biovl_core.bench as _package
 def available() -> list[str]:
     """Names of the benchmark modules in this package."""
     return sorted(
-        m.name for m in pkgutil.iter_modules(_package.__path__) if not m.name.startswith("_")
+        m.name
+        for m in pkgutil.iter_modules(_package.__path__)
+        if not m.name.startswith("_") and m.name not in _package.HELPER_MODULES
     )
 
 

@@ -1,7 +1,8 @@
 """On-disk embedding cache, so re-aligning a recording never re-decodes or re-embeds it.
 
 Segment embeddings are keyed by (video content sha256, ``Embedder.cache_key()``, segment
-length, frames per segment); step-text embeddings by (``cache_key()``, prompt templates,
+length, frames per segment, sampling rule), and kept with the time of every embedded frame
+(``<key>.times.npy``, the alignment JSON's ``frame_times``); step-text embeddings by (``cache_key()``, prompt templates,
 step texts). Each entry is an ``.npy`` file plus a small ``.json`` of what it holds, both
 written to a temporary file and moved into place with ``os.replace``, so readers see a
 complete entry or none, and concurrent writers of the same key are harmless.
@@ -49,16 +50,25 @@ class EmbeddingCache:
 
     @staticmethod
     def segment_fields(
-        video_sha256: str, model_key: str, segment_seconds: float, frames_per_segment: int
+        video_sha256: str,
+        model_key: str,
+        segment_seconds: float,
+        frames_per_segment: int,
+        sampling: str = "exact",
     ) -> dict[str, Any]:
-        """What identifies a recording's segment embeddings."""
-        return {
+        """What identifies a recording's segment embeddings (``sampling``:
+        ``PipelineConfig.sampling_key()``; "exact" keys stay those of entries made before the
+        rule was a setting)."""
+        fields = {
             "cache_version": CACHE_VERSION,
             "video_sha256": video_sha256,
             "model_key": model_key,
             "segment_seconds": float(segment_seconds),
             "frames_per_segment": int(frames_per_segment),
         }
+        if sampling != "exact":
+            fields["sampling"] = sampling
+        return fields
 
     @staticmethod
     def text_fields(
@@ -109,11 +119,37 @@ class EmbeddingCache:
         return path
 
     def get(
-        self, video_sha256: str, model_key: str, segment_seconds: float, frames_per_segment: int
+        self,
+        video_sha256: str,
+        model_key: str,
+        segment_seconds: float,
+        frames_per_segment: int,
+        sampling: str = "exact",
     ) -> np.ndarray | None:
         """Cached segment embeddings float32 [N, D], or None."""
-        fields = self.segment_fields(video_sha256, model_key, segment_seconds, frames_per_segment)
+        fields = self.segment_fields(
+            video_sha256, model_key, segment_seconds, frames_per_segment, sampling
+        )
         return self._load(self._path("segments", fields))
+
+    def get_frame_times(
+        self,
+        video_sha256: str,
+        model_key: str,
+        segment_seconds: float,
+        frames_per_segment: int,
+        sampling: str = "exact",
+    ) -> np.ndarray | None:
+        """float64 [N, k] time of every embedded frame of a cached entry, or None (none stored)."""
+        fields = self.segment_fields(
+            video_sha256, model_key, segment_seconds, frames_per_segment, sampling
+        )
+        path = self._path("segments", fields).with_suffix(".times.npy")
+        try:
+            times = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return times if times.ndim == 2 and times.dtype == np.float64 else None
 
     def put(
         self,
@@ -122,10 +158,22 @@ class EmbeddingCache:
         segment_seconds: float,
         frames_per_segment: int,
         embeddings: np.ndarray,
+        sampling: str = "exact",
+        frame_times: np.ndarray | None = None,
     ) -> Path:
-        """Store segment embeddings; returns the .npy path."""
-        fields = self.segment_fields(video_sha256, model_key, segment_seconds, frames_per_segment)
-        return self._store(self._path("segments", fields), fields, embeddings)
+        """Store segment embeddings (and the time of each embedded frame); returns the .npy path."""
+        fields = self.segment_fields(
+            video_sha256, model_key, segment_seconds, frames_per_segment, sampling
+        )
+        path = self._path("segments", fields)
+        if frame_times is not None:  # before the embeddings: an entry is complete once they land
+            times = np.ascontiguousarray(frame_times, dtype=np.float64)
+            atomic_write(
+                path.with_suffix(".times.npy"),
+                lambda fh: np.save(fh, times, allow_pickle=False),
+                "wb",
+            )
+        return self._store(path, fields, embeddings)
 
     def get_texts(
         self, model_key: str, steps: Sequence[str], templates: Sequence[str]
@@ -153,14 +201,15 @@ class EmbeddingCache:
         embedder: _EmbedderLike,
         segment_seconds: float,
         compute: Callable[[], np.ndarray],
+        sampling: str = "exact",
     ) -> np.ndarray:
         """Segment embeddings from the cache, else ``compute()`` (decode + embed) and store them."""
         args = (video_sha256, embedder.cache_key(), segment_seconds, embedder.frames_per_segment)
-        cached = self.get(*args)
+        cached = self.get(*args, sampling)
         if cached is not None:
             return cached
         embeddings = np.asarray(compute(), dtype=np.float32)
-        self.put(*args, embeddings)
+        self.put(*args, embeddings, sampling)
         return embeddings
 
     def texts(self, embedder: _EmbedderLike, steps: Sequence[str]) -> np.ndarray:

@@ -67,6 +67,10 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
         ]
     if result.group is not None:
         d["group"] = dict(result.group)
+    if result.frame_times is not None:  # per segment: the time (s) of every embedded frame
+        d["frame_times"] = [[_num(t) for t in row] for row in result.frame_times]
+    if result.decode:
+        d["decode"] = {k: float(v) for k, v in result.decode.items()}
     if include_similarity:
         sim = np.round(np.asarray(result.similarity, dtype=np.float64), 4)
         d["similarity"] = [[_num(x) for x in row] for row in sim.tolist()]
@@ -119,6 +123,10 @@ def alignment_from_dict(d: dict[str, Any]) -> AlignmentResult:
         else [(float(s[0]), float(s[1])) if s else None for s in baseline],
         notes=[list(s.get("notes") or []) for s in steps],
         step_lines=[s.get("line") for s in steps],
+        frame_times=None
+        if d.get("frame_times") is None
+        else [[float(t) for t in row] for row in d["frame_times"]],
+        decode={k: float(v) for k, v in d.get("decode", {}).items()},
     )
 
 

@@ -177,6 +177,31 @@ class _SceneRenderer:
         return frame
 
 
+class _Grain:
+    """Fresh sensor grain per frame: two noise planes mixed at random offsets (cheap, and never
+    a shifted copy of an earlier frame, so an encoder cannot predict it)."""
+
+    def __init__(self, width: int, height: int, std: float, seed: int) -> None:
+        self.width, self.height = width, height
+        self.rng = np.random.default_rng([seed, 31])
+        pad = 64
+        shape = (height + pad, width + pad)
+        scale = std / math.sqrt(2.0)
+        self.planes = [
+            np.clip(self.rng.normal(0.0, scale, size=shape), -127, 127).astype(np.int16)
+            for _ in range(2)
+        ]
+        self.pad = pad
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        """The frame with this frame's grain added (same on every channel: luma grain)."""
+        oy, ox = self.rng.integers(0, self.pad, size=(2, 2))
+        h, w = self.height, self.width
+        a = self.planes[0][oy[0] : oy[0] + h, ox[0] : ox[0] + w]
+        b = self.planes[1][oy[1] : oy[1] + h, ox[1] : ox[1] + w]
+        return np.clip(img.astype(np.int16) + (a + b)[..., None], 0, 255).astype(np.uint8)
+
+
 def _scene_at(scenes: Sequence[Scene] | None, t: float) -> int:
     """Scene id shown at time t (0 = background when no scene covers t)."""
     for start, end, scene_id in scenes or ():
@@ -221,6 +246,9 @@ def write_video(
     motion: float = 1.0,
     noise: float = 2.5,
     seed: int = 0,
+    grain: float = 0.0,
+    x264_params: str | None = None,
+    profile: str | None = None,
 ) -> SyntheticVideo:
     """Write an MP4 of `duration_s` seconds; `size` and the counter are in display orientation.
 
@@ -231,6 +259,8 @@ def write_video(
     preset is "ultrafast"); "vp9" uses libvpx-vp9 (hidden alt-ref frames, what DALI's CPU
     decoder can read); "mpeg4" is also accepted. `motion` scales camera shake and
     object speed, `noise` the sensor noise (std, grey levels); lower both to encode faster.
+    `grain` adds fresh noise to every frame (std, grey levels) so the bitrate is real;
+    `x264_params` and `profile` go to libx264 (``biovl_core.synthetic.camera`` uses them).
     """
     import av
 
@@ -246,6 +276,7 @@ def write_video(
     coded_w, coded_h = (height, width) if turns % 2 else (width, height)
     ticks, tick = _frame_times(duration_s, fps, variable_frame_rate, seed)
     renderer = _SceneRenderer(width, height, seed, motion, noise)
+    grainer = _Grain(width, height, grain, seed) if grain > 0 else None
     encoder = {"h264": "libx264", "vp9": "libvpx-vp9"}.get(codec, codec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,12 +286,19 @@ def write_video(
         stream.gop_size = gop
         stream.codec_context.time_base = tick
         if encoder == "libx264":
-            stream.codec_context.options = {"preset": preset, "crf": str(crf)}
+            options = {"preset": preset, "crf": str(crf)}
+            if x264_params:
+                options = {"preset": preset, "x264-params": x264_params}
+            if profile:
+                options["profile"] = profile
+            stream.codec_context.options = options
         if rotation:
             stream.set_display_rotation(rotation)
         for i, tk in enumerate(ticks):
             t = float(tk * tick)
             img = renderer.render(_scene_at(scenes, t), i, t)
+            if grainer is not None:
+                img = grainer.apply(img)
             draw_counter(img, i)
             if turns:
                 img = np.ascontiguousarray(np.rot90(img, k=-turns))

@@ -14,6 +14,7 @@ from biovl_core.video.decoders import (
     dali_unavailable_reason,
     get_sampler,
 )
+from biovl_core.video.index import INDEX_SOURCES, ContainerIndex, container_index
 from biovl_core.video.info import VideoInfo, frame_index_at, frame_times, probe
 from biovl_core.video.plan import (
     PacketIndex,
@@ -25,13 +26,26 @@ from biovl_core.video.plan import (
 )
 from biovl_core.video.pyav import PyAVSampler
 from biovl_core.video.sampler import SAMPLER_NAMES, DecodeStats, FrameSampler
-from biovl_core.video.segments import MIN_TAIL_SECONDS, segment_count, segment_timestamps
+from biovl_core.video.segments import (
+    MIN_TAIL_SECONDS,
+    SAMPLING_RULES,
+    SamplePlan,
+    check_sampling,
+    recording_plan,
+    sample_plan,
+    segment_count,
+    segment_timestamps,
+)
 
 __all__ = [
     "ALLOWED_DEMUXERS",
     "CANONICAL_EXTENSIONS",
+    "INDEX_SOURCES",
     "MIN_TAIL_SECONDS",
     "SAMPLER_NAMES",
+    "SAMPLING_RULES",
+    "ContainerIndex",
+    "SamplePlan",
     "DALISampler",
     "DecodeStats",
     "DecoderChoice",
@@ -41,6 +55,8 @@ __all__ = [
     "ReadPlan",
     "VideoInfo",
     "canonical_extension",
+    "check_sampling",
+    "container_index",
     "choose_decoder",
     "dali_available",
     "dali_unavailable_reason",
@@ -51,6 +67,8 @@ __all__ = [
     "packet_index_from_arrays",
     "plan_reads",
     "probe",
+    "recording_plan",
+    "sample_plan",
     "segment_count",
     "segment_timestamps",
     "video_sha256",

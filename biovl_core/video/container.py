@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -72,12 +72,16 @@ def check_file(path: str | Path) -> Path:
     return p
 
 
-def open_container(path: Path) -> av.container.InputContainer:
-    """Open a media file with PyAV, turning FFmpeg errors into a VideoError."""
+def open_container(path: Path, fileobj: BinaryIO | None = None) -> av.container.InputContainer:
+    """Open a media file with PyAV (through ``fileobj`` when given, e.g. a byte-counting file),
+    turning FFmpeg errors into a VideoError."""
     av = optional_import("av", AV_HINT)
     try:
         return av.open(
-            str(path), mode="r", container_options=dict(OPEN_OPTIONS), metadata_errors="replace"
+            fileobj if fileobj is not None else str(path),
+            mode="r",
+            container_options=dict(OPEN_OPTIONS),
+            metadata_errors="replace",
         )
     except av.error.ArgumentError as exc:
         raise video_error(

@@ -1,32 +1,40 @@
-"""The CPU frame sampler: PyAV decodes, seeking only where a segment's frame lies past the next keyframe."""
+"""The CPU sampler (PyAV): the frames shown at given timestamps, read with `PacketReader`.
+
+Keyframe timestamps are decoded alone, others forward from their keyframe (see
+`biovl_core.video.reader`); the container's index is read once per process
+(`biovl_core.video.index.container_index`). A reader left positioned after one call is
+kept for the next call on the same file when that call's timestamps come later, so a
+service that asks batch by batch (the Decoder deployment) decodes a file once, not once
+per batch from its keyframe.
+"""
 
 from __future__ import annotations
 
-import math
+import collections
+import functools
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from biovl_core.device import optional_import
-from biovl_core.video.container import (
-    AV_HINT,
-    TIME_EPS,
-    as_timestamps,
-    check_file,
-    open_container,
-    video_error,
-    video_stream,
-)
-from biovl_core.video.info import is_vfr, probe, read_index
+from biovl_core.video.container import as_timestamps, check_file
+from biovl_core.video.index import ContainerIndex, container_index
+from biovl_core.video.info import probe
+from biovl_core.video.reader import PacketReader
 from biovl_core.video.sampler import DecodeStats
 
-if TYPE_CHECKING:
-    import av.container
-    import av.stream
-    import av.video.frame
+IDLE_READERS = 2
+"""Readers kept open between calls (per sampler), for the next batch of the same file."""
+
+LOCK_STRIPES = 16
+
+
+@functools.lru_cache(maxsize=64)
+def _rotation(path: str, size: int, mtime_ns: int) -> int:
+    """Display rotation of a file, probed once per version of it."""
+    return probe(path).rotation
 
 
 def _crop_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -35,10 +43,10 @@ def _crop_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, int(round(width * scale))), max(size, int(round(height * scale)))
 
 
-def _to_rgb(frame: av.video.frame.VideoFrame, size: int, rotation: int) -> np.ndarray:
+def _to_rgb(frame: object, size: int, rotation: int) -> np.ndarray:
     """Resize shorter side to `size`, center-crop, turn upright: uint8 [size, size, 3]."""
-    sw, sh = _crop_size(frame.width, frame.height, size)
-    img = frame.to_ndarray(width=sw, height=sh, format="rgb24")
+    sw, sh = _crop_size(frame.width, frame.height, size)  # type: ignore[attr-defined]
+    img = frame.to_ndarray(width=sw, height=sh, format="rgb24")  # type: ignore[attr-defined]
     y0, x0 = (sh - size) // 2, (sw - size) // 2
     img = img[y0 : y0 + size, x0 : x0 + size]
     if rotation:
@@ -46,144 +54,24 @@ def _to_rgb(frame: av.video.frame.VideoFrame, size: int, rotation: int) -> np.nd
     return img
 
 
-class _FrameReader:
-    """Decodes forward from the current position, seeking only when that is cheaper."""
-
-    def __init__(
-        self, path: Path, stats: DecodeStats, seek: bool, seek_threshold_s: float, threads: int
-    ):
-        self.path = path
-        self.av = optional_import("av", AV_HINT)
-        self.container = open_container(path)
-        self.stream = video_stream(self.container, path)
-        self.stream.thread_type = "AUTO"
-        if threads:
-            self.stream.codec_context.thread_count = threads
-        self.tb = float(self.stream.time_base)
-        self.start_pts = self.stream.start_time if self.stream.start_time is not None else 0
-        index = read_index(self.stream, self.start_pts, self.tb)
-        self.keyframes = index.keyframes if index is not None else None
-        # Index times are decode times shifted by the first frame's delay: exact for constant
-        # frame rate, a few frames off for variable frame rate, so keep that much margin.
-        self.slack = 0.0
-        if index is not None and len(index.times) > 1 and is_vfr(index, self.stream):
-            self.slack = 3.0 * float(np.median(np.diff(index.times)))
-        self.stats = stats
-        self.seek = seek
-        self.seek_threshold_s = seek_threshold_s
-        self._frames: Iterator[Any] | None = None
-        self._cur: tuple[Any, float] | None = None  # latest decoded frame at or before the target
-        self._next: tuple[Any, float] | None = None  # first decoded frame after the target
-        self._eof = False
-
-    def close(self) -> None:
-        """Release the file and decoder."""
-        self.container.close()
-
-    def _decode(self) -> Iterator[Any]:
-        """Frames from the current file position, counting each."""
-        try:
-            for frame in self.container.decode(self.stream):
-                self.stats.frames_decoded += 1
-                yield frame
-        except self.av.error.FFmpegError as exc:
-            raise video_error(
-                self.path,
-                f"decoding failed ({exc}); the file is corrupt or truncated",
-                "Re-copy or re-upload the recording",
-            ) from exc
-
-    def _time(self, frame: Any) -> float:
-        """Frame presentation time in seconds from the first frame."""
-        if frame.pts is None:
-            raise video_error(
-                self.path,
-                "has frames without timestamps",
-                "Remux it into MP4, e.g. `ffmpeg -i IN -c copy OUT.mp4`",
-            )
-        return (frame.pts - self.start_pts) * self.tb
-
-    def _seek(self, t: float) -> None:
-        """Jump to the keyframe at or before time t."""
-        target = self.start_pts + int(math.floor(max(t, 0.0) / self.tb))
-        self.container.seek(target, backward=True, any_frame=False, stream=self.stream)
-        self._frames = self._decode()
-        self._cur = self._next = None
-        self._eof = False
-        self.stats.seeks += 1
-
-    def _position(self) -> float:
-        """Time of the latest decoded frame (-inf before any)."""
-        if self._next is not None:
-            return self._next[1]
-        return self._cur[1] if self._cur is not None else -math.inf
-
-    def _should_seek(self, t: float) -> bool:
-        """Seek when behind, or when a keyframe lies between the decode position and t."""
-        if self._cur is not None and t + TIME_EPS < self._cur[1]:
-            return True
-        if not self.seek:
-            return False
-        pos = self._position() if self._frames is not None else 0.0
-        if self.keyframes is not None and len(self.keyframes):
-            k = np.searchsorted(self.keyframes, t - self.slack + TIME_EPS, side="right") - 1
-            return k >= 0 and self.keyframes[k] > pos + TIME_EPS
-        return t - pos > self.seek_threshold_s
-
-    def _advance(self, t: float) -> None:
-        """Decode forward until the next frame is after t (or the stream ends)."""
-        assert self._frames is not None
-        while True:
-            if self._next is None:
-                if self._eof:
-                    return
-                frame = next(self._frames, None)
-                if frame is None:
-                    self._eof = True
-                    return
-                self._next = (frame, self._time(frame))
-            if self._next[1] <= t + TIME_EPS:
-                self._cur, self._next = self._next, None
-            else:
-                return
-
-    def frame_at(self, t: float) -> tuple[Any, int]:
-        """The frame shown at time t, and its pts (to recognise repeats)."""
-        if self._should_seek(t):
-            self._seek(t - self.slack)
-            self._advance(t)
-            backoff = 1.0
-            while self._cur is None and t > TIME_EPS and backoff < 64:
-                # landed on a keyframe after t (some containers seek by decode time): step back
-                self._seek(t - backoff)
-                self._advance(t)
-                backoff *= 4
-        elif self._frames is None:
-            self._frames = self._decode()
-            self._advance(t)
-        else:
-            self._advance(t)
-        if self._cur is None and self._next is None:
-            self._seek(0.0)
-            self._advance(t)
-        chosen = self._cur or self._next
-        if chosen is None:
-            raise video_error(
-                self.path, "has no decodable frames", "Re-copy or re-upload the recording"
-            )
-        return chosen[0], chosen[0].pts
-
-
 class PyAVSampler:
-    """CPU sampler: seeks to keyframes and decodes only what the timestamps need (PyAV/FFmpeg)."""
+    """CPU sampler: decodes only what the timestamps need (PyAV/FFmpeg)."""
 
     name = "pyav"
 
-    def __init__(self, seek: bool = True, seek_threshold_s: float = 2.0, threads: int = 0) -> None:
-        self.seek = seek
-        self.seek_threshold_s = seek_threshold_s
+    def __init__(self, threads: int = 0) -> None:
         self.threads = threads
-        self.last_stats = DecodeStats()
+        self._local = threading.local()  # last_stats per thread: a Decoder replica decodes
+        # several files at once, each call reads back its own counters
+        self._latest = DecodeStats()  # the latest call of any thread (a prefetch thread's)
+        self._idle: collections.OrderedDict[tuple, PacketReader] = collections.OrderedDict()
+        self._idle_lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    @property
+    def last_stats(self) -> DecodeStats:
+        """What the last `sample` / `iter_batches` call of this thread cost."""
+        return getattr(self._local, "stats", None) or self._latest
 
     def sample(self, path: str | Path, timestamps: np.ndarray, size: int = 224) -> np.ndarray:
         """uint8 RGB [N, k, size, size, 3] of the frames shown at `timestamps` [N, k] (s)."""
@@ -192,6 +80,33 @@ class PyAVSampler:
         for sl, frames in self.iter_batches(path, ts, size, batch_segments=max(1, ts.shape[0])):
             out[sl] = frames
         return out
+
+    def _reader(self, index: ContainerIndex, first: float, stats: DecodeStats) -> PacketReader:
+        """An idle reader of this file that has not passed `first`, else a new one."""
+        key = (index.path, id(index))
+        with self._idle_lock:
+            reader = self._idle.pop(key, None)
+        if reader is not None and reader.last_time <= first:
+            reader.stats = stats
+            return reader
+        if reader is not None:
+            reader.close()
+        return PacketReader(index, stats, self.threads)
+
+    def _keep(self, reader: PacketReader) -> None:
+        """Park a reader for the next call on its file (closing the oldest beyond IDLE_READERS)."""
+        reader.sync_bytes()
+        with self._idle_lock:
+            self._idle[(reader.index.path, id(reader.index))] = reader
+            while len(self._idle) > IDLE_READERS:
+                self._idle.popitem(last=False)[1].close()
+
+    def close(self) -> None:
+        """Close the readers kept for later calls."""
+        with self._idle_lock:
+            readers, self._idle = list(self._idle.values()), collections.OrderedDict()
+        for reader in readers:
+            reader.close()
 
     def iter_batches(
         self,
@@ -207,28 +122,49 @@ class PyAVSampler:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         p = check_file(path)
-        info = probe(p)
+        st = p.stat()
+        rotation = _rotation(str(p), st.st_size, st.st_mtime_ns)
+        index = container_index(p)
         stats = DecodeStats()
-        self.last_stats = stats
+        self._local.stats = self._latest = stats
         started = time.perf_counter()
-        reader = _FrameReader(p, stats, self.seek, self.seek_threshold_s, self.threads)
-        try:
-            n, k = ts.shape
-            for a in range(0, n, batch_segments):
-                b = min(n, a + batch_segments)
-                flat = ts[a:b].ravel()
-                out = np.empty((len(flat), size, size, 3), dtype=np.uint8)
-                last_pts, last_j = None, -1
-                for j in np.argsort(flat, kind="stable"):
-                    frame, pts = reader.frame_at(float(flat[j]))
-                    if pts is not None and pts == last_pts:
-                        out[j] = out[last_j]
-                    else:
-                        out[j] = _to_rgb(frame, size, info.rotation)
-                        stats.frames_converted += 1
-                    last_pts, last_j = pts, j
+        n, k = ts.shape
+        if n == 0:
+            return
+        # calls on one file take turns, so a later batch continues the reader of an earlier one
+        with self._stripes[hash(index.path) % LOCK_STRIPES]:
+            reader = self._reader(index, float(ts.min()), stats)
+            done = False
+            try:
+                for a in range(0, n, batch_segments):
+                    b = min(n, a + batch_segments)
+                    yield slice(a, b), self._batch(reader, ts[a:b], size, rotation, stats)
+                    stats.wall_s = time.perf_counter() - started
+                done = True
+            finally:
+                if done:
+                    self._keep(reader)
+                else:
+                    reader.close()
                 stats.wall_s = time.perf_counter() - started
-                yield slice(a, b), out.reshape(b - a, k, size, size, 3)
-        finally:
-            reader.close()
-            stats.wall_s = time.perf_counter() - started
+
+    @staticmethod
+    def _batch(
+        reader: PacketReader, ts: np.ndarray, size: int, rotation: int, stats: DecodeStats
+    ) -> np.ndarray:
+        """Frames [b, k, size, size, 3] for one batch of timestamps [b, k]."""
+        b, k = ts.shape
+        flat = ts.ravel()
+        out = np.empty((len(flat), size, size, 3), dtype=np.uint8)
+        last_pts, last_j = None, -1
+        for j in np.argsort(flat, kind="stable"):
+            frame, pts = reader.frame_at(float(flat[j]))
+            stats.samples += 1
+            if pts is not None and pts == last_pts:
+                out[j] = out[last_j]
+            else:
+                out[j] = _to_rgb(frame, size, rotation)
+                stats.frames_converted += 1
+            last_pts, last_j = pts, j
+        reader.sync_bytes()
+        return out.reshape(b, k, size, size, 3)

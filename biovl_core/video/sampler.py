@@ -37,6 +37,19 @@ class DecodeStats:
     frames_converted: int = 0
     seeks: int = 0
     wall_s: float = 0.0
+    bytes_read: int = 0  # bytes the decoder read from the file (index reads not included)
+    samples: int = 0  # timestamps served
+    keyframes_alone: int = 0  # samples served by decoding one keyframe alone
+
+    @property
+    def frames_per_sample(self) -> float:
+        """Frames decoded per timestamp served."""
+        return self.frames_decoded / self.samples if self.samples else 0.0
+
+    @property
+    def bytes_per_sample(self) -> float:
+        """Bytes read per timestamp served."""
+        return self.bytes_read / self.samples if self.samples else 0.0
 
 
 @runtime_checkable

@@ -127,17 +127,15 @@ def coalign_stage(batch: Batch, identity: dict[str, Any]) -> Batch:
     rows = rows_of(batch)
     outs: list[dict[str, Any]] = [{"payload": "", "csv": "", "vtt": "", "error": ""} for _ in rows]
     frames: dict[int, np.ndarray] = {}
+    times: dict[int, np.ndarray | None] = {}  # the embedded frames' times, where cached
     cfg = PipelineConfig.from_dict(json.loads(str(rows[0]["config"]))) if rows else None
     cache = EmbeddingCache(cfg.cache_dir) if cfg is not None and cfg.cache_dir else None
     for i, row in enumerate(rows):
         emb = None
         if cache is not None:
-            emb = cache.get(
-                str(row["video_sha256"]),
-                ident.model_key,
-                cfg.segment_seconds,
-                ident.frames_per_segment,
-            )
+            key = (str(row["video_sha256"]), ident.model_key, cfg.segment_seconds)
+            emb = cache.get(*key, ident.frames_per_segment, cfg.sampling_key())
+            times[i] = cache.get_frame_times(*key, ident.frames_per_segment, cfg.sampling_key())
         if emb is None:
             outs[i]["error"] = NO_EMBEDDINGS  # the per-recording pass could not embed it
         else:
@@ -180,6 +178,7 @@ def coalign_stage(batch: Batch, identity: dict[str, Any]) -> Batch:
             others = [m for j, m in enumerate(group) if j != n]
             info = context.info(others, applied=aligned[n].method != TEXT_METHOD)
             row = {**rows[i], "sim": sim, "steps": steps, "timings": "{}"}
+            row["frame_times"] = times.get(i)
             outs[i].update(outputs(row, aligned[n], baseline, identity, group=info))
     return columns([{**row, **out} for row, out in zip(rows, outs, strict=True)])
 

@@ -187,7 +187,13 @@ def _dry_run_report(summary: RealignSummary, the_plan: Plan, cfg: PipelineConfig
         sha = task.video_sha256
         hit = (
             bool(sha)
-            and cache.get(sha, ident.model_key, tcfg["segment_seconds"], ident.frames_per_segment)
+            and cache.get(
+                sha,
+                ident.model_key,
+                tcfg["segment_seconds"],
+                ident.frames_per_segment,
+                PipelineConfig.from_dict(tcfg).sampling_key(),
+            )
             is not None
         )
         cached += int(hit)

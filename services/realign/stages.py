@@ -83,7 +83,7 @@ class SimilarityStage:
 
     def similarity(self, task: Task) -> dict[str, Any]:
         """The similarity columns of one task: sim float32 [K, N], steps, title, duration_s,
-        video_sha256, embedded, timings."""
+        video_sha256, embedded, timings, frame_times (float64 [N, k], the embedded frames)."""
         from biovl_core.pipeline import recording_similarity, timed
         from biovl_core.protocol import parse_protocol
         from biovl_core.video import probe, video_sha256
@@ -99,21 +99,29 @@ class SimilarityStage:
         ident = self.identity
         timings: dict[str, float] = {}
         sim: np.ndarray | None = None
+        times: np.ndarray | None = None
         if cfg.cache_dir:
             cache = self._cache(cfg.cache_dir)
             with timed(timings, "cache"):
                 sha = task.video_sha256 or video_sha256(video)
-                seg = cache.get(sha, ident.model_key, cfg.segment_seconds, ident.frames_per_segment)
+                key = (sha, ident.model_key, cfg.segment_seconds, ident.frames_per_segment)
+                seg = cache.get(*key, cfg.sampling_key())
+                times = cache.get_frame_times(*key, cfg.sampling_key())
                 txt = cache.get_texts(ident.model_key, steps, ident.prompt_templates)
             if seg is not None:
                 if txt is None:  # new step texts: embed the texts only, never the video
                     txt = cache.texts(self._embedder(cfg), steps)
                 duration = task.duration_s or probe(video).duration_s
+                if times is None:  # an entry made before frame times were kept
+                    times = _planned_frame_times(video, cfg, ident.frames_per_segment)
                 sim = np.ascontiguousarray(txt @ seg.T, dtype=np.float32)
                 embedded = False
         if sim is None:
-            rec = recording_similarity(video, steps, cfg, self._embedder(cfg))
+            rec = recording_similarity(
+                video, steps, cfg, self._embedder(cfg), video_sha256=task.video_sha256 or None
+            )
             sim, duration, sha, embedded = rec.similarity, rec.duration_s, rec.video_sha256, True
+            times = rec.frame_times
             timings.update(rec.timings)
         return {
             "sim": sim,
@@ -123,6 +131,7 @@ class SimilarityStage:
             "video_sha256": sha,
             "embedded": embedded,
             "timings": json.dumps(timings),
+            "frame_times": np.zeros((0, 0)) if times is None else np.asarray(times),
         }
 
     def __call__(self, batch: Batch) -> Batch:
@@ -139,6 +148,7 @@ class SimilarityStage:
                 log.debug("similarity failed:\n%s", traceback.format_exc())
                 done = {
                     "sim": np.zeros((0, 0), dtype=np.float32),
+                    "frame_times": np.zeros((0, 0)),
                     "steps": [],
                     "title": "",
                     "embedded": False,
@@ -184,6 +194,26 @@ def _align_group(
     return aligned, baselines, calls
 
 
+def _planned_frame_times(video: Path, cfg: PipelineConfig, k: int) -> np.ndarray | None:
+    """The frame times the sampling rule gives (the container's index, no decoding); None where
+    the video cannot be read (the cached embeddings still align)."""
+    from biovl_core.errors import VideoError
+    from biovl_core.pipeline import sample_plan_for
+    from biovl_core.video import probe
+
+    try:
+        return sample_plan_for(video, probe(video), cfg, k).frame_times
+    except VideoError as exc:
+        log.warning("%s: no frame times (%s)", video, exc)
+        return None
+
+
+def _frame_times(row: dict[str, Any]) -> np.ndarray | None:
+    """A row's frame times [N, k] (None where unknown: an empty array)."""
+    times = row.get("frame_times")
+    return None if times is None or not np.size(times) else np.asarray(times, dtype=np.float64)
+
+
 def outputs(
     row: dict[str, Any],
     alignment: Any,
@@ -210,6 +240,7 @@ def outputs(
         config=config,
         timings=json.loads(str(row["timings"])),
         group=group,
+        frame_times=_frame_times(row),
     )
     payload = json.dumps(result_payload(result, {}))
     return {"payload": payload, "csv": to_csv(result), "vtt": to_webvtt(result)}

@@ -193,12 +193,15 @@ def serve_deployments() -> dict[str, Any]:
 
         def _decode(self, path: str, timestamps: np.ndarray, size: int) -> np.ndarray:
             if self._lock is None:
-                return np.asarray(self.sampler.sample(path, timestamps, size))
+                frames = np.asarray(self.sampler.sample(path, timestamps, size))
+                metrics.observe_decode(self.sampler.last_stats)  # last_stats: this call's
+                return frames
             with self._lock:
                 fallbacks = self.sampler.fallbacks
                 frames = self.sampler.sample(path, timestamps, size)
                 if self.sampler.fallbacks > fallbacks:  # DALI failed on this video: PyAV took it
                     metrics.DECODER_FALLBACKS.inc(self.sampler.fallbacks - fallbacks)
+                metrics.observe_decode(self.sampler.last_stats)
                 return frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames)
 
         def stats(self) -> dict[str, Any]:

@@ -143,6 +143,7 @@ class ServeRunner:
         cfg: Any,
         progress: Any,
         group: Any = None,
+        video_sha256: str | None = None,
     ) -> Any:
         """``align_video`` with the remote decoder, embedder and aligner; a group's co-alignment
         runs in this replica (``biovl_core.group.coalign``, numpy/numba)."""
@@ -150,7 +151,7 @@ class ServeRunner:
         from biovl_core.protocol import parse_protocol
 
         protocol = parse_protocol(protocol_text, filename=protocol_name)
-        extra: dict[str, Any] = {"group": group}
+        extra: dict[str, Any] = {"group": group, "video_sha256": video_sha256}
         if self.sampler is not None:
             extra["sampler"] = self.sampler
         if self.align_fn is not None:
