@@ -180,6 +180,11 @@ DECODE_READ_BYTES = Counter(
 DECODE_SAMPLES = Counter(
     "biovl_decode_samples_total", "Sample timestamps decoded (frames handed to the embedder)."
 )
+DECODE_SESSIONS = Gauge(
+    "biovl_decode_sessions_in_flight",
+    "Decode calls running now on the Decoder replicas (several per GPU keep every NVDEC busy).",
+    multiprocess_mode="livesum",
+)
 
 METRIC_NAMES: frozenset[str] = frozenset(
     {
@@ -203,6 +208,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_decode_frames_total",
         "biovl_decode_read_bytes_total",
         "biovl_decode_samples_total",
+        "biovl_decode_sessions_in_flight",
     }
 )
 

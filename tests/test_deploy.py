@@ -54,6 +54,13 @@ CONTRACT: dict[str, str] = {
     "biovl_realign_recordings_total": "counter",
     "biovl_decoder_backend": "gauge",
     "biovl_decoder_fallbacks_total": "counter",
+    "biovl_decode_frames_total": "counter",
+    "biovl_decode_read_bytes_total": "counter",
+    "biovl_decode_samples_total": "counter",
+    "biovl_decode_sessions_in_flight": "gauge",
+    "biovl_upload_bytes_total": "counter",
+    "biovl_upload_resumptions_total": "counter",
+    "biovl_upload_slots_in_use": "gauge",
 }
 # Series that exist only on a GPU node or once the nightly `biovl realign` has run: the panels
 # reading them say so in their description (the live Prometheus test leaves them out).

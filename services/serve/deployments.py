@@ -185,7 +185,11 @@ def serve_deployments() -> dict[str, Any]:
         async def decode(self, path: str, timestamps: np.ndarray, size: int) -> np.ndarray:
             """uint8 RGB frames [b, k, size, size, 3] shown at ``timestamps`` [b, k] (seconds)."""
             start = time.perf_counter()
-            frames = await asyncio.to_thread(self._decode, path, timestamps, size)
+            metrics.DECODE_SESSIONS.inc()
+            try:
+                frames = await asyncio.to_thread(self._decode, path, timestamps, size)
+            finally:
+                metrics.DECODE_SESSIONS.dec()
             metrics.STAGE_SECONDS.labels(stage="decode").observe(time.perf_counter() - start)
             self._calls += 1
             self._segments += len(frames)
