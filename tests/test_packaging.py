@@ -29,8 +29,10 @@ def test_wheel_has_static_files_model_configs_and_console_script(tmp_path: Path)
     )
     (wheel,) = tmp_path.glob("biovl_aligner-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for static in (ROOT / "services" / "static").iterdir():
-        assert f"services/static/{static.name}" in names
+    statics = [p for p in (ROOT / "services" / "static").rglob("*") if p.is_file()]
+    assert any(p.parent.name == "vendor" for p in statics), "the vendored tus client is missing"
+    for static in statics:
+        assert static.relative_to(ROOT).as_posix() in names
     for config in (ROOT / "biovl_core" / "embed" / "model_configs").glob("*.json"):
         assert f"biovl_core/embed/model_configs/{config.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

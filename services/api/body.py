@@ -75,7 +75,7 @@ class BodyReader:
                     f"came slower than {lim.min_rate_bps / 1024:g} KiB/s on average",
                 )
             )
-        return min(limits)
+        return min(limits, key=lambda limit: limit[0])  # on a tie the first named (the deadline)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's chunks; 413 past the cap, 408 past a time limit, 400 on a hang-up."""
