@@ -92,7 +92,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     BIOVL_ARCHIVE=/archive \
     HF_HOME=/models/huggingface \
     RAY_SERVE_DEFAULT_HTTP_HOST=0.0.0.0 \
-    RAY_USAGE_STATS_ENABLED=0
+    RAY_USAGE_STATS_ENABLED=0 \
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=1048576 \
+    MALLOC_TRIM_THRESHOLD_=8388608
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 1000:1000

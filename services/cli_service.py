@@ -43,10 +43,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from services.malloc_env import apply_malloc_env
     from services.serve.app import build_app
 
     adopt_orphans()
     sigterm_as_interrupt()
+    apply_malloc_env()  # inherited by the Ray processes started below
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
         sigterm_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which aborts

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.malloc_env import apply_malloc_env
 from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
 
 BANNER = "!" * 78
@@ -117,6 +118,7 @@ def start_local_stack(
 
     say(plan_concurrency(settings).describe())
     say("Starting Ray and Ray Serve (takes a few seconds) ...")
+    apply_malloc_env()  # inherited by the Ray processes ray.init starts
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="biovl", route_prefix="/")

@@ -1489,3 +1489,15 @@ def test_hadolint_is_clean() -> None:
 
     result = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_sets_the_malloc_settings_biovl_serve_sets() -> None:
+    """KubeRay's pods start Ray themselves (not through ``biovl serve``), so the image's ENV
+    carries the same glibc settings that keep upload bodies from growing RSS for good."""
+    from services.malloc_env import MALLOC_ENV
+
+    final_stage = _dockerfile_instructions()
+    last_from = max(i for i, (kind, _) in enumerate(final_stage) if kind == "FROM")
+    env = " ".join(args for kind, args in final_stage[last_from:] if kind == "ENV")
+    for name, value in MALLOC_ENV.items():
+        assert f"{name}={value}" in env.split(), f"Dockerfile: ENV {name}={value} in the last stage"
