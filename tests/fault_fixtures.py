@@ -7,9 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -127,3 +129,30 @@ def fill(folder: Path, leave_bytes: int) -> Path:
         except OSError:
             pass
     return filler
+
+
+class GatedRunner:
+    """The real runner, holding the runs of chosen videos at their start until ``release``:
+    a test injects its fault while a job is known to be running."""
+
+    def __init__(self, inner: Any, gate_all: bool = True) -> None:
+        self.inner = inner
+        self.gate_all = gate_all
+        self.gated: set[str] = set()  # video file names (sha prefixes) held, when not gate_all
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def model_identity(self, cfg: Any) -> tuple[str, str, str]:
+        """The real runner's model identity."""
+        return self.inner.model_identity(cfg)
+
+    def run(self, video: Path, *args: Any, **kwargs: Any) -> Any:
+        """Wait for ``release`` (when gated), then the real run."""
+        if self.gate_all or Path(video).parent.name in self.gated:
+            self.started.set()
+            assert self.go.wait(120), "the test never released the gated run"
+        return self.inner.run(video, *args, **kwargs)
+
+    def release(self) -> None:
+        """Let the held runs go on."""
+        self.go.set()
