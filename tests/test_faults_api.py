@@ -109,3 +109,26 @@ def test_full_archive_disk_answers_507_and_healthz_says_so(
     assert env.client.get("/v1/healthz").status_code == 200
     assert env.post(recording).status_code == 202
     env.cleanup()
+
+
+def test_embedded_redis_keeps_an_aof_in_its_own_data_dir(tmp_path: Path) -> None:
+    from services.queue import JobQueue
+    from services.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        archive_dir=str(tmp_path / "archive"), redis_data_dir=str(tmp_path / "fast-disk")
+    )
+    queue = JobQueue.from_settings(settings)
+    try:
+        assert queue.r.config_get("appendonly") == {"appendonly": "yes"}
+        assert queue.r.config_get("stop-writes-on-bgsave-error") == {
+            "stop-writes-on-bgsave-error": "yes"
+        }
+        queue.enqueue("a" * 40, "lab-a")
+        deadline = time.monotonic() + 10
+        while not list((tmp_path / "fast-disk").glob("appendonly.aof*")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert not (tmp_path / "archive" / "redis").exists()  # nothing on the archive's disk
+    finally:
+        queue.r.shutdown()
