@@ -31,7 +31,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
+    from services.process_tree import (
+        adopt_orphans,
+        remember_ray_processes,
+        shut_down,
+        sigterm_as_interrupt,
+        stop_descendants,
+    )
 
     settings = _settings(args)
     scratch = None  # the metrics folder of this run when none is configured, removed at exit
@@ -54,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sigterm_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which aborts
         serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
         serve.run(build_app(settings), name="biovl", route_prefix="/")
+        remember_ray_processes()
         print(
             f"serving on http://{settings.http_host}:{settings.http_port}/ (Ctrl-C stops)",
             flush=True,
@@ -64,8 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
+            steps = [("ray serve", serve.shutdown), ("ray", ray.shutdown)]
+            shut_down(steps, local_ray=not os.environ.get("RAY_ADDRESS"))
         stop_descendants()
         if scratch is not None:
             scratch.cleanup()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,13 +187,36 @@ class OneJobPerVideo:
                     self._locks[key] = (lock, users - 1)
 
 
-class WorkerPool:
-    """``jobs_in_flight`` Worker loops in one process sharing one runner, queue and notifier;
-    each is its own Redis consumer.
-    Jobs of one recording take turns (``OneJobPerVideo``), so they share its embeddings.
+def reclaim_slots(settings: ServiceSettings, jobs_in_flight: int) -> int:
+    """Re-claim slots beside ``jobs_in_flight`` ("auto": as many, so one process can take over
+    everything a crashed one of the same size ran; 0 turns them off)."""
+    value = settings.reclaim_slots
+    if value is None or str(value).strip().lower() == "auto":
+        return jobs_in_flight
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"service setting reclaim_slots={value!r} is not understood: give a whole number "
+            '>= 0 or "auto" (BIOVL_RECLAIM_SLOTS or the settings YAML)'
+        ) from None
 
-    The first keeps the base consumer name, the others get ``-2``, ``-3``, ... appended.
-    ``max_jobs`` bounds the jobs of the whole pool (for tests and one-shot runs).
+
+class WorkerPool:
+    """``jobs_in_flight`` Worker loops in one process sharing one runner, queue and notifier,
+    plus ``reclaim_slots`` loops that only take over jobs whose worker died; each is its own
+    Redis consumer. Jobs of one recording take turns (``OneJobPerVideo``), so they share its
+    embeddings.
+
+    The re-claim slots poll for entries idle past the lease every ``reclaim_poll_s`` (a tenth
+    of the lease, at most 1 s), so a crashed worker's job is re-claimed within about lease +
+    1 s even while every ordinary slot runs a job of many minutes (for that while the process
+    runs more jobs than ``jobs_in_flight``). One of them also removes, now and then, consumers
+    left behind by dead workers once their entries were taken over.
+
+    The first keeps the base consumer name, the others get ``-2``, ``-3``, ... appended (the
+    re-claim slots ``-r1``, ``-r2``, ...). ``max_jobs`` bounds the jobs of the whole pool (for
+    tests and one-shot runs).
     """
 
     def __init__(
@@ -205,27 +229,35 @@ class WorkerPool:
     ) -> None:
         from services.worker import Worker
 
-        runner = OneJobPerVideo(runner) if jobs_in_flight > 1 else runner
+        spare = reclaim_slots(settings, jobs_in_flight)
+        runner = OneJobPerVideo(runner) if jobs_in_flight + spare > 1 else runner
         first = Worker(settings, runner, consumer=consumer)
-        self.workers = [first] + [
-            Worker(
+
+        def sibling(name: str) -> Worker:
+            return Worker(
                 settings,
                 runner,
                 queue=first.queue,
                 archive=first.archive,
                 notifier=first.notifier,
-                consumer=f"{first.consumer}-{i}",
+                consumer=name,
             )
-            for i in range(2, jobs_in_flight + 1)
+
+        self.workers = [first] + [
+            sibling(f"{first.consumer}-{i}") for i in range(2, jobs_in_flight + 1)
         ]
+        self.reclaimers = [sibling(f"{first.consumer}-r{i}") for i in range(1, spare + 1)]
+        lease = first.queue.visibility_timeout_s
+        self.reclaim_poll_s = min(1.0, lease / 10)
+        self.consumer_idle_s = max(60.0, 4 * lease)  # a dead consumer is removed after this
         self._tickets: int | None = None
         self._lock = threading.Lock()
         self._handled = 0
 
     @property
     def consumers(self) -> list[str]:
-        """The Redis consumer names of the pool's loops."""
-        return [w.consumer for w in self.workers]
+        """The Redis consumer names of the pool's loops (re-claim slots last)."""
+        return [w.consumer for w in self.workers + self.reclaimers]
 
     def _take_ticket(self) -> bool:
         """True while the pool may start another job (always, without ``max_jobs``)."""
@@ -246,23 +278,66 @@ class WorkerPool:
             if handled == 0:  # stopped while waiting for a job
                 return
 
+    def _reclaim_loop(self, worker: Any, tidies: bool) -> None:
+        """One re-claim slot: take over a job whose lease ran out and run it; else wait a poll."""
+        queue = worker.queue
+        next_tidy = time.monotonic() + self.consumer_idle_s
+        while not worker.stop_event.is_set():
+            with self._lock:
+                if self._tickets is not None and self._tickets <= 0:
+                    return
+            try:
+                claim = queue.claim(worker.consumer, block_ms=0, new=False)
+                if tidies and time.monotonic() >= next_tidy:
+                    next_tidy = time.monotonic() + self.consumer_idle_s
+                    gone = queue.remove_idle_consumers(self.consumer_idle_s)
+                    if gone:
+                        log.info("removed %d idle consumer(s): %s", len(gone), gone)
+            except Exception as exc:  # Redis down: the next poll retries
+                log.warning("re-claim poll failed: %s", exc)
+                claim = None
+            if claim is None:
+                worker.stop_event.wait(self.reclaim_poll_s)
+                continue
+            if not self._take_ticket():
+                return
+            worker.process(claim)
+            with self._lock:
+                self._handled += 1
+
     def run_forever(self, max_jobs: int | None = None) -> int:
-        """Run every slot until ``stop()`` (or ``max_jobs`` over the pool); returns jobs handled."""
+        """Run every slot until ``stop()`` (or ``max_jobs`` over the pool); returns jobs handled.
+        The re-claim slots stop with the last ordinary slot."""
         self._tickets = max_jobs
         threads = [
             threading.Thread(target=self._loop, args=(w,), name=f"worker-{w.consumer}", daemon=True)
             for w in self.workers
         ]
+        spares = [
+            threading.Thread(
+                target=self._reclaim_loop,
+                args=(w, i == 0),
+                name=f"reclaim-{w.consumer}",
+                daemon=True,
+            )
+            for i, w in enumerate(self.reclaimers)
+        ]
+        for t in spares:
+            t.start()
         for t in threads:
             t.start()
         for t in threads:
+            t.join()
+        for w in self.reclaimers:
+            w.stop()
+        for t in spares:
             t.join()
         self.workers[0].close()  # the shared notifier: webhook deliveries under way
         return self._handled
 
     def stop(self) -> None:
         """Let every slot finish its current job, then leave ``run_forever``."""
-        for w in self.workers:
+        for w in self.workers + self.reclaimers:
             w.stop()
 
     def sample_queue(self) -> None:

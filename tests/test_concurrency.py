@@ -94,7 +94,10 @@ def test_pool_overlaps_jobs_and_each_completes_once(
     assert len(set(ids)) == 4
     counting = CountingRunner(runner)
     pool = WorkerPool(env.settings, counting, 3, consumer="pool-test")
-    assert pool.consumers == ["pool-test", "pool-test-2", "pool-test-3"]
+    assert pool.consumers == ["pool-test", "pool-test-2", "pool-test-3"] + [
+        f"pool-test-r{i}"
+        for i in (1, 2, 3)  # re-claim slots ("auto": one per slot)
+    ]
     assert pool.run_forever(max_jobs=4) == 4
     assert counting.most >= 2  # jobs of different videos were in flight at once
     assert counting.most_per_video == 1  # the two jobs of one video took turns

@@ -127,10 +127,10 @@ def test_lost_lease_is_never_settled_and_its_run_stops(
     assert jf.versions() == [1] and env.queue.depth() == 0
 
 
-def test_exhausted_claim_with_a_result_succeeds_instead_of_dead(
+def test_a_job_lost_too_often_with_a_result_succeeds_instead_of_dead(
     make_env: Any, recording: Path
 ) -> None:
-    env = make_env(max_attempts=2, visibility_timeout_s=0.3)
+    env = make_env(max_attempts=2, max_worker_losses=2, visibility_timeout_s=0.3)
     job_id = env.post(recording).json()["job_id"]
     assert env.worker().run_forever(max_jobs=1) == 1
     jf = env.service.archive.job("lab-a", job_id)
@@ -139,11 +139,12 @@ def test_exhausted_claim_with_a_result_succeeds_instead_of_dead(
     env.queue.r.delete(env.queue.status_key(job_id))
     env.queue.enqueue(job_id, "lab-a")
     claims = []
-    for consumer in ("c1", "c2", "c3"):
+    for consumer in ("c1", "c2", "c3", "c4"):
         claims.append(env.queue.claim(consumer, block_ms=100))
         time.sleep(0.35)  # past the lease: the next claim takes it over
     last = claims[-1]
-    assert last is not None and last.attempts == 3 and last.exhausted(env.queue.max_attempts)
+    assert last is not None and last.losses == 3 and last.attempts == 1  # losses cost no attempt
+    assert last.lost_too_often(env.queue.max_worker_losses)
     assert env.worker().process(last) == "deduplicated"
     assert env.queue.status(job_id)["status"] == "succeeded" and env.queue.dead_depth() == 0
     assert jf.versions() == [1] and env.queue.depth() == 0

@@ -91,10 +91,12 @@ def test_killed_worker_job_is_reclaimed_and_completes_once(
     assert second.returncode == 0, out.decode()
 
     body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
-    assert body["status"] == "succeeded" and body["attempts"] == 2
+    # the crash is the worker's loss, not the job's failure: no attempt charged for it
+    assert body["status"] == "succeeded" and body["attempts"] == 1
+    assert env.queue.status(job_id)["losses"] == "1"
     assert jf.versions() == [1]
     stored = json.loads(jf.alignment_path(1).read_text())
-    assert stored["service"]["worker"] == "worker-b" and stored["service"]["attempts"] == 2
+    assert stored["service"]["worker"] == "worker-b" and stored["service"]["attempts"] == 1
     assert env.queue.depth() == 0
     assert env.queue.r.xpending(env.queue.stream, "workers")["pending"] == 0
     assert env.queue.dead_depth() == 0
@@ -238,6 +240,8 @@ def test_twenty_kills_mid_job_lose_nothing_duplicate_nothing_and_are_taken_over_
         assert len(jf.versions()) == 1, (job_id, jf.versions())
         body = env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A).json()
         assert body["status"] == "succeeded", body
-        assert body["attempts"] == (2 if job_id in killed else 1), body
+        assert body["attempts"] == 1, body  # a crash costs the job no attempt
+        # a process killed for one job may take others with it (jobs in flight, re-claims)
+        assert int(env.queue.status(job_id)["losses"]) >= (1 if job_id in killed else 0)
     assert env.queue.depth() == 0 and env.queue.dead_depth() == 0
     assert env.queue.r.xpending(env.queue.stream, "workers")["pending"] == 0

@@ -114,3 +114,55 @@ def test_sigterm_leaves_no_process_behind(command: str, tmp_path: Path) -> None:
             proc.kill()
         for p in _leftovers(started, str(var)):
             os.kill(int(p.split(":")[0]), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_to_the_process_group_ends_everything(tmp_path: Path) -> None:
+    """systemd's default stop: SIGTERM to every process of the group at once, Ray's included.
+    ``python -m services.run_local`` still ends its embedded redis-server and every Ray process,
+    without waiting out Ray's GCS reconnect timeout (a minute)."""
+    checkpoint = make_tiny_clip_checkpoint(tmp_path / "tiny.pt", seed=0)
+    var = tmp_path / "var"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        BIOVL_LAB_TOKENS="lab-a:test-token-a",
+        BIOVL_PIPELINE=(
+            f'{{"model": "{TINY_MODEL}", "pretrained": null, "checkpoint": "{checkpoint}", '
+            '"device": "cpu"}'
+        ),
+    )
+    argv = [sys.executable, "-m", "services.run_local", "--no-sample", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, "--var-dir", str(var)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as under systemd
+    )
+    started: set[int] = set()
+    try:
+        out = _wait_for_line(proc, "Serving; Ctrl-C stops.", timeout_s=300)
+        started = {p.pid for p in _tree(proc.pid)}
+        names = " ".join(p.name() for p in _tree(proc.pid) if p.is_running())
+        assert "redis-server" in names and "gcs_server" in names, names
+        signalled = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+        took = time.monotonic() - signalled
+        print(f"process-group SIGTERM: run_local exited {proc.returncode} after {took:.1f} s")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _leftovers(started, str(var)):
+            time.sleep(0.5)
+        assert _leftovers(started, str(var)) == [], out[-2000:]
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in _leftovers(started, str(var)):
+            os.kill(int(p.split(":")[0]), signal.SIGKILL)

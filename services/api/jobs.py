@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from services.api.slots import LabSlots
 from services.api.tus_store import UploadStore
 from services.api.upload import Upload, UploadChecker
 from services.archive import Archive, ArchiveError, JobFiles
+from services.faults import DISK_RETRY_AFTER_S, disk_problem, redis_write_problem
 from services.queue import JobQueue
 from services.settings import ServiceSettings
 
@@ -96,6 +98,18 @@ class JobService:
         if not jf.record_path.is_file():
             raise HTTPProblem(404, f"no job {job_id!r} for your lab")
         return jf
+
+    def health_problems(self) -> list[str]:
+        """What keeps this replica from taking jobs now: Redis refusing writes, a full archive
+        disk (empty when healthy); the health gauges are refreshed on the way."""
+        redis_problem = redis_write_problem(self.redis, f"{self.settings.redis_prefix}:health")
+        metrics.REDIS_WRITE_OK.set(0 if redis_problem else 1)
+        try:
+            metrics.ARCHIVE_FREE_BYTES.set(shutil.disk_usage(self.archive.root).free)
+        except OSError:
+            pass
+        disk = disk_problem(self.archive.root, self.settings.min_free_archive_bytes)
+        return [p for p in (redis_problem, disk) if p]
 
     # ---- views ---------------------------------------------------------------------------
     def urls(self, job_id: str) -> dict[str, str]:
@@ -182,8 +196,17 @@ class JobService:
             self.upload_slots.release(lab)
 
     def _check_capacity(self) -> None:
-        """503 with Retry-After when the queue is full."""
+        """503 with Retry-After when the queue is full, 507 when the archive disk is (before
+        any of the upload is read)."""
         s = self.settings
+        disk = disk_problem(self.archive.root, s.min_free_archive_bytes)
+        if disk:
+            metrics.JOBS.labels(state="rejected").inc()
+            raise HTTPProblem(
+                507,
+                f"{disk}; nothing was stored: retry in {DISK_RETRY_AFTER_S} s",
+                {"Retry-After": str(DISK_RETRY_AFTER_S)},
+            )
         depth = self.queue.depth()
         if depth >= s.max_queue_depth:
             metrics.JOBS.labels(state="rejected").inc()

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
@@ -38,6 +39,7 @@ from services.api.jobs import JobService
 from services.api.links import SIGNATURE_PARAMS, LinkError, LinkSigner
 from services.api.tus import register_tus_routes
 from services.archive import JobFiles
+from services.faults import fault_of
 from services.protocol_preview import register_protocol_preview
 
 log = logging.getLogger("biovl.service")
@@ -99,6 +101,19 @@ def create_app(service: JobService) -> FastAPI:
     @app.exception_handler(RecursionError)
     async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
         return problem_response(HTTPProblem(422, DEEP_NESTING_MESSAGE))
+
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        # Redis down or refusing writes (503), a full disk (507): named, with Retry-After
+        fault = fault_of(exc)
+        if fault is None:
+            return await _unexpected(request, exc)
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, fault.message, exc)
+        metrics.JOB_FAULTS.labels(kind="disk_full" if fault.status == 507 else "redis").inc()
+        headers = {"Retry-After": str(fault.retry_after_s)}
+        return problem_response(HTTPProblem(fault.status, fault.message, headers))
+
+    app.add_exception_handler(redis.RedisError, _fault)
+    app.add_exception_handler(OSError, _fault)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -183,12 +198,14 @@ def create_app(service: JobService) -> FastAPI:
     @app.get("/-/healthz")
     @app.get("/v1/healthz")
     def healthz() -> dict[str, Any]:
-        """Redis reachability + queue depth (under Serve the proxy answers /-/healthz itself)."""
-        try:
-            depth = service.queue.depth()
-        except Exception as exc:
-            raise HTTPProblem(503, f"redis unreachable: {exc}") from None
-        return {"ok": True, "queue_depth": depth}
+        """Redis takes writes, the archive disk has room, queue depth (503 naming each problem;
+        under Serve the proxy answers /-/healthz itself)."""
+        problems = service.health_problems()
+        if problems:
+            raise HTTPProblem(
+                503, "unhealthy: " + "; ".join(problems), {"Retry-After": "15"}
+            ) from None
+        return {"ok": True, "queue_depth": service.queue.depth()}
 
     @app.get("/jobs/{job_id}")
     def viewer(job_id: str) -> FileResponse:
