@@ -44,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.align import kernel_skip
+from biovl_core.align import kernel_duration, kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.align.priors import ANNOTATED_WEIGHT, HistoryRecord, duration_scores, group_priors
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
@@ -63,6 +64,7 @@ GROUP_DEFAULTS: dict[str, float] = {
     "skip_penalty": 2.0,
     "min_agreement": 0.6,
     "place_gain": 32.0,
+    "duration_weight": 3.0,
 }
 
 
@@ -287,6 +289,24 @@ def align_group(
         agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
 
+    # Final labels: the best labeling with skips, then (module doc, step 6) again with the
+    # duration priors learned from the other recordings' labels (leave-one-out).
+    decoded = {i: _decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
+    if p["duration_weight"] > 0 and g > 1:
+        spans_now = {
+            i: spans_of_labels(lab, k, seg, lab.shape[0] * seg) for i, (lab, _) in decoded.items()
+        }
+        for i in list(decoded):
+            history = [
+                HistoryRecord(gt[j], ANNOTATED_WEIGHT)
+                for j in range(g)
+                if j != i and gt[j] is not None
+            ] + [HistoryRecord(spans_now[j]) for j in decoded if j != i]
+            priors = group_priors(history, k)
+            if not priors.empty:
+                length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
+                decoded[i] = _decode(scores[i], skip, p, temp, length)
+
     out: list[Alignment] = []
     for i in range(g):
         n = feats[i].shape[0]
@@ -298,7 +318,7 @@ def align_group(
             info = {**base, "agreement": float(agreement[i])}
             out.append(Alignment(gt[i], labels, score, GROUP_METHOD, info, confidence=conf))
             continue
-        if i not in scores or not teaching[i]:
+        if i not in decoded:
             a = alone[i]
             m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
             post, p_skip, _ = kernel_skip.posterior(m, d, no_skip, temp)
@@ -310,15 +330,33 @@ def align_group(
             out.append(a)
             continue
         match, drop, p_skip = scores[i]
-        labels, _ = kernel_skip.solve_skip(match, drop, skip)
+        labels, placed = decoded[i]
         conf = _confidence(labels, soft[i], p_skip, k)
-        for s, c in _place_skipped(labels, match, drop, p["place_gain"], temp).items():
+        for s, c in placed.items():
             conf[s] = c
         spans = spans_of_labels(labels, k, seg, n * seg)
         score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
         info = {**base, "agreement": float(agreement[i]), "used": True}
         out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))
     return out
+
+
+def _decode(
+    scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+    skip: np.ndarray,
+    p: dict[str, float],
+    temp: float,
+    length: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Best labels with skips (with run-length scores ``length`` when given), skipped steps
+    then placed out of order; also the placed steps' confidences."""
+    match, drop, _ = scores
+    if length is None:
+        labels, _ = kernel_skip.solve_skip(match, drop, skip)
+    else:
+        labels, _ = kernel_duration.solve_duration(match, drop, skip, length)
+    placed = _place_skipped(labels, match, drop, p["place_gain"], temp)
+    return labels, placed
 
 
 @dataclass(frozen=True)
