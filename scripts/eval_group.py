@@ -114,6 +114,32 @@ def evaluate_pairs(seeds: Iterable[int], **knobs: float) -> dict[str, Tally]:
     return cols
 
 
+def naive_one_pass(lab: LabGroup, annotations: list | None = None) -> list[list]:
+    """The naive one-pass group method: each recording's text-only labels (or annotation) give
+    step exemplars, the plain mean of the others' frames per step; each recording is aligned
+    once more ("biovl") on text plus exemplar cosine. No centring, background, skips or EM."""
+    seg, k = lab.segment_seconds, len(lab.steps)
+    annotations = annotations or [None] * len(lab.recordings)
+    labels = [
+        align(lab.texts @ f.T, seg).labels if a is None else segment_labels(a, f.shape[0], seg)
+        for f, a in zip(lab.frames, annotations, strict=True)
+    ]
+    out = []
+    for i, f in enumerate(lab.frames):
+        proto = np.zeros((k, f.shape[1]))
+        for j, other in enumerate(lab.frames):
+            for s in range(k) if j != i else ():
+                if (labels[j] == s).any():
+                    proto[s] += other[labels[j] == s].mean(axis=0)
+        proto /= np.maximum(np.linalg.norm(proto, axis=1, keepdims=True), 1e-12)
+        out.append(
+            annotations[i]
+            if annotations[i] is not None
+            else align(lab.texts @ f.T + proto @ f.T, seg).spans
+        )
+    return out
+
+
 def _pair_row(name: str, cols: dict[str, Tally]) -> str:
     """A table row for groups of two (no 3-annotation column)."""
     m = {k: f"{100 * np.mean(t.mious):5.1f}" for k, t in cols.items()}
@@ -124,7 +150,7 @@ def _pair_row(name: str, cols: dict[str, Tally]) -> str:
     )
 
 
-def _seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
     """'0-9' or '1,2,5' to a list of ints."""
     if "-" in text:
         lo, hi = text.split("-")
@@ -154,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="100-119")
     ap.add_argument("--grid", action="store_true", help="search GROUP_DEFAULTS on these seeds")
     args = ap.parse_args(argv)
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     if args.grid:
         plain, off = groups(seeds, False), groups(seeds, True)
         grid = {

@@ -63,8 +63,9 @@ GROUP_DEFAULTS: dict[str, float] = {
     "temperature": 3.0,
     "skip_penalty": 2.0,
     "min_agreement": 0.6,
-    "place_gain": 32.0,
+    "place_gain": math.inf,
     "duration_weight": 3.0,
+    "swap_gain": 8.0,
 }
 
 
@@ -114,7 +115,10 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
         raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        may_be_inf = name in ("place_gain", "swap_gain") and value == math.inf  # = never
+        if not (isinstance(value, int | float) and (math.isfinite(value) or may_be_inf)):
+            raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
+        if value < 0:
             raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
     if full["temperature"] <= 0:
         raise BioVLError("align_group: temperature must be > 0")
@@ -267,6 +271,7 @@ def align_group(
     source_weight = np.array([p["annotated_weight"] if a is not None else 1.0 for a in gt])
     x = [_centred(f) for f in feats]
     scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    seg_fit: dict[int, np.ndarray] = {}
     agreement = np.ones(g)
     teaching = np.ones(g, dtype=bool)
     skip = np.full(k, -p["skip_penalty"])
@@ -283,8 +288,10 @@ def align_group(
             post, p_skip, _ = kernel_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
+            seg_fit[i] = llr.max(axis=0)
         for i in [j for j in range(g) if gt[j] is not None]:
-            fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)[1]
+            llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
+            seg_fit[i] = llr.max(axis=0)
         reference = float(np.median(fit))
         agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
@@ -293,19 +300,13 @@ def align_group(
     # duration priors learned from the other recordings' labels (leave-one-out).
     decoded = {i: _decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
     if p["duration_weight"] > 0 and g > 1:
-        spans_now = {
-            i: spans_of_labels(lab, k, seg, lab.shape[0] * seg) for i, (lab, _) in decoded.items()
-        }
+        now = _history(gt, decoded, k, seg)
         for i in list(decoded):
-            history = [
-                HistoryRecord(gt[j], ANNOTATED_WEIGHT)
-                for j in range(g)
-                if j != i and gt[j] is not None
-            ] + [HistoryRecord(spans_now[j]) for j in decoded if j != i]
-            priors = group_priors(history, k)
+            priors = group_priors([h for j, h in now.items() if j != i], k)
             if not priors.empty:
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
                 decoded[i] = _decode(scores[i], skip, p, temp, length)
+    final = _history(gt, decoded, k, seg)
 
     out: list[Alignment] = []
     for i in range(g):
@@ -317,6 +318,8 @@ def align_group(
             conf = np.ones(k)
             info = {**base, "agreement": float(agreement[i])}
             out.append(Alignment(gt[i], labels, score, GROUP_METHOD, info, confidence=conf))
+            out[-1].priors = group_priors([h for j, h in final.items() if j != i], k)
+            out[-1].segment_fit = seg_fit.get(i)
             continue
         if i not in decoded:
             a = alone[i]
@@ -338,6 +341,18 @@ def align_group(
         score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
         info = {**base, "agreement": float(agreement[i]), "used": True}
         out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))
+        out[-1].priors = group_priors([h for j, h in final.items() if j != i], k)
+        out[-1].segment_fit = seg_fit[i]
+    return out
+
+
+def _history(
+    gt: list[list[Span] | None], decoded: dict[int, tuple[np.ndarray, Any]], k: int, seg: float
+) -> dict[int, HistoryRecord]:
+    """The group's recordings as history: annotations at ``ANNOTATED_WEIGHT``, alignments at 1."""
+    out = {j: HistoryRecord(a, ANNOTATED_WEIGHT) for j, a in enumerate(gt) if a is not None}
+    for j, (labels, _) in decoded.items():
+        out[j] = HistoryRecord(spans_of_labels(labels, k, seg, labels.shape[0] * seg))
     return out
 
 
@@ -348,14 +363,31 @@ def _decode(
     temp: float,
     length: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, float]]:
-    """Best labels with skips (with run-length scores ``length`` when given), skipped steps
-    then placed out of order; also the placed steps' confidences."""
+    """Best labels with skips (with run-length scores ``length`` when given), in protocol
+    order or with two adjacent steps swapped when that gains more than ``swap_gain``; skipped
+    steps then placed out of order. Also the confidence of swapped and placed steps."""
     match, drop, _ = scores
-    if length is None:
-        labels, _ = kernel_skip.solve_skip(match, drop, skip)
-    else:
-        labels, _ = kernel_duration.solve_duration(match, drop, skip, length)
+    k = match.shape[0]
+
+    def solve(order: np.ndarray) -> tuple[np.ndarray, float]:
+        if length is None:
+            lab, v = kernel_skip.solve_skip(match[order], drop, skip[order])
+        else:
+            lab, v = kernel_duration.solve_duration(match[order], drop, skip[order], length[order])
+        return np.where(lab >= 0, order[np.maximum(lab, 0)], -1), float(v)
+
+    labels, plain = solve(np.arange(k))
+    best, swapped = plain + p["swap_gain"], -1
+    for a in range(k - 1) if p["swap_gain"] < math.inf else ():
+        order = np.arange(k)
+        order[a], order[a + 1] = a + 1, a
+        lab, v = solve(order)
+        if v > best and (lab == a).any() and (lab == a + 1).any():
+            labels, best, swapped = lab, v, a
     placed = _place_skipped(labels, match, drop, p["place_gain"], temp)
+    if swapped >= 0:
+        c = 1.0 / (1.0 + math.exp(-(best - plain - p["swap_gain"]) / temp))
+        placed.update({swapped: c, swapped + 1: c})
     return labels, placed
 
 
