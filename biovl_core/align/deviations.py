@@ -40,6 +40,7 @@ from biovl_core.result import Span
 
 DURATION_RATIO = 2.0
 DURATION_Z = 2.0
+GRID_SLACK = 0.5  # segments a span's length may be off by, from the grid alone
 MIN_EVIDENCE = 2.0
 MIN_UNMATCHED_SEGMENTS = 2
 UNMATCHED_FIT = 1.0
@@ -104,7 +105,7 @@ def _order_findings(
 
 
 def _duration_findings(
-    spans: Sequence[Span], conf: np.ndarray, priors: GroupPriors
+    spans: Sequence[Span], conf: np.ndarray, priors: GroupPriors, seg: float
 ) -> list[dict[str, Any]]:
     """Steps much longer or shorter than the lab's usual."""
     out: list[dict[str, Any]] = []
@@ -115,9 +116,10 @@ def _duration_findings(
         seconds = max(span[1] - span[0], 1e-3)
         ratio = seconds / p.median_s
         z = (math.log(seconds) - p.log_mean) / p.log_sd
-        if ratio >= DURATION_RATIO and z >= DURATION_Z:
+        slack = GRID_SLACK * seg  # a span on the grid may be this much longer or shorter
+        if (seconds - slack) / p.median_s >= DURATION_RATIO and z >= DURATION_Z:
             kind = "longer"
-        elif ratio <= 1.0 / DURATION_RATIO and z <= -DURATION_Z:
+        elif (seconds + slack) / p.median_s <= 1.0 / DURATION_RATIO and z <= -DURATION_Z:
             kind = "shorter"
         else:
             continue
@@ -180,7 +182,7 @@ def deviation_report(
             out.append(entry)
     out += _order_findings(spans, conf, priors)
     if priors is not None and not priors.empty:
-        out += _duration_findings(spans, conf, priors)
+        out += _duration_findings(spans, conf, priors, segment_seconds)
     if labels is not None and segment_fit is not None:
         out += _unmatched_findings(np.asarray(labels), np.asarray(segment_fit), segment_seconds)
     return sorted(out, key=lambda e: (e.get("step", k), e.get("start", 0.0), e["kind"]))

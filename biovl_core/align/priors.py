@@ -11,9 +11,11 @@ A ``HistoryRecord`` is one earlier recording's K spans (None = not performed) wi
 annotated and corrected recordings are ground truth and weigh more (``ANNOTATED_WEIGHT``),
 machine alignments 1. Per step:
 
-- **durations**: a log-normal fit (weighted mean and sd of log seconds) shrunk towards the
-  pooled fit over all steps of the protocol (``pool`` pseudo-recordings), so two recordings of
-  a step already give a usable prior; the sd never falls below ``MIN_LOG_SD``;
+- **durations**: a log-normal fit: centre the weighted median of log seconds (a single
+  3x outlier does not move it), spread a robust sd shrunk towards the spread pooled over all
+  steps of the protocol (``pool`` pseudo-recordings; ``DEFAULT_LOG_SD`` before any step was
+  seen twice), so two recordings of a step already give a usable prior; the sd never falls
+  below ``MIN_LOG_SD``;
 - **skip rate**: the weighted share of recordings that did not perform it, with a
   Beta(``SKIP_PRIOR_A``, ``SKIP_PRIOR_B``) prior (most steps are done);
 - **order**: ``before[a, b]``, the weighted share of recordings doing both where a started
@@ -38,7 +40,8 @@ ANNOTATED_WEIGHT = 3.0  # an annotated or corrected recording counts as this man
 MIN_LOG_SD = 0.2  # no step is assumed more regular than ±20 % in duration
 SKIP_PRIOR_A, SKIP_PRIOR_B = 0.2, 2.0  # Beta prior of a step's skip rate (mean ≈ 0.09)
 HALF_STRENGTH = 2.0  # evidence (recordings) at which a prior is used at half strength
-POOL = 2.0  # pseudo-recordings of the protocol's pooled duration fit in each step's fit
+POOL = 4.0  # pseudo-recordings of the protocol's pooled spread in each step's spread
+DEFAULT_LOG_SD = 0.7  # a step's spread when no step was seen twice (durations vary ~2x)
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,19 @@ def group_priors(
                 starts[r, s] = span[0]
                 logd[r, s] = math.log(max(span[1] - span[0], 1e-3))
     done = ~np.isnan(logd)
-    all_w = np.broadcast_to(w[:, None], logd.shape)[done]
-    pooled_mean = float(np.average(logd[done], weights=all_w)) if all_w.sum() > 0 else math.nan
-    pooled_var = (
-        float(np.average((logd[done] - pooled_mean) ** 2, weights=all_w)) if all_w.sum() > 0 else 0
-    )
+    centre = np.full(k, np.nan)
+    for s in range(k):
+        if done[:, s].any():
+            centre[s] = _weighted_quantile(logd[done[:, s], s], w[done[:, s]], 0.5)
+    # The spread of a step's duration from one recording to the next, pooled over the steps
+    # (steps differ in typical duration, not much in how regular they are): the median
+    # absolute deviation from each step's median x 1.4826 (the normal's sd), corrected for
+    # the medians fitted; a median, so the lab's own outliers (a step once 3x longer) do
+    # not widen what counts as usual.
+    dev = np.abs(logd - centre[None, :])[done]
+    fitted = int((done.sum(axis=0) > 0).sum())
+    dof = max(int(done.sum()) - fitted, 0)
+    pooled_sd = 1.4826 * float(np.median(dev)) * done.sum() / dof if dof else math.nan
     steps = []
     total = float(w.sum())
     for s in range(k):
@@ -145,22 +156,19 @@ def group_priors(
             steps.append(StepPrior(math.nan, math.nan, skip, 0.0, 0.0, None, None))
             continue
         x = logd[done[:, s], s]
-        mean = (float(ws @ x) + pool * pooled_mean) / (ev + pool)
-        var = (float(ws @ (x - mean) ** 2) + pool * (pooled_var + (pooled_mean - mean) ** 2)) / (
-            ev + pool
-        )
-        sd = max(math.sqrt(max(var, 0.0)), MIN_LOG_SD)
+        own = 1.4826 * _weighted_quantile(np.abs(x - centre[s]), ws, 0.5)
+        prior_sd = pooled_sd if math.isfinite(pooled_sd) else DEFAULT_LOG_SD
+        sd = max(math.sqrt((ev * own**2 + pool * prior_sd**2) / (ev + pool)), MIN_LOG_SD)
         lo, hi = _weighted_quantile(x, ws, 0.1), _weighted_quantile(x, ws, 0.9)
-        med = _weighted_quantile(x, ws, 0.5)
         steps.append(
             StepPrior(
-                mean,
+                float(centre[s]),
                 sd,
                 skip,
                 ev,
                 ev / (ev + half_strength),
                 (math.exp(lo), math.exp(hi)),
-                math.exp(med),
+                math.exp(centre[s]),
             )
         )
     before = np.full((k, k), np.nan)

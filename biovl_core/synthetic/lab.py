@@ -63,6 +63,9 @@ class LabKnobs:
     # Planted deviations and per-step paces; at 0 (the defaults) nothing more is drawn, so
     # the recordings are exactly those drawn before these knobs existed.
     step_pace_sd: float = 0.0  # log sd of a lab's per-step duration factor (steps differ)
+    duration_sd: float | None = (
+        None  # log sd of a step's duration per recording (None: by difficulty)
+    )
     p_long: float = 0.0  # chance that a performed step takes ``long_factor`` times as long
     long_factor: float = 3.0
     p_insert: float = 0.0  # chance that a recording shows one off-protocol action in a gap
@@ -146,8 +149,9 @@ def _recording(
 ) -> tuple[np.ndarray, list[tuple[float, float]], float]:
     """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length;
     ``factors`` (one per action) stretch the drawn durations, gaps kept."""
+    sd = {} if knobs.duration_sd is None else {"dur_sigma": knobs.duration_sd}
     spans, duration = timeline(
-        EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty), rng, seg
+        EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty, **sd), rng, seg
     )
     if factors is not None:
         spans, duration = _stretched(spans, duration, factors, seg)
