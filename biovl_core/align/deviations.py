@@ -19,9 +19,9 @@ One entry per finding, each with a ``confidence`` in [0, 1]:
   the lab's range (10th-90th percentile); needs ``MIN_EVIDENCE`` recordings of the step;
   confidence = span confidence x prior strength x (2 Phi(|z|) - 1).
 - ``unmatched``: a background stretch of at least ``MIN_UNMATCHED_SEGMENTS`` segments whose
-  frames fit no step and not the lab's idle look either (``segment_fit``, the best
-  exemplar log-likelihood ratio per segment, below ``-UNMATCHED_FIT``); confidence = a
-  logistic of the stretch's mean shortfall.
+  frames fit no step and not the lab's idle look either (``segment_fit``: per segment the
+  best cosine to the group's exemplars as a robust z-score within the recording, below
+  ``-UNMATCHED_FIT``); confidence = a logistic of the stretch's mean shortfall.
 
 Without priors (a group of one, or no history) only ``not_performed`` can be said.
 Thresholds were chosen on development seeds 0-3 (``scripts/eval_deviations.py``).
@@ -43,7 +43,7 @@ DURATION_Z = 2.0
 GRID_SLACK = 0.5  # segments a span's length may be off by, from the grid alone
 MIN_EVIDENCE = 2.0
 MIN_UNMATCHED_SEGMENTS = 2
-UNMATCHED_FIT = 1.0
+UNMATCHED_FIT = 2.0
 KINDS = ("not_performed", "out_of_order", "longer", "shorter", "unmatched")
 
 

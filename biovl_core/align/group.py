@@ -65,7 +65,7 @@ GROUP_DEFAULTS: dict[str, float] = {
     "min_agreement": 0.6,
     "place_gain": math.inf,
     "duration_weight": 3.0,
-    "swap_gain": 8.0,
+    "swap_gain": 16.0,
 }
 
 
@@ -172,6 +172,21 @@ def _exemplar_llr(
     mu = signal_strength(z, text_params["top_share"], text_params["signal_offset"])
     mu = np.where(norm[:, 0] > 1e-12, mu, 0.0)
     return mu[:, None] * z - 0.5 * mu[:, None] ** 2, float(cos[:-1].max(axis=0).mean())
+
+
+def _segment_fit(prototypes: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per segment, how well the group's exemplars (steps and the idle look) explain its
+    frame: minus the norm of what is left after projecting it on their span, as a robust
+    z-score within the recording (very negative = something none of them shows)."""
+    norm = np.linalg.norm(prototypes, axis=1)
+    basis = prototypes[norm > 1e-12]
+    if basis.shape[0] == 0:
+        return np.zeros(x.shape[0])
+    q, _ = np.linalg.qr(basis.T)
+    left = -np.linalg.norm(x - (x @ q) @ q.T, axis=1)
+    mid = float(np.median(left))
+    spread = 1.4826 * float(np.median(np.abs(left - mid)))
+    return (left - mid) / max(spread, 1e-9)
 
 
 def _confidence(labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int) -> np.ndarray:
@@ -288,10 +303,10 @@ def align_group(
             post, p_skip, _ = kernel_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
-            seg_fit[i] = llr.max(axis=0)
+            seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
         for i in [j for j in range(g) if gt[j] is not None]:
             llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
-            seg_fit[i] = llr.max(axis=0)
+            seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
         reference = float(np.median(fit))
         agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])

@@ -26,7 +26,7 @@ class Alignment:
     # Per-step confidence in [0, 1] (float array [K]); set by ``align_group``, None elsewhere.
     confidence: np.ndarray | None = None
     # Set by ``align_group``: what the other recordings say about each step (leave-one-out),
-    # and per segment the best exemplar log-likelihood ratio (low = fits no step, not idle).
+    # and per segment how well it fits any exemplar (robust z; low = fits no step, not idle).
     priors: GroupPriors | None = None
     segment_fit: np.ndarray | None = None
 
