@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from biovl_core.synthetic.video import make_recording
 
+from biovl_core.synthetic.video import make_recording
 from loadtests.prom import (
     Prometheus,
     PrometheusUnavailable,

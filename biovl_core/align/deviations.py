@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.align.priors import GroupPriors
+from biovl_core.align.priors import GroupPriors, HistoryRecord, group_priors
 from biovl_core.result import Span
 
 DURATION_RATIO = 2.0
@@ -191,3 +191,39 @@ def deviation_report(
 def step_ranges(priors: GroupPriors | None) -> list[dict[str, Any]] | None:
     """Per step the lab's usual duration, skip rate and evidence (None without priors)."""
     return None if priors is None or priors.empty else [p.to_dict() for p in priors.steps]
+
+
+def step_variability(history: Sequence[HistoryRecord], k: int) -> list[dict[str, Any]]:
+    """Per step, how often the lab's recordings departed from their usual: the weighted share
+    skipped, out of order, or lasting more than ``DURATION_RATIO`` x (or less than its inverse)
+    the step's median; with the usual range. In step order; sort by ``deviation_share``."""
+    priors = group_priors(history, k)
+    total = sum(h.weight for h in history if h.weight > 0)
+    counts = np.zeros((k, 3))  # skipped, out of order, duration off
+    for h in history:
+        if h.weight <= 0:
+            continue
+        done = sorted((s for s in range(k) if h.spans[s] is not None), key=lambda s: h.spans[s][0])  # type: ignore[index]
+        kept = _in_order(done)
+        for s in range(k):
+            span, med = h.spans[s], priors.steps[s].median_s
+            if span is None:
+                counts[s, 0] += h.weight
+                continue
+            counts[s, 1] += h.weight * (s not in kept)
+            ratio = (span[1] - span[0]) / med if med else 1.0
+            counts[s, 2] += h.weight * (not 1.0 / DURATION_RATIO < ratio < DURATION_RATIO)
+    out = []
+    for s in range(k):
+        share = counts[s] / total if total else counts[s]
+        out.append(
+            {
+                "step": s,
+                **priors.steps[s].to_dict(),
+                "skipped_share": _r(share[0]),
+                "out_of_order_share": _r(share[1]),
+                "duration_off_share": _r(share[2]),
+                "deviation_share": _r(share.sum()),
+            }
+        )
+    return out
