@@ -11,6 +11,7 @@ priors (``duration_weight`` 0) and the group as shipped.
 
     python scripts/eval_deviations.py --seeds 0-3      # development seeds (thresholds)
     python scripts/eval_deviations.py --seeds 100-109  # held-out
+    python scripts/eval_deviations.py --seeds 100-109 --pace 0.7 --duration-sd 0.3  # regular lab
 """
 
 from __future__ import annotations
@@ -113,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="100-109")
     ap.add_argument("--annotated", type=int, default=0)
     ap.add_argument("--pace", type=float, default=0.0, help="step_pace_sd of the labs")
+    ap.add_argument("--duration-sd", type=float, default=None, help="duration_sd of the labs")
     args = ap.parse_args(argv)
-    knobs = {"step_pace_sd": args.pace} if args.pace else {}
+    knobs: dict[str, float] = {"step_pace_sd": args.pace} if args.pace else {}
+    if args.duration_sd is not None:
+        knobs["duration_sd"] = args.duration_sd
     evaluate(parse_seeds(args.seeds), args.annotated, **knobs)
     return 0
 

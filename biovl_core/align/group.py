@@ -27,12 +27,21 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    ``exemplar_weight``, to the text problem's scores. The new posterior, at ``temperature``,
    is the recording's next ``Q_i``; a step may be skipped at ``skip_penalty``.
 4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
-   the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of something else: it stops
-   teaching the others and is aligned from text alone.
-5. Final: the best labeling with skips (``kernel_skip.solve_skip``); then each skipped step
-   whose best run among background segments gains more than ``place_gain`` is placed
-   there, out of order (two steps swapped). Confidence: the posterior mass of the chosen
-   span (or of the skip), 1 for annotated recordings.
+   the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of
+   something else: it stops teaching the others and is aligned from text alone.
+5. Final: the best labeling with skips (``kernel_skip.solve_skip``), in protocol order or
+   with two adjacent steps swapped when that gains more than ``swap_gain``; a skipped step
+   is placed out of order elsewhere only above ``place_gain`` (default never: far
+   placements were mostly wrong once swaps are searched). Confidence: the posterior mass of
+   the chosen span (or of the skip), 1 for annotated recordings; a swapped step's is a
+   logistic of its margin.
+6. Priors (``biovl_core.align.priors``): each recording's durations are learned from the
+   others (leave-one-out; annotated recordings weigh ``annotated_weight``, the others by their
+   step-5 labels) and the recording is decoded again with the explicit-duration kernel
+   (``kernel_duration``), each run scored with ``duration_weight`` x the step's strength x
+   its length's log prior. With no other recording there is nothing to learn and nothing
+   changes. Each result keeps its priors and per-segment exemplar fit for the deviation
+   report (``biovl_core.align.deviations``).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ import numpy as np
 from biovl_core.align import kernel_duration, kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.methods import signal_strength, standardize
-from biovl_core.align.priors import ANNOTATED_WEIGHT, HistoryRecord, duration_scores, group_priors
+from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
@@ -63,7 +72,8 @@ GROUP_DEFAULTS: dict[str, float] = {
     "temperature": 3.0,
     "skip_penalty": 2.0,
     "min_agreement": 0.6,
-    "place_gain": math.inf,
+    "place_gain": math.inf,  # was 32 before the adjacent-swap search (issue 22)
+    # Issue 22, chosen on development seeds 0-3 (docs/QUALITY.md "A lab's history"):
     "duration_weight": 3.0,
     "swap_gain": 16.0,
 }
@@ -315,13 +325,13 @@ def align_group(
     # duration priors learned from the other recordings' labels (leave-one-out).
     decoded = {i: _decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
     if p["duration_weight"] > 0 and g > 1:
-        now = _history(gt, decoded, k, seg)
+        now = _history(gt, decoded, k, seg, p["annotated_weight"])
         for i in list(decoded):
             priors = group_priors([h for j, h in now.items() if j != i], k)
             if not priors.empty:
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
                 decoded[i] = _decode(scores[i], skip, p, temp, length)
-    final = _history(gt, decoded, k, seg)
+    final = _history(gt, decoded, k, seg, p["annotated_weight"])
 
     out: list[Alignment] = []
     for i in range(g):
@@ -362,10 +372,14 @@ def align_group(
 
 
 def _history(
-    gt: list[list[Span] | None], decoded: dict[int, tuple[np.ndarray, Any]], k: int, seg: float
+    gt: list[list[Span] | None],
+    decoded: dict[int, tuple[np.ndarray, Any]],
+    k: int,
+    seg: float,
+    annotated_weight: float,
 ) -> dict[int, HistoryRecord]:
-    """The group's recordings as history: annotations at ``ANNOTATED_WEIGHT``, alignments at 1."""
-    out = {j: HistoryRecord(a, ANNOTATED_WEIGHT) for j, a in enumerate(gt) if a is not None}
+    """The group's recordings as history: annotations at ``annotated_weight``, alignments at 1."""
+    out = {j: HistoryRecord(a, annotated_weight) for j, a in enumerate(gt) if a is not None}
     for j, (labels, _) in decoded.items():
         out[j] = HistoryRecord(spans_of_labels(labels, k, seg, labels.shape[0] * seg))
     return out
