@@ -16,6 +16,7 @@ from biovl_core.align.priors import (
     duration_scores,
     group_priors,
     no_priors,
+    skip_scores,
 )
 from biovl_core.synthetic import make_lab_group
 
@@ -118,3 +119,11 @@ def test_planted_deviations_are_in_the_ground_truth() -> None:
         a, b = r.inserted[0]
         for span in r.gt_spans:  # the inserted action overlaps no protocol step
             assert span is None or span[1] <= a or span[0] >= b
+
+
+def test_skip_scores_follow_the_lab_skip_rate() -> None:
+    optional = [HistoryRecord([(0.0, 10.0), None]) for _ in range(4)]
+    scores = skip_scores(group_priors(optional, 2), 1.0)
+    assert scores[1] > 0.0 > scores[0]  # step 1 is usually skipped, step 0 never
+    assert not skip_scores(no_priors(2), 1.0).any()
+    assert not skip_scores(group_priors(optional, 2), 0.0).any()

@@ -39,7 +39,9 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    others (leave-one-out; annotated recordings weigh ``annotated_weight``, the others by their
    step-5 labels) and the recording is decoded again with the explicit-duration kernel
    (``kernel_duration``), each run scored with ``duration_weight`` x the step's strength x
-   its length's log prior. With no other recording there is nothing to learn and nothing
+   its length's log prior, and each skip's score moved by ``skip_prior_weight`` x strength x
+   the log-odds of the lab's skip rate against the prior's (an optional step is skipped more
+   readily, one never skipped less). With no other recording there is nothing to learn and nothing
    changes. Each result keeps its priors and per-segment exemplar fit for the deviation
    report (``biovl_core.align.deviations``).
 """
@@ -56,7 +58,7 @@ import numpy as np
 from biovl_core.align import kernel_duration, kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.methods import signal_strength, standardize
-from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors
+from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
@@ -76,6 +78,7 @@ GROUP_DEFAULTS: dict[str, float] = {
     # Issue 22, chosen on development seeds 0-3 (docs/QUALITY.md "A lab's history"):
     "duration_weight": 3.0,
     "swap_gain": 16.0,
+    "skip_prior_weight": 0.5,
 }
 
 
@@ -324,13 +327,14 @@ def align_group(
     # Final labels: the best labeling with skips, then (module doc, step 6) again with the
     # duration priors learned from the other recordings' labels (leave-one-out).
     decoded = {i: _decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
-    if p["duration_weight"] > 0 and g > 1:
+    if (p["duration_weight"] > 0 or p["skip_prior_weight"] > 0) and g > 1:
         now = _history(gt, decoded, k, seg, p["annotated_weight"])
         for i in list(decoded):
             priors = group_priors([h for j, h in now.items() if j != i], k)
             if not priors.empty:
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
-                decoded[i] = _decode(scores[i], skip, p, temp, length)
+                own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
+                decoded[i] = _decode(scores[i], own_skip, p, temp, length)
     final = _history(gt, decoded, k, seg, p["annotated_weight"])
 
     out: list[Alignment] = []

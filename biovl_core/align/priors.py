@@ -198,3 +198,19 @@ def duration_scores(priors: GroupPriors, n: int, seg: float, weight: float) -> n
         sd2 = p.log_sd**2 + (0.5 / d) ** 2
         out[s, 1:] = -0.5 * weight * p.strength * (x - p.log_mean) ** 2 / sd2
     return out
+
+
+def skip_scores(priors: GroupPriors, weight: float) -> np.ndarray:
+    """Per step, what to add to a skip's score: ``weight`` x the history's strength (its summed
+    weight over that plus ``HALF_STRENGTH``) x the log-odds of the lab's skip rate less those
+    of the prior's mean rate (0 without history)."""
+    base = SKIP_PRIOR_A / (SKIP_PRIOR_A + SKIP_PRIOR_B)
+    strength = priors.recordings / (priors.recordings + HALF_STRENGTH)
+    out = np.zeros(priors.k)
+    for s, p in enumerate(priors.steps):
+        if weight and strength:
+            rate = min(max(p.skip_rate, 1e-3), 1 - 1e-3)
+            out[s] = (
+                weight * strength * (math.log(rate / (1 - rate)) - math.log(base / (1 - base)))
+            )
+    return out
