@@ -26,6 +26,8 @@ from biovl_core.align import (
     GroupMember,
     align,
     coalign,
+    deviation_report,
+    step_ranges,
 )
 from biovl_core.align import resolve_method as method_spec
 from biovl_core.config import PipelineConfig
@@ -434,6 +436,17 @@ def alignment_result(
         if frame_times is None
         else [[round(float(t), 6) for t in row] for row in frame_times],
         decode=dict(decode or {}),
+        deviations=None
+        if alignment.priors is None
+        else deviation_report(
+            alignment.spans,
+            alignment.confidence,
+            alignment.priors,
+            segment_seconds,
+            alignment.labels,
+            alignment.segment_fit,
+        ),
+        lab_steps=step_ranges(alignment.priors),
     )
 
 

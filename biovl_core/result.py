@@ -37,6 +37,10 @@ class AlignmentResult:
     group: dict[str, Any] | None = None  # the recordings of its protocol that helped (groups)
     frame_times: list[list[float]] | None = None  # per segment: time (s) of each embedded frame
     decode: dict[str, float] = field(default_factory=dict)  # decoding cost (frames, bytes, samples)
+    # What this recording did differently from its lab's usual (``align.deviations``), and per
+    # step the lab's usual duration range and skip rate; None where no group alignment ran.
+    deviations: list[dict[str, Any]] | None = None
+    lab_steps: list[dict[str, Any]] | None = None
 
     def step_notes(self, k: int) -> list[str]:
         """The notes of step k ([] where the protocol gave none)."""

@@ -110,6 +110,7 @@ def test_next_recording_learns_from_a_correction(make_env, recording, second):  
         "used": False,
     }
     assert all("confidence" not in s for s in alone["steps"])
+    assert "deviations" not in alone and all("lab" not in s for s in alone["steps"])
     # The researcher corrects the first recording to its true spans.
     truth = [[float(a), float(b)] for a, b in _annotated(recording)]
     put = env.client.put(f"/v1/jobs/{first}/annotations", json=truth, headers=AUTH_A)
@@ -123,6 +124,23 @@ def test_next_recording_learns_from_a_correction(make_env, recording, second):  
     assert grouped["group"]["annotated"] == 1 and grouped["group"]["corrections"] == 1
     assert grouped["group"]["protocol_key"] == alone["group"]["protocol_key"]
     assert all(0.0 <= s["confidence"] <= 1.0 for s in grouped["steps"])
+    # Its deviation report, and per step the lab's usual range learned from the correction.
+    assert isinstance(grouped["deviations"], list)
+    assert all(0.0 <= e["confidence"] <= 1.0 for e in grouped["deviations"])
+    for s, (a, b) in zip(grouped["steps"], truth, strict=True):
+        assert s["lab"]["median_s"] == pytest.approx(b - a, abs=0.01)
+        assert s["lab"]["evidence"] == 3.0  # one correction counts as three alignments
+    summary = env.client.get(f"/v1/jobs/{job}", headers=AUTH_A).json()
+    assert summary["result"]["deviations"] == grouped["deviations"]
+    # The lab's page: this protocol, its two recordings, steps sorted by how much they vary.
+    report = env.client.get("/v1/protocols", headers=AUTH_A).json()
+    (proto,) = report["protocols"]
+    assert proto["protocol_key"] == alone["group"]["protocol_key"]
+    assert proto["recordings"] == 2 and proto["annotated"] == 1
+    shares = [r["deviation_share"] for r in proto["steps"]]
+    assert shares == sorted(shares, reverse=True) and len(shares) == len(steps)
+    assert env.client.get("/v1/protocols", headers=AUTH_B).json()["protocols"] == []
+    assert env.client.get("/v1/protocols").status_code == 401
     # Text alone, on the same embeddings, gives another alignment.
     cfg = env.settings.pipeline_config().replace(
         cache_dir=str(env.service.archive.root / "embeddings")

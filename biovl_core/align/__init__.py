@@ -1,7 +1,9 @@
 """Alignment stage: steps to segments by monotonic segmentation (SPEC.md "Aligner", "Group alignment").
 
 ``align`` / ``align_batch`` solve one or many recordings with any registered method on any
-backend; ``align_group`` and ``coalign`` let recordings of one protocol align each other.
+backend; ``align_group`` and ``coalign`` let recordings of one protocol align each other;
+``group_priors`` learns a lab's usual steps from its history and ``deviation_report`` says what
+one recording did differently.
 Importing this package registers every method: the paper's (``uniform``, ``nw``, ``drop_dtw``,
 in ``paper``) and the project's (``biovl``, ``nw_norm``, in ``methods``).
 """
@@ -16,6 +18,7 @@ from biovl_core.align.backends import (
     pack_padded,
     solve_segmentation,
 )
+from biovl_core.align.deviations import deviation_report, step_ranges, step_variability
 from biovl_core.align.group import (
     GROUP_DEFAULTS,
     GROUP_METHOD,
@@ -26,6 +29,7 @@ from biovl_core.align.group import (
     coalign,
 )
 from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.align.priors import GroupPriors, HistoryRecord, group_priors
 from biovl_core.align.registry import (
     DEFAULT_METHOD,
     METHODS,
@@ -51,6 +55,8 @@ __all__ = [
     "Alignment",
     "GroupContext",
     "GroupMember",
+    "GroupPriors",
+    "HistoryRecord",
     "MethodSpec",
     "SegmentationProblem",
     "Span",
@@ -60,6 +66,8 @@ __all__ = [
     "align_group",
     "auto_backend",
     "coalign",
+    "deviation_report",
+    "group_priors",
     "objective",
     "pack_flat",
     "pack_padded",
@@ -68,6 +76,8 @@ __all__ = [
     "signal_strength",
     "solve_segmentation",
     "spans_from_labels",
+    "step_ranges",
+    "step_variability",
     "standardize",
     "validate_similarity",
 ]

@@ -27,12 +27,23 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    ``exemplar_weight``, to the text problem's scores. The new posterior, at ``temperature``,
    is the recording's next ``Q_i``; a step may be skipped at ``skip_penalty``.
 4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
-   the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of something else: it stops
-   teaching the others and is aligned from text alone.
-5. Final: the best labeling with skips (``kernel_skip.solve_skip``); then each skipped step
-   whose best run among background segments gains more than ``place_gain`` is placed
-   there, out of order (two steps swapped). Confidence: the posterior mass of the chosen
-   span (or of the skip), 1 for annotated recordings.
+   the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of
+   something else: it stops teaching the others and is aligned from text alone.
+5. Final: the best labeling with skips (``kernel_skip.solve_skip``), in protocol order or
+   with two adjacent steps swapped when that gains more than ``swap_gain``; a skipped step
+   is placed out of order elsewhere only above ``place_gain`` (default never: far
+   placements were mostly wrong once swaps are searched). Confidence: the posterior mass of
+   the chosen span (or of the skip), 1 for annotated recordings; a swapped step's is a
+   logistic of its margin.
+6. Priors (``biovl_core.align.priors``): each recording's durations are learned from the
+   others (leave-one-out; annotated recordings weigh ``annotated_weight``, the others by their
+   step-5 labels) and the recording is decoded again with the explicit-duration kernel
+   (``kernel_duration``), each run scored with ``duration_weight`` x the step's strength x
+   its length's log prior, and each skip's score moved by ``skip_prior_weight`` x strength x
+   the log-odds of the lab's skip rate against the prior's (an optional step is skipped more
+   readily, one never skipped less). With no other recording there is nothing to learn and nothing
+   changes. Each result keeps its priors and per-segment exemplar fit for the deviation
+   report (``biovl_core.align.deviations``).
 """
 
 from __future__ import annotations
@@ -44,9 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.align import kernel_skip
+from biovl_core.align import kernel_duration, kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
@@ -62,7 +74,11 @@ GROUP_DEFAULTS: dict[str, float] = {
     "temperature": 3.0,
     "skip_penalty": 2.0,
     "min_agreement": 0.6,
-    "place_gain": 32.0,
+    "place_gain": math.inf,  # was 32 before the adjacent-swap search (issue 22)
+    # Issue 22, chosen on development seeds 0-3 (docs/QUALITY.md "A lab's history"):
+    "duration_weight": 3.0,
+    "swap_gain": 16.0,
+    "skip_prior_weight": 0.5,
 }
 
 
@@ -112,7 +128,10 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
         raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        may_be_inf = name in ("place_gain", "swap_gain") and value == math.inf  # = never
+        if not (isinstance(value, int | float) and (math.isfinite(value) or may_be_inf)):
+            raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
+        if value < 0:
             raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
     if full["temperature"] <= 0:
         raise BioVLError("align_group: temperature must be > 0")
@@ -166,6 +185,21 @@ def _exemplar_llr(
     mu = signal_strength(z, text_params["top_share"], text_params["signal_offset"])
     mu = np.where(norm[:, 0] > 1e-12, mu, 0.0)
     return mu[:, None] * z - 0.5 * mu[:, None] ** 2, float(cos[:-1].max(axis=0).mean())
+
+
+def _segment_fit(prototypes: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per segment, how well the group's exemplars (steps and the idle look) explain its
+    frame: minus the norm of what is left after projecting it on their span, as a robust
+    z-score within the recording (very negative = something none of them shows)."""
+    norm = np.linalg.norm(prototypes, axis=1)
+    basis = prototypes[norm > 1e-12]
+    if basis.shape[0] == 0:
+        return np.zeros(x.shape[0])
+    q, _ = np.linalg.qr(basis.T)
+    left = -np.linalg.norm(x - (x @ q) @ q.T, axis=1)
+    mid = float(np.median(left))
+    spread = 1.4826 * float(np.median(np.abs(left - mid)))
+    return (left - mid) / max(spread, 1e-9)
 
 
 def _confidence(labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int) -> np.ndarray:
@@ -265,6 +299,7 @@ def align_group(
     source_weight = np.array([p["annotated_weight"] if a is not None else 1.0 for a in gt])
     x = [_centred(f) for f in feats]
     scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    seg_fit: dict[int, np.ndarray] = {}
     agreement = np.ones(g)
     teaching = np.ones(g, dtype=bool)
     skip = np.full(k, -p["skip_penalty"])
@@ -281,11 +316,26 @@ def align_group(
             post, p_skip, _ = kernel_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
+            seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
         for i in [j for j in range(g) if gt[j] is not None]:
-            fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)[1]
+            llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
+            seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
         reference = float(np.median(fit))
         agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
+
+    # Final labels: the best labeling with skips, then (module doc, step 6) again with the
+    # duration priors learned from the other recordings' labels (leave-one-out).
+    decoded = {i: _decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
+    if (p["duration_weight"] > 0 or p["skip_prior_weight"] > 0) and g > 1:
+        now = _history(gt, decoded, k, seg, p["annotated_weight"])
+        for i in list(decoded):
+            priors = group_priors([h for j, h in now.items() if j != i], k)
+            if not priors.empty:
+                length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
+                own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
+                decoded[i] = _decode(scores[i], own_skip, p, temp, length)
+    final = _history(gt, decoded, k, seg, p["annotated_weight"])
 
     out: list[Alignment] = []
     for i in range(g):
@@ -297,8 +347,10 @@ def align_group(
             conf = np.ones(k)
             info = {**base, "agreement": float(agreement[i])}
             out.append(Alignment(gt[i], labels, score, GROUP_METHOD, info, confidence=conf))
+            out[-1].priors = group_priors([h for j, h in final.items() if j != i], k)
+            out[-1].segment_fit = seg_fit.get(i)
             continue
-        if i not in scores or not teaching[i]:
+        if i not in decoded:
             a = alone[i]
             m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
             post, p_skip, _ = kernel_skip.posterior(m, d, no_skip, temp)
@@ -310,15 +362,66 @@ def align_group(
             out.append(a)
             continue
         match, drop, p_skip = scores[i]
-        labels, _ = kernel_skip.solve_skip(match, drop, skip)
+        labels, placed = decoded[i]
         conf = _confidence(labels, soft[i], p_skip, k)
-        for s, c in _place_skipped(labels, match, drop, p["place_gain"], temp).items():
+        for s, c in placed.items():
             conf[s] = c
         spans = spans_of_labels(labels, k, seg, n * seg)
         score = objective(match, drop, labels) - p["skip_penalty"] * sum(s is None for s in spans)
         info = {**base, "agreement": float(agreement[i]), "used": True}
         out.append(Alignment(spans, labels, score, GROUP_METHOD, info, confidence=conf))
+        out[-1].priors = group_priors([h for j, h in final.items() if j != i], k)
+        out[-1].segment_fit = seg_fit[i]
     return out
+
+
+def _history(
+    gt: list[list[Span] | None],
+    decoded: dict[int, tuple[np.ndarray, Any]],
+    k: int,
+    seg: float,
+    annotated_weight: float,
+) -> dict[int, HistoryRecord]:
+    """The group's recordings as history: annotations at ``annotated_weight``, alignments at 1."""
+    out = {j: HistoryRecord(a, annotated_weight) for j, a in enumerate(gt) if a is not None}
+    for j, (labels, _) in decoded.items():
+        out[j] = HistoryRecord(spans_of_labels(labels, k, seg, labels.shape[0] * seg))
+    return out
+
+
+def _decode(
+    scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+    skip: np.ndarray,
+    p: dict[str, float],
+    temp: float,
+    length: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Best labels with skips (with run-length scores ``length`` when given), in protocol
+    order or with two adjacent steps swapped when that gains more than ``swap_gain``; skipped
+    steps then placed out of order. Also the confidence of swapped and placed steps."""
+    match, drop, _ = scores
+    k = match.shape[0]
+
+    def solve(order: np.ndarray) -> tuple[np.ndarray, float]:
+        if length is None:
+            lab, v = kernel_skip.solve_skip(match[order], drop, skip[order])
+        else:
+            lab, v = kernel_duration.solve_duration(match[order], drop, skip[order], length[order])
+        return np.where(lab >= 0, order[np.maximum(lab, 0)], -1), float(v)
+
+    labels, plain = solve(np.arange(k))
+    best, swapped = plain + p["swap_gain"], -1
+    for a in range(k - 1) if p["swap_gain"] < math.inf else ():
+        order = np.arange(k)
+        order[a], order[a + 1] = a + 1, a
+        lab, v = solve(order)
+        if v > best and (lab == a).any() and (lab == a + 1).any():
+            labels, best, swapped = lab, v, a
+    placed = _place_skipped(labels, match, drop, p["place_gain"], temp)
+    if swapped >= 0:
+        c = 1.0 / (1.0 + math.exp(-(best - plain - p["swap_gain"]) / temp))
+        placed.update({swapped: c, swapped + 1: c})
+    return labels, placed
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from biovl_core.align.priors import GroupPriors
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
 
@@ -24,6 +25,10 @@ class Alignment:
     params: dict[str, Any] = field(default_factory=dict)
     # Per-step confidence in [0, 1] (float array [K]); set by ``align_group``, None elsewhere.
     confidence: np.ndarray | None = None
+    # Set by ``align_group``: what the other recordings say about each step (leave-one-out),
+    # and per segment how well it fits any exemplar (robust z; low = fits no step, not idle).
+    priors: GroupPriors | None = None
+    segment_fit: np.ndarray | None = None
 
 
 @dataclass

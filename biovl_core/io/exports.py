@@ -42,6 +42,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
             step["notes"] = result.step_notes(i)  # the protocol's notes on this step
         if result.confidence is not None:
             step["confidence"] = _num(result.confidence[i])
+        if result.lab_steps is not None:
+            step["lab"] = dict(result.lab_steps[i])  # the lab's usual range for this step
         steps.append(step)
     d: dict[str, Any] = {
         "schema": SCHEMA,
@@ -67,6 +69,8 @@ def alignment_to_dict(result: AlignmentResult, include_similarity: bool = False)
         ]
     if result.group is not None:
         d["group"] = dict(result.group)
+    if result.deviations is not None:  # what this recording did differently from the lab
+        d["deviations"] = [dict(e) for e in result.deviations]
     if result.frame_times is not None:  # per segment: the time (s) of every embedded frame
         d["frame_times"] = [[_num(t) for t in row] for row in result.frame_times]
     if result.decode:
@@ -127,6 +131,8 @@ def alignment_from_dict(d: dict[str, Any]) -> AlignmentResult:
         if d.get("frame_times") is None
         else [[float(t) for t in row] for row in d["frame_times"]],
         decode={k: float(v) for k, v in d.get("decode", {}).items()},
+        deviations=None if d.get("deviations") is None else [dict(e) for e in d["deviations"]],
+        lab_steps=[dict(s["lab"]) for s in steps] if all("lab" in s for s in steps) else None,
     )
 
 

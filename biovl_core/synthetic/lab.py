@@ -60,6 +60,15 @@ class LabKnobs:
     p_swap: float = 0.3  # chance that a recording swaps two adjacent steps
     p_repeat: float = 0.15  # chance that a recording repeats a step
     difficulty: float = 1.0  # timing irregularity (durations, gaps) as in ``synthetic``
+    # Planted deviations and per-step paces; at 0 (the defaults) nothing more is drawn, so
+    # the recordings are exactly those drawn before these knobs existed.
+    step_pace_sd: float = 0.0  # log sd of a lab's per-step duration factor (steps differ)
+    duration_sd: float | None = (
+        None  # log sd of a step's duration per recording (None: by difficulty)
+    )
+    p_long: float = 0.0  # chance that a performed step takes ``long_factor`` times as long
+    long_factor: float = 3.0
+    p_insert: float = 0.0  # chance that a recording shows one off-protocol action in a gap
 
 
 @dataclass
@@ -71,6 +80,8 @@ class LabRecording:
     order: list[int]  # the steps in the order done (a repeat appears twice)
     duration_s: float
     off_protocol: bool = False
+    long_steps: list[int] = field(default_factory=list)  # steps planted ``long_factor`` x longer
+    inserted: list[tuple[float, float]] = field(default_factory=list)  # off-protocol actions
 
 
 @dataclass
@@ -134,11 +145,16 @@ def _recording(
     knobs: LabKnobs,
     seg: float,
     rng: np.random.Generator,
+    factors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[tuple[float, float]], float]:
-    """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length."""
+    """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length;
+    ``factors`` (one per action) stretch the drawn durations, gaps kept."""
+    sd = {} if knobs.duration_sd is None else {"dur_sigma": knobs.duration_sd}
     spans, duration = timeline(
-        EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty), rng, seg
+        EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty, **sd), rng, seg
     )
+    if factors is not None:
+        spans, duration = _stretched(spans, duration, factors, seg)
     n = math.ceil(duration / seg - 1e-9)
     cover = coverage(spans, n, duration, seg)  # [actions, N]
     d = knobs.dim
@@ -157,6 +173,41 @@ def _recording(
         + noise
     )
     return _unit(frames).astype(np.float32), spans, duration
+
+
+def _stretched(
+    spans: list[tuple[float, float]], duration: float, factors: np.ndarray, seg: float
+) -> tuple[list[tuple[float, float]], float]:
+    """Spans with each action's duration times its factor, the gaps between them kept."""
+    out, shift = [], 0.0
+    for (a, b), f in zip(spans, factors, strict=True):
+        start = round(a + shift, 1)
+        end = round(start + (b - a) * float(f), 1)
+        shift = end - b
+        out.append((start, end))
+    return out, max(round(duration + shift, 1), seg)
+
+
+def _plant(
+    order: list[int], pace: np.ndarray, knobs: LabKnobs, rng: np.random.Generator
+) -> tuple[list[int], np.ndarray | None, list[int], int | None]:
+    """Per-action duration factors, the steps made longer, and where an inserted action goes
+    (its index in the returned order, shown with look row K); no draws when the knobs are 0."""
+    if knobs.step_pace_sd == 0 and knobs.p_long == 0 and knobs.p_insert == 0:
+        return order, None, [], None
+    factors = pace[order].astype(np.float64)
+    long_steps: list[int] = []
+    if knobs.p_long > 0:
+        for a, step in enumerate(order):
+            if step not in long_steps and rng.random() < knobs.p_long:
+                factors[a] *= knobs.long_factor
+                long_steps.append(step)
+    inserted = None
+    if knobs.p_insert > 0 and rng.random() < knobs.p_insert:
+        inserted = int(rng.integers(1, len(order)))  # between two protocol actions
+        order = [*order[:inserted], len(pace), *order[inserted:]]
+        factors = np.insert(factors, inserted, 1.0)
+    return order, factors, long_steps, inserted
 
 
 def make_lab_group(
@@ -191,6 +242,9 @@ def make_lab_group(
     )
     by_text = {s: texts[steps.index(s)] for s in steps}  # equal texts embed equally
     texts = np.stack([by_text[s] for s in steps]).astype(np.float32)
+    pace = np.ones(k)
+    if lab.step_pace_sd > 0:  # a lab's steps have their own typical durations
+        pace = np.exp(rng.normal(0.0, lab.step_pace_sd, k))
     out = []
     for r in range(recordings):
         if off_protocol and r == recordings - 1:
@@ -203,12 +257,15 @@ def make_lab_group(
             out.append(LabRecording(frames, [None] * k, [], duration, off_protocol=True))
             continue
         order = _deviate(k, lab, rng)
+        shown, factors, long_steps, ins = _plant(order, pace, lab, rng)
+        shown_looks = looks if ins is None else np.vstack([looks, _directions(rng, 1, lab.dim)])
         frames, spans, duration = _recording(
-            order, looks, scene, idle, experiment, lab, segment_seconds, rng
+            shown, shown_looks, scene, idle, experiment, lab, segment_seconds, rng, factors
         )
         gt: list[Span] = [None] * k
-        for step, span in zip(order, spans, strict=True):
-            if gt[step] is None:
+        for a, (step, span) in enumerate(zip(shown, spans, strict=True)):
+            if a != ins and gt[step] is None:
                 gt[step] = span
-        out.append(LabRecording(frames, gt, order, duration))
+        inserted = [] if ins is None else [spans[ins]]
+        out.append(LabRecording(frames, gt, order, duration, False, long_steps, inserted))
     return LabGroup(experiment, steps, texts, out, float(segment_seconds), seed, lab)

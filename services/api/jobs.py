@@ -165,6 +165,8 @@ class JobService:
                     {k: s.get(k) for k in ("number", "text", "start", "end", "score")}
                     for s in data.get("steps", [])
                 ],
+                # what the recording did differently from its lab's usual (group alignments)
+                "deviations": data.get("deviations"),
             }
             if data.get("weights") == "random-demo":
                 out["warning"] = RANDOM_WEIGHTS_WARNING

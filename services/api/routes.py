@@ -7,6 +7,9 @@
 - ``GET /v1/jobs``, ``GET /v1/jobs/{id}`` (with signed media ``links``),
   ``GET /v1/jobs/{id}/alignment.{json,csv,vtt}`` (``?similarity=1`` adds the matrix to the
   JSON), ``GET /v1/jobs/{id}/video`` (HTTP Range)
+- ``GET /v1/protocols``: per protocol of the caller's lab, which steps vary most across its
+  recordings (``services.lab_report``); each job's alignment JSON carries its own
+  ``deviations`` and each step the lab's usual range (``lab``)
 - ``/-/healthz``; ``/jobs/{id}`` and ``/`` serve the viewer from ``services/static``.
   No ``/docs``, ``/redoc`` or ``/openapi.json``; the metrics are on their own port
   (``services.metrics.NodeMetrics``), never on this one.
@@ -40,6 +43,7 @@ from services.api.links import SIGNATURE_PARAMS, LinkError, LinkSigner
 from services.api.tus import register_tus_routes
 from services.archive import JobFiles
 from services.faults import fault_of
+from services.lab_report import lab_protocols
 from services.protocol_preview import register_protocol_preview
 
 log = logging.getLogger("biovl.service")
@@ -184,6 +188,11 @@ def create_app(service: JobService) -> FastAPI:
         return Response(path.read_bytes(), media_type=ALIGNMENT_MEDIA[fmt])
 
     add_correction_routes(app, service)
+
+    @app.get("/v1/protocols")
+    def get_protocols(request: Request) -> dict[str, Any]:
+        """The lab's protocols, each with its steps sorted by how much they vary."""
+        return lab_protocols(service.archive, service.lab_of(request))
 
     @app.get("/v1/jobs/{job_id}/video")
     def get_video(job_id: str, request: Request) -> FileResponse:

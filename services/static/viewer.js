@@ -15,6 +15,7 @@ import {
   wireSignIn,
 } from "./app.js";
 import { mountCorrections } from "./corrections.js";
+import { mountDeviations } from "./deviations.js";
 
 const POLL_MS = 2000;
 const LINK_REFRESH_MARGIN_MS = 60_000; // renew the signed media links this long before they expire
@@ -208,6 +209,7 @@ async function loadJob() {
   }
   renderViewer();
   mountCorrections({ jobId: state.jobId, raw: state.data.raw, data: state.data, video: $("#video"), seekTo });
+  mountDeviations({ section: $("#deviations"), raw: state.data.raw, data: state.data, seekTo });
 }
 
 function formatProgress(p) {

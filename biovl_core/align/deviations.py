@@ -1,0 +1,229 @@
+"""What a recording did differently from its lab's usual: the deviation report.
+
+```python
+from biovl_core.align.deviations import deviation_report
+report = deviation_report(spans, confidence, priors, segment_seconds=5.0,
+                          labels=labels, segment_fit=fit)
+```
+
+One entry per finding, each with a ``confidence`` in [0, 1]:
+
+- ``not_performed``: a step without a span; confidence = the aligner's confidence in the skip;
+  the lab's skip rate beside it.
+- ``out_of_order``: a step outside the longest run of steps done in protocol order, with
+  the steps it changed places with (``swapped_with``), unless the lab usually does them this
+  way too (``priors.before``; the protocol's order where the history has no say);
+  confidence = the lowest of their confidences times the lab's share of the usual order.
+- ``longer`` / ``shorter``: a step lasting at least ``DURATION_RATIO`` times (at most its
+  inverse) the lab's median and more than ``DURATION_Z`` log sds from the lab's mean, with
+  the lab's range (10th-90th percentile); needs ``MIN_EVIDENCE`` recordings of the step;
+  confidence = span confidence x prior strength x (2 Phi(|z|) - 1).
+- ``unmatched``: a background stretch of at least ``MIN_UNMATCHED_SEGMENTS`` segments whose
+  frames fit no step and not the lab's idle look either (``segment_fit``: per segment the
+  best cosine to the group's exemplars as a robust z-score within the recording, below
+  ``-UNMATCHED_FIT``); confidence = a logistic of the stretch's mean shortfall.
+
+Without priors (a group of one, or no history) only ``not_performed`` can be said.
+Thresholds were chosen on development seeds 0-3 (``scripts/eval_deviations.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from biovl_core.align.priors import GroupPriors, HistoryRecord, group_priors
+from biovl_core.result import Span
+
+DURATION_RATIO = 2.0
+DURATION_Z = 2.0
+GRID_SLACK = 0.5  # segments a span's length may be off by, from the grid alone
+MIN_EVIDENCE = 2.0
+MIN_UNMATCHED_SEGMENTS = 2
+UNMATCHED_FIT = 2.0
+KINDS = ("not_performed", "out_of_order", "longer", "shorter", "unmatched")
+
+
+def _phi(x: float) -> float:
+    """The standard normal CDF."""
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _r(x: float) -> float:
+    """A rounded float for JSON."""
+    return round(float(x), 4)
+
+
+def _in_order(steps: list[int]) -> set[int]:
+    """The largest set of steps already in protocol order (a longest increasing subsequence)."""
+    best: list[list[int]] = []
+    for s in steps:
+        chains = [c for c in best if c[-1] < s]
+        best.append([*max(chains, key=len, default=[]), s])
+    return set(max(best, key=len, default=[]))
+
+
+def _order_findings(
+    spans: Sequence[Span], conf: np.ndarray, priors: GroupPriors | None
+) -> list[dict[str, Any]]:
+    """Steps out of the usual order: those outside the longest run kept in protocol order, each
+    with the steps it changed places with; pairs the lab often does this way too are not said."""
+    out: list[dict[str, Any]] = []
+    done = sorted(
+        (s for s, span in enumerate(spans) if span is not None), key=lambda s: spans[s][0]
+    )  # type: ignore[index]
+    kept = _in_order(done)
+    for b in done:
+        if b in kept:
+            continue
+        pos = done.index(b)
+        crossed = [a for a in done[:pos] if a > b] + [a for a in done[pos + 1 :] if a < b]
+        usual = []
+        for a in crossed:
+            first, second = min(a, b), max(a, b)
+            share = 1.0
+            if priors is not None and not math.isnan(priors.before[first, second]):
+                share = float(priors.before[first, second])
+            usual.append(share)
+        keep = [(a, u) for a, u in zip(crossed, usual, strict=True) if u >= 0.5]
+        if not keep:
+            continue  # the lab usually does it this way too
+        share = min(u for _, u in keep)
+        out.append(
+            {
+                "kind": "out_of_order",
+                "step": b,
+                "swapped_with": sorted(a for a, _ in keep),
+                "lab_usual_share": _r(share),
+                "confidence": _r(min(conf[b], *(conf[a] for a, _ in keep)) * share),
+            }
+        )
+    return out
+
+
+def _duration_findings(
+    spans: Sequence[Span], conf: np.ndarray, priors: GroupPriors, seg: float
+) -> list[dict[str, Any]]:
+    """Steps much longer or shorter than the lab's usual."""
+    out: list[dict[str, Any]] = []
+    for s, span in enumerate(spans):
+        p = priors.steps[s]
+        if span is None or p.evidence < MIN_EVIDENCE or p.median_s is None:
+            continue
+        seconds = max(span[1] - span[0], 1e-3)
+        ratio = seconds / p.median_s
+        z = (math.log(seconds) - p.log_mean) / p.log_sd
+        slack = GRID_SLACK * seg  # a span on the grid may be this much longer or shorter
+        if (seconds - slack) / p.median_s >= DURATION_RATIO and z >= DURATION_Z:
+            kind = "longer"
+        elif (seconds + slack) / p.median_s <= 1.0 / DURATION_RATIO and z <= -DURATION_Z:
+            kind = "shorter"
+        else:
+            continue
+        out.append(
+            {
+                "kind": kind,
+                "step": s,
+                "seconds": _r(seconds),
+                "lab_median_s": _r(p.median_s),
+                "lab_range_s": None if p.range_s is None else [_r(v) for v in p.range_s],
+                "ratio": _r(ratio),
+                "confidence": _r(conf[s] * p.strength * (2.0 * _phi(abs(z)) - 1.0)),
+            }
+        )
+    return out
+
+
+def _unmatched_findings(labels: np.ndarray, fit: np.ndarray, seg: float) -> list[dict[str, Any]]:
+    """Background stretches whose frames fit no step and not the idle look."""
+    out: list[dict[str, Any]] = []
+    bad = (labels < 0) & (fit < -UNMATCHED_FIT)
+    n, j = bad.shape[0], 0
+    while j < n:
+        if not bad[j]:
+            j += 1
+            continue
+        start = j
+        while j < n and bad[j]:
+            j += 1
+        if j - start >= MIN_UNMATCHED_SEGMENTS:
+            short = float(-fit[start:j].mean() - UNMATCHED_FIT)
+            out.append(
+                {
+                    "kind": "unmatched",
+                    "start": _r(start * seg),
+                    "end": _r(j * seg),
+                    "confidence": _r(1.0 / (1.0 + math.exp(-2.0 * short))),
+                }
+            )
+    return out
+
+
+def deviation_report(
+    spans: Sequence[Span],
+    confidence: Sequence[float] | np.ndarray | None,
+    priors: GroupPriors | None,
+    segment_seconds: float,
+    labels: np.ndarray | None = None,
+    segment_fit: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Every deviation of one recording from its lab's usual (module doc), in step order."""
+    k = len(spans)
+    conf = np.ones(k) if confidence is None else np.clip(np.asarray(confidence, float), 0, 1)
+    out: list[dict[str, Any]] = []
+    for s, span in enumerate(spans):
+        if span is None:
+            entry: dict[str, Any] = {"kind": "not_performed", "step": s, "confidence": _r(conf[s])}
+            if priors is not None and priors.steps[s].evidence > 0:
+                entry["lab_skip_rate"] = _r(priors.steps[s].skip_rate)
+            out.append(entry)
+    out += _order_findings(spans, conf, priors)
+    if priors is not None and not priors.empty:
+        out += _duration_findings(spans, conf, priors, segment_seconds)
+    if labels is not None and segment_fit is not None:
+        out += _unmatched_findings(np.asarray(labels), np.asarray(segment_fit), segment_seconds)
+    return sorted(out, key=lambda e: (e.get("step", k), e.get("start", 0.0), e["kind"]))
+
+
+def step_ranges(priors: GroupPriors | None) -> list[dict[str, Any]] | None:
+    """Per step the lab's usual duration, skip rate and evidence (None without priors)."""
+    return None if priors is None or priors.empty else [p.to_dict() for p in priors.steps]
+
+
+def step_variability(history: Sequence[HistoryRecord], k: int) -> list[dict[str, Any]]:
+    """Per step, how often the lab's recordings departed from their usual: the weighted share
+    skipped, out of order, or lasting more than ``DURATION_RATIO`` x (or less than its inverse)
+    the step's median; with the usual range. In step order; sort by ``deviation_share``."""
+    priors = group_priors(history, k)
+    total = sum(h.weight for h in history if h.weight > 0)
+    counts = np.zeros((k, 3))  # skipped, out of order, duration off
+    for h in history:
+        if h.weight <= 0:
+            continue
+        done = sorted((s for s in range(k) if h.spans[s] is not None), key=lambda s: h.spans[s][0])  # type: ignore[index]
+        kept = _in_order(done)
+        for s in range(k):
+            span, med = h.spans[s], priors.steps[s].median_s
+            if span is None:
+                counts[s, 0] += h.weight
+                continue
+            counts[s, 1] += h.weight * (s not in kept)
+            ratio = (span[1] - span[0]) / med if med else 1.0
+            counts[s, 2] += h.weight * (not 1.0 / DURATION_RATIO < ratio < DURATION_RATIO)
+    out = []
+    for s in range(k):
+        share = counts[s] / total if total else counts[s]
+        out.append(
+            {
+                "step": s,
+                **priors.steps[s].to_dict(),
+                "skipped_share": _r(share[0]),
+                "out_of_order_share": _r(share[1]),
+                "duration_off_share": _r(share[2]),
+                "deviation_share": _r(share.sum()),
+            }
+        )
+    return out

@@ -1,0 +1,77 @@
+"""The deviation report: each kind on a hand-made history, and on a generated lab."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from biovl_core.align import align_group
+from biovl_core.align.deviations import deviation_report, step_ranges
+from biovl_core.align.priors import HistoryRecord, group_priors, no_priors
+from biovl_core.synthetic import make_lab_group
+
+SEG = 5.0
+USUAL = [(0.0, 20.0), (30.0, 40.0), (50.0, 80.0), (90.0, 100.0)]
+
+
+def _lab(n: int = 5):
+    """A history of n recordings doing the four steps in order, with small jitter."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for _ in range(n):
+        f = np.exp(rng.normal(0.0, 0.1, 4))
+        recs.append(
+            HistoryRecord([(a, a + (b - a) * x) for (a, b), x in zip(USUAL, f, strict=True)])
+        )
+    return group_priors(recs, 4)
+
+
+def test_nothing_to_say_about_a_usual_recording() -> None:
+    assert deviation_report(USUAL, np.ones(4), _lab(), SEG) == []
+
+
+def test_each_kind_is_found_with_the_lab_range() -> None:
+    spans = [(0.0, 20.0), None, (100.0, 190.0), (60.0, 70.0)]  # skip, 3x, step 3 before 2
+    labels = np.full(40, -1)
+    fit = np.zeros(40)
+    fit[25:30] = -5.0  # 125-150 s fits nothing, and is labelled background
+    report = deviation_report(spans, np.full(4, 0.9), _lab(), SEG, labels, fit)
+    kinds = {(e["kind"], e.get("step")) for e in report}
+    assert ("not_performed", 1) in kinds
+    assert ("out_of_order", 3) in kinds or ("out_of_order", 2) in kinds
+    longer = [e for e in report if e["kind"] == "longer"]
+    assert [e["step"] for e in longer] == [2]
+    lo, hi = longer[0]["lab_range_s"]
+    assert lo <= longer[0]["lab_median_s"] <= hi < 90.0
+    unmatched = [e for e in report if e["kind"] == "unmatched"]
+    assert [(e["start"], e["end"]) for e in unmatched] == [(125.0, 150.0)]
+    assert all(0.0 <= e["confidence"] <= 1.0 for e in report)
+
+
+def test_a_lab_that_usually_swaps_two_steps_is_not_told_so() -> None:
+    swapped = [(0.0, 20.0), (30.0, 40.0), (90.0, 100.0), (50.0, 80.0)]
+    history = [HistoryRecord(swapped) for _ in range(4)]
+    report = deviation_report(swapped, np.ones(4), group_priors(history, 4), SEG)
+    assert not [e for e in report if e["kind"] == "out_of_order"]
+    assert [e["kind"] for e in deviation_report(swapped, np.ones(4), None, SEG)] == ["out_of_order"]
+
+
+def test_without_history_only_skips_are_said() -> None:
+    spans = [(0.0, 200.0), None, (210.0, 215.0), (220.0, 230.0)]
+    report = deviation_report(spans, np.ones(4), no_priors(4), SEG)
+    assert [e["kind"] for e in report] == ["not_performed"]
+    assert step_ranges(no_priors(4)) is None and step_ranges(None) is None
+    assert len(step_ranges(_lab())) == 4
+
+
+def test_a_planted_long_step_is_reported_in_a_regular_lab() -> None:
+    lab = make_lab_group(
+        "agarose_gel", 6, seed=4, step_pace_sd=0.7, duration_sd=0.2, p_long=0.1, p_skip=0.0
+    )
+    out = align_group(lab.frames, lab.texts, segment_seconds=SEG)
+    hits = planted = 0
+    for r, a in zip(lab.recordings, out, strict=True):
+        rep = deviation_report(a.spans, a.confidence, a.priors, SEG, a.labels, a.segment_fit)
+        longer = {e["step"] for e in rep if e["kind"] == "longer"}
+        hits += len(longer & set(r.long_steps))
+        planted += len(r.long_steps)
+    assert planted > 0 and hits >= planted / 2
