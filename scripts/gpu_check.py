@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="run only stages whose title or key contains this text")
     parser.add_argument("--stage", help="run this one stage (by key) in this process")
     parser.add_argument(
+        "--skip", action="append", default=[], metavar="KEY", help="leave this stage out"
+    )
+    parser.add_argument(
         "--deadline-scale", type=float, default=1.0, help="multiply every stage's deadline"
     )
     parser.add_argument(
@@ -241,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[tuple[str, str]] = []
     for st in stages(args.quick, missing, cuda):
         if args.only and args.only not in st.title and args.only != st.key:
+            continue
+        if st.key in args.skip:
+            print(f"\n=== {st.title} === left out (--skip {st.key})")
             continue
         print(f"\n=== {st.title} ===", flush=True)
         deadline = st.deadline_s * (0.6 if args.quick else 1.0) * args.deadline_scale
