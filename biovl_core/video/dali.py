@@ -13,7 +13,7 @@ older releases, decoding an in-memory stream with its ``frames`` argument; ``fn.
 Several NVDEC sessions at once: a DALI run carries up to ``clips_per_run`` clips (the samples
 of one DALI batch), of one video or of several (`DALISampler.sample_many`); DALI's mixed
 decoder decodes a batch's samples in parallel on its thread pool, one NVDEC decoder each
-(``VideoDecoderBase::RunImpl`` in DALI's source). A run that fails is retried clip by clip, so
+(``VideoDecoderBase::RunImpl`` in DALI's source). A run that fails is retried video by video, so
 only the video DALI cannot decode goes to PyAV. Unverified on GPU: the CPU backend runs the
 same batching in tests/test_video_dali_batch.py.
 
@@ -218,21 +218,21 @@ class DALISampler:
             c.out.copy_(decoded[torch.as_tensor(c.plan.inverse, device=device)].view(c.out.shape))
 
     def _run_or_each(self, clips: list[_Clip], size: int) -> dict[int, DALIDecodeError]:
-        """Run the clips together; when that fails, one by one. {request: error} of the failed."""
+        """Run the clips together; when that fails, video by video (one run per video's clips),
+        so one bad video does not fail the others. {request: error} of the videos that failed."""
         try:
             self._run(clips, size)
             return {}
         except DALIDecodeError as exc:
-            if len(clips) == 1:
-                return {clips[0].request: exc}
+            requests = list(dict.fromkeys(c.request for c in clips))
+            if len(requests) == 1:
+                return {requests[0]: exc}
         failed: dict[int, DALIDecodeError] = {}
-        for c in clips:
-            if c.request in failed:
-                continue
+        for request in requests:
             try:
-                self._run([c], size)
+                self._run([c for c in clips if c.request == request], size)
             except DALIDecodeError as exc:
-                failed[c.request] = exc
+                failed[request] = exc
         return failed
 
     def _chunks(self, n: int, k: int) -> int:
