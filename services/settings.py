@@ -129,6 +129,13 @@ class ServiceSettings:
     embedder_num_gpus: float = 0.0
     aligner_num_gpus: float = 0.0  # backend "auto": the CuPy wavefront kernel when > 0
     worker_num_gpus: float = 0.0  # the QueueWorker only orchestrates the deployments above
+    # GPU decoding (services/serve/gpu_batch.py; unverified on GPU): the Decoder's waiting
+    # requests share DALI runs of up to decoder_clips_per_run clips (parallel NVDEC sessions);
+    # fused_decode_embed: the Embedder replica decodes too and only embeddings leave the GPU
+    decoder_clips_per_run: int = 8
+    decode_max_batch_size: int = 8  # Decoder requests per DALI sample_many call
+    decode_batch_wait_timeout_s: float = 0.005
+    fused_decode_embed: bool = False
     replica_num_cpus: float = 0.0
     # Ray custom resources per deployment ("Embedder", "Decoder", "Aligner", "QueueWorker",
     # "Ingress"), e.g. {"Embedder": {"gpu_pool": 1}}: places replicas on nodes that offer them;

@@ -189,10 +189,17 @@ def test_device_calls_carry_one_folder_each_and_fit_the_command_limit():
             assert f".whl/c{i} " in last or f".whl/c{i};" in last
         assert "exit 3" in last and "scripts/device_kit verify" in last
         assert "--no-index --no-deps --no-compile --no-cache-dir" in last
-        assert "export PYTHONPATH=/tmp/site:$PWD" in last and "nvcuvid" in last
-        assert "set -o pipefail" in last
-        assert last.endswith("make gpu-check GPU_CHECK_ARGS=--quick 2>&1 | tee $OUT/gpu_check.log")
-    assert "precheck" in dk.device_calls(_manifest(3))[0]["command"]
+        assert "export PYTHONPATH=/tmp/site:$PWD" in last
+        assert "set -o pipefail" in last and "make " not in last
+        assert last.endswith("python3 scripts/gpu_check.py --quick 2>&1 | tee $OUT/gpu_check.log")
+        assert dk.precheck_step() in last  # a one-folder kit's only call checks the device too
+    first = dk.device_calls(_manifest(3))[0]["command"]
+    assert first.startswith(dk.precheck_step()) and "|| exit $?" in first
+    light = dk.device_calls(_manifest(3), kit=dk.KIT_LIGHT)
+    assert [c["carry"][0] for c in light] == [f".whl/light/c{i}" for i in (1, 2, 3)]
+    assert light[-1]["command"].endswith(
+        "gpu_check.py --quick --skip end-to-end 2>&1 | tee $OUT/gpu_check.log"
+    )
     assert "$(cat .whl/install.txt)" in dk.device_calls(_manifest(3))[-1]["command"]
 
 
@@ -297,3 +304,48 @@ def test_merge_namespaces(tmp_path):
     assert out.stdout.split() == ["True", "True"]
     assert dk.trivial_init("") and dk.trivial_init("# c\n\n" + dk.EXTEND_PATH)
     assert not dk.trivial_init("import os\n")
+
+
+def test_precheck_names_what_the_device_lacks():
+    def which(tool: str) -> str | None:
+        return None if tool == "nvidia-smi" else f"/usr/bin/{tool}"
+
+    assert dk.device_problems("3.12", (3, 12), "libnvcuvid.so.1", lambda t: f"/bin/{t}") == []
+    bad = dk.device_problems("3.12", (3, 11), None, which)
+    assert len(bad) == 3
+    assert "python3 is 3.11, the kit's wheels are for 3.12" in bad[0]
+    assert "libnvcuvid" in bad[1] and "`nvidia-smi` is not on PATH" in bad[2]
+    assert set(dk.DEVICE_TOOLS) >= {"python3", "tee", "du", "nvidia-smi"}
+    assert "make" not in dk.DEVICE_TOOLS
+    drift = dk.version_drift({"numpy": "2.5.2", "torch": dk.TESTED_HERE["torch"]})
+    assert drift == [f"numpy 2.5.2 here, {dk.TESTED_HERE['numpy']} tested"]
+
+
+def test_precheck_aborts_here_where_python_and_nvdec_differ(tmp_path, capsys):
+    """This box (no libnvcuvid) fails call 1's check with exit 6, before any later call."""
+    kit = tmp_path / ".whl"
+    kit.mkdir()
+    manifest = {"python": "3.0", "requires_of_device": [], "folders": [], "wheels": []}
+    (kit / dk.MANIFEST).write_text(json.dumps(manifest))
+    assert dk.main(["precheck", "--kit", str(kit), "--freeze", str(tmp_path / "f.txt")]) == 6
+    out = capsys.readouterr().out
+    assert "ABORT python3 is" in out and "aborting now" in out
+    assert "numpy==" in (tmp_path / "f.txt").read_text()
+
+
+def test_every_carried_requirement_is_pinned_to_what_was_tested():
+    for req in dk.REQUIREMENTS:
+        assert "==" in req, req
+    assert set(dk.REQUIREMENTS_LIGHT) < set(dk.REQUIREMENTS)
+    light = " ".join(dk.kit_requirements(dk.KIT_LIGHT))
+    assert "nvidia-dali" in light and "open_clip_torch" in light and "av==" in light
+    assert not any(n in light for n in ("ray", "redis", "fastapi", "uvicorn"))
+    import importlib.metadata as md
+
+    for req in dk.REQUIREMENTS:
+        name, version = req.split("==")
+        try:
+            here = md.version(name.split("[")[0])
+        except md.PackageNotFoundError:
+            continue
+        assert here == version, f"{name}: {here} installed here, {version} pinned"

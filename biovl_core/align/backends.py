@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from biovl_core.align.cost import AlignCost, cost_model
 from biovl_core.align.registry import SegmentationProblem
 from biovl_core.device import cupy_usable
 from biovl_core.errors import BioVLError
@@ -20,19 +21,17 @@ from biovl_core.errors import BioVLError
 BACKENDS = ("auto", "numpy", "numba", "cupy", "cupy_xp")
 
 
-AUTO_CUPY_MIN_CELLS = 2_000_000
-"""Smallest batch (sum of K x N) that ``backend="auto"`` sends to the GPU; smaller ones run numba.
-
-From the H200 figures in docs/GPU_CHECK.md: numba solves 4-5 G cells/s on 16 cores, and a GPU
-batch from host arrays pays a fixed ~0.2 ms (pack, one copy, one launch, labels back) before
-its per-cell cost; below ~2 M cells (~500 BioVL-sized alignments) numba finishes first. An
-estimate until ``make gpu-check`` measures the crossover (it prints it) on the GPU in use.
+AUTO_CUPY_MIN_CELLS = AlignCost().crossover_cells("cupy")
+"""Smallest batch (sum of K x N) that ``backend="auto"`` sends to the GPU from host arrays
+(2 M cells, ~500 BioVL-sized alignments); smaller ones run numba. Derived from the cost model
+(`biovl_core.align.cost`, the one place for this decision), whose host-path rates are
+estimates until ``make gpu-check`` measures the crossover on the GPU in use.
 """
 
 
 def auto_backend(cells: int) -> str:
-    """The backend 'auto' means for a batch of `cells` (sum of K x N): cupy or numba."""
-    return "cupy" if cells >= AUTO_CUPY_MIN_CELLS and cupy_usable() else "numba"
+    """The backend 'auto' means for a batch of `cells` (sum of K x N) from host arrays."""
+    return cost_model().route(cells, gpu=cupy_usable())
 
 
 def resolve_backend(backend: str, cells: int | None = None) -> str:

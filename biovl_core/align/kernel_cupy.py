@@ -190,7 +190,7 @@ def solve_flat_shfl(
     kmin = int(ks_h.min()) if nb else 0
     if nb == 0 or kmin < 1 or kmax > SHFL_MAX_K:
         return solve_flat_rawkernel(m_flat, m_off, drop_flat, seg_off, ks_h, ns_h, kernel="fused")
-    return _launch_shfl(
+    return launch_shfl(
         cp.asarray(m_flat, dtype=cp.float32),
         cp.asarray(m_off, dtype=cp.int64),
         cp.asarray(drop_flat, dtype=cp.float32),
@@ -201,7 +201,7 @@ def solve_flat_shfl(
     )
 
 
-def _launch_shfl(
+def launch_shfl(
     m_d: Any, m_off_d: Any, drop_d: Any, seg_off_d: Any, ks_d: Any, ns_d: Any, kmax: int
 ) -> tuple[Any, Any]:
     """Launch the "shfl" kernel on device arrays (ks_d/ns_d int32, 1 <= K <= kmax <= 64)."""
@@ -266,7 +266,7 @@ def solve_from_host(matches: Any, drops: Any) -> tuple[np.ndarray, np.ndarray, A
     kmin = int(packed.ks.min()) if len(packed.ks) else 0
     if 1 <= kmin and kmax <= SHFL_MAX_K:
         ks_d, ns_d = packed.view("ks", device), packed.view("ns", device)
-        labels, scores = _launch_shfl(m_d, m_off_d, drop_d, seg_off_d, ks_d, ns_d, kmax)
+        labels, scores = launch_shfl(m_d, m_off_d, drop_d, seg_off_d, ks_d, ns_d, kmax)
     else:
         labels, scores = solve_flat_rawkernel(
             m_d, m_off_d, drop_d, seg_off_d, packed.ks, packed.ns, kernel="fused"

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from biovl_core.bench.gpu_proof import NvdecMonitor, require_bytes_read, require_no_fallbacks
 from biovl_core.bench.videos import (  # noqa: F401 - re-exported for scripts/gpu_e2e.py
     CAMERA_PROFILE,
     CLIP_S,
@@ -219,7 +220,8 @@ def _counters(frames: np.ndarray) -> np.ndarray:
 
 def same_frames_check(dali: Any, codec: str, seconds: float = 8.0, size: int = 224) -> None:
     """A DALI sampler against PyAV on generated videos of `codec` (constant and variable frame
-    rate, rotated): the same frames by their counters, pixels within MAX_MEAN_ABS_DIFF."""
+    rate, rotated): the same frames by their counters, pixels within MAX_MEAN_ABS_DIFF, and
+    DALI decoded them itself: no fallback to PyAV, file bytes read (else GpuProofError)."""
     cpu = PyAVSampler()
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in (
@@ -232,8 +234,11 @@ def same_frames_check(dali: Any, codec: str, seconds: float = 8.0, size: int = 2
             )
             ts = segment_timestamps(probe(v.path), 0.5, 2)
             start = time.perf_counter()
+            fallbacks = dali.fallbacks
             got = np.asarray(dali.sample(v.path, ts, size=size).cpu())
             t_dali = time.perf_counter() - start
+            require_no_fallbacks(dali, fallbacks, f"{name} ({codec})")
+            read = require_bytes_read(dali, f"{name} ({codec})")
             ref = cpu.sample(v.path, ts, size=size)
             expected = frame_index_at(v.frame_times, ts)
             assert np.array_equal(_counters(got), expected), (
@@ -245,7 +250,7 @@ def same_frames_check(dali: Any, codec: str, seconds: float = 8.0, size: int = 2
             )
             print(
                 f"{name}: DALI ({dali.backend} backend) = PyAV frames on {ts.size} samples, mean "
-                f"|diff| {mad:.2f} grey levels, {dali.last_bytes_read / v.path.stat().st_size:.0%} "
+                f"|diff| {mad:.2f} grey levels, {read / v.path.stat().st_size:.0%} "
                 f"of the file read, {t_dali:.2f} s"
             )
 
@@ -282,10 +287,18 @@ def gpu_check(minutes: float = 2.0, size: int = 224) -> None:
         ts = segment_timestamps(info, 5.0, k)
         gpu.sample(path, ts[:2], size=size)  # builds the pipeline
         torch.cuda.synchronize()
+        fallbacks = gpu.fallbacks
         start = time.perf_counter()
         g = gpu.sample(path, ts, size=size)
         torch.cuda.synchronize()
         t_gpu = time.perf_counter() - start
+        require_no_fallbacks(gpu, fallbacks, f"k={k}")
+        require_bytes_read(gpu, f"k={k}")
+        with NvdecMonitor() as nvdec:  # NVML missing: GpuProofError, the stage fails
+            nvdec.busy_for(lambda ts=ts: gpu.sample(path, ts, size=size))
+            torch.cuda.synchronize()
+        nvdec.require_busy(f"DALI decode, k={k}")
+        print(f"k={k}: {nvdec.summary()}")
         start = time.perf_counter()
         c = cpu.sample(path, ts, size=size)
         t_cpu = time.perf_counter() - start

@@ -10,6 +10,13 @@ older releases, decoding an in-memory stream with its ``frames`` argument; ``fn.
 - The ``"mixed"`` backend (NVDEC, GPU resize) is unverified (not run on a GPU);
   ``make gpu-check`` compares it with the PyAV sampler frame by frame, VFR and long files included.
 
+Several NVDEC sessions at once: a DALI run carries up to ``clips_per_run`` clips (the samples
+of one DALI batch), of one video or of several (`DALISampler.sample_many`); DALI's mixed
+decoder decodes a batch's samples in parallel on its thread pool, one NVDEC decoder each
+(``VideoDecoderBase::RunImpl`` in DALI's source). A run that fails is retried video by video, so
+only the video DALI cannot decode goes to PyAV. Unverified on GPU: the CPU backend runs the
+same batching in tests/test_video_dali_batch.py.
+
 What is read: the packet index of each video once (`video_plan.index_packets`, cached per
 file), then per batch a read plan (`video_plan.plan_reads`): the wanted frames, the keyframe
 runs that decode them and their byte ranges. Only those bytes are read and remuxed into a
@@ -30,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,7 @@ from biovl_core.device import cuda_available, optional_import
 from biovl_core.errors import DecoderUnavailable
 from biovl_core.video.container import as_timestamps, check_file
 from biovl_core.video.info import probe
-from biovl_core.video.plan import PacketIndex, index_packets, plan_reads, write_clip
+from biovl_core.video.plan import PacketIndex, ReadPlan, index_packets, plan_reads, write_clip
 from biovl_core.video.pyav import PyAVSampler
 from biovl_core.video.sampler import DALI_HINT, DecodeStats
 
@@ -72,8 +80,24 @@ BACKENDS = ("mixed", "cpu")
 """DALI decoder backends: "mixed" decodes on NVDEC (the service's), "cpu" with libavcodec."""
 
 
+@dataclass
+class _Clip:
+    """One DALI sample: a remuxed clip of one video and where its frames go."""
+
+    request: int  # which request (video) of the call it belongs to
+    index: PacketIndex
+    plan: ReadPlan
+    out: Any  # view [c, k, S, S, 3] of the request's frames, filled by the run
+
+
 class DALISampler:
-    """DALI sampler: uint8 RGB torch tensors [N, k, size, size, 3], on the GPU with "mixed"."""
+    """DALI sampler: uint8 RGB torch tensors [N, k, size, size, 3], on the GPU with "mixed".
+
+    Each DALI run carries up to ``clips_per_run`` clips (samples of one DALI batch), from one
+    video or several (`sample_many`); DALI's mixed video decoder decodes the samples of a batch
+    in parallel, one NVDEC session each, on ``num_threads`` threads, so several of the GPU's
+    NVDEC engines work at once. Unverified on GPU.
+    """
 
     name = "dali"
 
@@ -84,9 +108,13 @@ class DALISampler:
         num_threads: int = 4,
         cached_videos: int = 16,
         backend: str = "mixed",
+        clips_per_run: int = 8,
+        min_clip_segments: int = 8,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"DALI backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if clips_per_run < 1 or min_clip_segments < 1:
+            raise ValueError("clips_per_run and min_clip_segments must be >= 1")
         if backend == "mixed" and not cuda_available():
             raise DecoderUnavailable(
                 "decoder 'dali': the DALI decoder needs a CUDA GPU and none is visible; use "
@@ -98,6 +126,8 @@ class DALISampler:
         self.device_id = device_id
         self.max_clip_frames = max_clip_frames
         self.num_threads = num_threads
+        self.clips_per_run = clips_per_run
+        self.min_clip_segments = min_clip_segments
         self._pipes: dict[int, Any] = {}
         self._indexes: collections.OrderedDict[tuple, tuple[PacketIndex, int]] = (
             collections.OrderedDict()
@@ -107,11 +137,13 @@ class DALISampler:
         self._cpu = PyAVSampler()
         self._pyav_only: dict[str, str] = {}  # video path -> why DALI could not decode it
         self.fallbacks = 0  # videos handed to PyAV after DALI failed on them
+        self.runs = 0  # DALI pipeline runs
+        self.clips = 0  # clips (DALI samples) those runs decoded
         self.last_stats = DecodeStats()
         self.last_bytes_read = 0
 
     def _pipeline(self, size: int) -> Any:
-        """A built pipeline (cached per output size): clip bytes + frame indices in, S x S crops out."""
+        """A built pipeline (cached per output size): clips + frame indices in, S x S crops out."""
         if size in self._pipes:
             return self._pipes[size]
         from nvidia.dali import fn, pipeline_def, types
@@ -119,7 +151,7 @@ class DALISampler:
         decode = _decoder_op(fn)
 
         @pipeline_def(
-            batch_size=1,
+            batch_size=self.clips_per_run,  # the most clips per run; a run may carry fewer
             num_threads=self.num_threads,
             device_id=self.device_id if self.backend == "mixed" else None,
             prefetch_queue_depth=1,
@@ -129,6 +161,7 @@ class DALISampler:
             indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
             # pad_mode "none": a frame index past the clip's end is an error, never a blank frame
             video = decode(encoded, device=self.backend, frames=indices, pad_mode="none")
+            # on the GPU with "mixed": the decoder's output is already in GPU memory
             video = fn.resize(video, resize_shorter=float(size), antialias=True)
             return fn.crop(video, crop=(size, size))
 
@@ -153,31 +186,85 @@ class DALISampler:
                 self._indexes.popitem(last=False)
         return entry
 
-    def _decode_chunk(self, index: PacketIndex, ts: np.ndarray, size: int, out: Any) -> DecodeStats:
-        """Decode the frames shown at ts [c, k] into the CUDA tensor out [c, k, S, S, 3]."""
+    def _run(self, clips: list[_Clip], size: int) -> None:
+        """Decode `clips` in one DALI run (one sample each) into their ``out`` views."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         torch = self.torch
-        plan = plan_reads(index, ts)
-        clip = np.frombuffer(write_clip(index, plan), dtype=np.uint8)
         pipe = self._pipeline(size)
         try:
-            pipe.feed_input("encoded", [clip])
-            pipe.feed_input("frames", [plan.clip_frames.astype(np.int32)])
+            pipe.feed_input(
+                "encoded", [np.frombuffer(write_clip(c.index, c.plan), np.uint8) for c in clips]
+            )
+            pipe.feed_input("frames", [c.plan.clip_frames.astype(np.int32) for c in clips])
             (video,) = pipe.run()
         except Exception as exc:  # DALI raises RuntimeError; the pipeline cannot run again
             self._pipes.pop(size, None)
+            first = clips[0]
             raise DALIDecodeError(
-                f"{index.path}: DALI ({self.backend}) could not decode frames "
-                f"{plan.frames[0]}-{plan.frames[-1]}: {dali_reason(exc)}"
+                f"{first.index.path}: DALI ({self.backend}) could not decode frames "
+                f"{first.plan.frames[0]}-{first.plan.frames[-1]}"
+                f"{f' (one of {len(clips)} clips)' if len(clips) > 1 else ''}: {dali_reason(exc)}"
             ) from exc
-        device = out.device
-        decoded = torch.empty((len(plan.frames), size, size, 3), dtype=torch.uint8, device=device)
-        stream = torch.cuda.current_stream() if device.type == "cuda" else None
-        feed_ndarray(video.as_tensor(), decoded.view(1, *decoded.shape), cuda_stream=stream)
-        out.copy_(decoded[torch.as_tensor(plan.inverse, device=device)].view(out.shape))
-        self.last_bytes_read += plan.bytes_read
-        return DecodeStats(len(plan.packets), len(plan.frames), len(plan.runs))
+        self.runs += 1
+        self.clips += len(clips)
+        for i, c in enumerate(clips):
+            device = c.out.device
+            decoded = torch.empty(
+                (len(c.plan.frames), size, size, 3), dtype=torch.uint8, device=device
+            )
+            stream = torch.cuda.current_stream() if device.type == "cuda" else None
+            feed_ndarray(video[i], decoded, cuda_stream=stream)
+            c.out.copy_(decoded[torch.as_tensor(c.plan.inverse, device=device)].view(c.out.shape))
+
+    def _run_or_each(self, clips: list[_Clip], size: int) -> dict[int, DALIDecodeError]:
+        """Run the clips together; when that fails, video by video (one run per video's clips),
+        so one bad video does not fail the others. {request: error} of the videos that failed."""
+        try:
+            self._run(clips, size)
+            return {}
+        except DALIDecodeError as exc:
+            requests = list(dict.fromkeys(c.request for c in clips))
+            if len(requests) == 1:
+                return {requests[0]: exc}
+        failed: dict[int, DALIDecodeError] = {}
+        for request in requests:
+            try:
+                self._run([c for c in clips if c.request == request], size)
+            except DALIDecodeError as exc:
+                failed[request] = exc
+        return failed
+
+    def _chunks(self, n: int, k: int) -> int:
+        """Segments per clip for a batch of `n` segments of `k` frames: enough clips to keep
+        ``clips_per_run`` NVDEC sessions busy, none under ``min_clip_segments`` segments (each
+        clip opens a decoder) nor over ``max_clip_frames`` frames."""
+        most = max(1, self.max_clip_frames // max(1, k))
+        spread = -(-n // self.clips_per_run)
+        return max(1, min(most, max(spread, self.min_clip_segments)))
+
+    def _clips_of(self, request: int, index: PacketIndex, ts: np.ndarray, out: Any) -> list[_Clip]:
+        """The clips that decode ts [b, k] into out [b, k, S, S, 3]."""
+        per = self._chunks(*ts.shape)
+        return [
+            _Clip(request, index, plan_reads(index, ts[c : c + per]), out[c : c + per])
+            for c in range(0, len(ts), per)
+        ]
+
+    @staticmethod
+    def _stats_of(clips: list[_Clip], samples: int) -> DecodeStats:
+        """What the clips cost: packets decoded, frames, runs (seeks), bytes read."""
+        return DecodeStats(
+            frames_decoded=sum(len(c.plan.packets) for c in clips),
+            frames_converted=sum(len(c.plan.frames) for c in clips),
+            seeks=sum(len(c.plan.runs) for c in clips),
+            bytes_read=sum(c.plan.bytes_read for c in clips),
+            samples=samples,
+        )
+
+    def fallback_reasons(self) -> list[str]:
+        """Why DALI could not decode each video it handed to PyAV (oldest first)."""
+        return list(self._pyav_only.values())
 
     @property
     def device(self) -> Any:
@@ -185,6 +272,18 @@ class DALISampler:
         if self.backend == "mixed":
             return self.torch.device("cuda", self.device_id)
         return self.torch.device("cpu")
+
+    def _dali_reason(self, index: PacketIndex) -> str | None:
+        """Why this video goes to PyAV without trying DALI, or None."""
+        reason = self._pyav_only.get(index.path)
+        if reason is None and not index.raw_bytes:
+            reason = "not an MP4/MOV packet layout"
+        return reason
+
+    def _fall_back(self, index: PacketIndex, exc: DALIDecodeError) -> None:
+        self.fallbacks += 1
+        self._pyav_only[index.path] = str(exc)
+        log.warning("%s; decoding this video with PyAV instead", exc)
 
     def iter_batches(
         self,
@@ -198,42 +297,84 @@ class DALISampler:
         ts = as_timestamps(timestamps)
         if batch_segments < 1:
             raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
+        self.last_bytes_read = 0  # a PyAV fallback below reads nothing through DALI
         index, rotation = self.packet_index(path)
-        device = self.device
-        reason = self._pyav_only.get(index.path)
-        if reason is None and not index.raw_bytes:
-            reason = "not an MP4/MOV packet layout"
+        reason = self._dali_reason(index)
         if reason is not None:
             log.info("%s: decoding with PyAV (%s)", index.path, reason)
             yield from self._with_pyav(path, ts, size, batch_segments, 0)
             return
         stats = DecodeStats()
         self.last_stats = stats
-        self.last_bytes_read = 0
         started = time.perf_counter()
-        n, k = ts.shape
-        per_chunk = max(1, self.max_clip_frames // max(1, k))
-        turns = rotation // 90
-        for a in range(0, n, batch_segments):
-            b = min(n, a + batch_segments)
-            frames = torch.empty((b - a, k, size, size, 3), dtype=torch.uint8, device=device)
-            try:
-                for c in range(a, b, per_chunk):
-                    d = min(b, c + per_chunk)
-                    part = self._decode_chunk(index, ts[c:d], size, frames[c - a : d - a])
-                    stats.frames_decoded += part.frames_decoded
-                    stats.frames_converted += part.frames_converted
-                    stats.seeks += part.seeks
-            except DALIDecodeError as exc:
-                self.fallbacks += 1
-                self._pyav_only[index.path] = str(exc)
-                log.warning("%s; decoding this video with PyAV instead", exc)
+        for a in range(0, len(ts), batch_segments):
+            b = min(len(ts), a + batch_segments)
+            frames = torch.empty(
+                (b - a, ts.shape[1], size, size, 3), dtype=torch.uint8, device=self.device
+            )
+            clips = self._clips_of(0, index, ts[a:b], frames)
+            failed: dict[int, DALIDecodeError] = {}
+            for r in range(0, len(clips), self.clips_per_run):
+                failed = self._run_or_each(clips[r : r + self.clips_per_run], size)
+                if failed:
+                    break
+            if failed:
+                self._fall_back(index, failed[0])
                 yield from self._with_pyav(path, ts, size, batch_segments, a)
                 return
-            if turns:
-                frames = torch.rot90(frames, k=turns, dims=(2, 3)).contiguous()
+            part = self._stats_of(clips, (b - a) * ts.shape[1])
+            for name in ("frames_decoded", "frames_converted", "seeks", "bytes_read", "samples"):
+                setattr(stats, name, getattr(stats, name) + getattr(part, name))
+            self.last_bytes_read = stats.bytes_read
             stats.wall_s = time.perf_counter() - started
-            yield slice(a, b), frames
+            yield slice(a, b), _upright(torch, frames, rotation)
+
+    def sample_many(
+        self, requests: list[tuple[str | Path, np.ndarray]], size: int = 224
+    ) -> list[Any]:
+        """Frames of several videos, their clips packed together into DALI runs.
+
+        `requests` holds (path, timestamps [n, k]); returns one uint8 [n, k, S, S, 3] tensor per
+        request, on this sampler's device. A video DALI fails on is decoded by PyAV (counted
+        in ``fallbacks``) without failing the others. ``last_stats`` sums the whole call.
+        """
+        torch = self.torch
+        outs: list[Any] = []
+        clips: list[_Clip] = []
+        pyav: dict[int, str] = {}
+        rotations: list[int] = []
+        for i, (path, timestamps) in enumerate(requests):
+            ts = as_timestamps(timestamps)
+            index, rotation = self.packet_index(path)
+            rotations.append(rotation)
+            out = torch.empty((*ts.shape, size, size, 3), dtype=torch.uint8, device=self.device)
+            outs.append(out)
+            reason = self._dali_reason(index)
+            if reason is not None:
+                pyav[i] = reason
+            elif len(ts):
+                clips += self._clips_of(i, index, ts, out)
+        failed: dict[int, DALIDecodeError] = {}
+        for r in range(0, len(clips), self.clips_per_run):
+            run = [c for c in clips[r : r + self.clips_per_run] if c.request not in failed]
+            if run:
+                failed.update(self._run_or_each(run, size))
+        for i, exc in failed.items():
+            self._fall_back(next(c.index for c in clips if c.request == i), exc)
+            pyav[i] = str(exc)
+        ok = [c for c in clips if c.request not in pyav]
+        stats = self._stats_of(
+            ok, sum(int(np.size(requests[c][1])) for c in {c.request for c in ok})
+        )
+        for i in pyav:
+            path, timestamps = requests[i]
+            outs[i] = torch.from_numpy(self._cpu.sample(path, as_timestamps(timestamps), size))
+            outs[i] = outs[i].to(self.device)
+        self.last_stats = stats
+        self.last_bytes_read = stats.bytes_read
+        return [
+            out if i in pyav else _upright(torch, out, rotations[i]) for i, out in enumerate(outs)
+        ]
 
     def _with_pyav(
         self, path: str | Path, ts: np.ndarray, size: int, batch_segments: int, first: int
@@ -258,13 +399,24 @@ class DALISampler:
         return parts[0] if len(parts) == 1 else self.torch.cat(parts)
 
 
-def smoke_test(device_id: int = 0) -> None:
-    """Decode one frame of a tiny generated H.264 clip with DALI on NVDEC; raise if it fails."""
+def _upright(torch: Any, frames: Any, rotation: int) -> Any:
+    """Frames [b, k, S, S, 3] turned by the display rotation (degrees)."""
+    turns = rotation // 90
+    return torch.rot90(frames, k=turns, dims=(2, 3)).contiguous() if turns else frames
+
+
+def smoke_test(device_id: int = 0, backend: str = "mixed") -> None:
+    """Decode one frame of a tiny generated H.264 clip with DALI (NVDEC for "mixed"); raise
+    unless DALI itself decoded it (no fallback to PyAV, bytes read) and it is the right frame."""
     from biovl_core.synthetic import read_frame_counter, write_video
 
     with tempfile.TemporaryDirectory() as tmp:
         video = write_video(Path(tmp) / "probe.mp4", 0.5, fps=10, size=(128, 96), gop=5)
-        frames = DALISampler(device_id=device_id).sample(video.path, np.array([[0.25]]), size=96)
+        sampler = DALISampler(device_id=device_id, backend=backend)
+        frames = sampler.sample(video.path, np.array([[0.25]]), size=96)
         got = read_frame_counter(frames[0, 0].cpu().numpy())
+    if sampler.fallbacks or sampler.last_bytes_read <= 0:
+        why = "; ".join(sampler.fallback_reasons()) or "no bytes read through DALI"
+        raise RuntimeError(f"DALI ({backend}) did not decode the probe clip itself: {why}")
     if got != 2:
         raise RuntimeError(f"DALI decoded frame {got} of the probe clip where frame 2 is shown")

@@ -13,9 +13,11 @@ from .config import (
     COMMAND_LIMIT,
     INSTALL_LIST,
     KIT,
+    KIT_LIGHT,
     MANIFEST,
     MIB,
     ROOT,
+    kit_check_args,
 )
 from .packing import load_manifest
 
@@ -30,55 +32,67 @@ def check_command(command: str) -> str:
     return command
 
 
-def final_command(names: list[str]) -> str:
-    """The last call: earlier folders present (else exit 3), verify, install, run gpu-check."""
-    earlier = " ".join(f"{KIT}/{n}" for n in names[:-1])
+def precheck_step(kit: str = KIT) -> str:
+    """The device check that aborts a call (exit 6) unless the device has what the last call
+    needs: the kit's Python version, libnvcuvid, every tool; it saves the device's packages."""
+    return (
+        f"python3 scripts/device_kit precheck --kit {kit} --freeze $OUT/device_freeze.txt "
+        "|| exit $?"
+    )
+
+
+def final_command(names: list[str], kit: str = KIT, check_args: str | None = None) -> str:
+    """The last call: earlier folders present (else exit 3), the device precheck (else exit 6),
+    verify, install, run scripts/gpu_check.py (no `make`: the image may lack it)."""
+    args = kit_check_args(kit) if check_args is None else check_args
+    earlier = " ".join(f"{kit}/{n}" for n in names[:-1])
     steps = [
         "m=",
         f'for d in {earlier}; do [ -d $d ] || m="$m $d"; done' if earlier else "",
         '[ -z "$m" ] || { echo "MISSING:$m - the machine went cold: start over"; exit 3; }',
-        f"du -sh {KIT}",
-        "python3 scripts/device_kit verify || exit $?",
+        f"du -sh {kit}",
+        precheck_step(kit),
+        f"python3 scripts/device_kit verify --kit {kit} || exit $?",
         "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
-        f"--target /tmp/site $(cat {KIT}/{INSTALL_LIST}) || exit 5",
+        f"--target /tmp/site $(cat {kit}/{INSTALL_LIST}) || exit 5",
         "export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0",
         "python3 scripts/device_kit namespaces /tmp/site",
-        "python3 scripts/device_kit deps",
-        "ldconfig -p | grep nvcuvid || echo 'no libnvcuvid: NVDEC stages will SKIP'",
+        f"python3 scripts/device_kit deps --kit {kit}",
         "nvidia-smi -L",
         'echo "set up in ${SECONDS}s"',
         "set -o pipefail",
-        "PYTHONUNBUFFERED=1 make gpu-check GPU_CHECK_ARGS=--quick 2>&1 | tee $OUT/gpu_check.log",
+        f"PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py {args} 2>&1 | tee $OUT/gpu_check.log",
     ]
     return check_command("; ".join(s for s in steps if s))
 
 
-def device_calls(manifest: dict, run_timeout_s: int = 540) -> list[dict]:
+def device_calls(manifest: dict, run_timeout_s: int = 540, kit: str = KIT) -> list[dict]:
     """The device calls in order: one per folder; the last verifies, installs and runs.
 
-    Every call also carries the manifest (30 KB). Call 1 writes the device's package list to
-    $OUT/device_freeze.txt and checks what the carried wheels need of the device's packages.
+    Every call also carries the manifest (30 KB). Call 1 aborts (exit 6) unless the device has
+    what the last call needs (`precheck`), and writes its package list to
+    $OUT/device_freeze.txt, before any more device time is spent.
     """
     names = [f["name"] for f in manifest["folders"]]
     if not names:
         raise ValueError("the manifest has no folders")
     calls = []
     for i, name in enumerate(names[:-1]):
-        cmd = f"ls -la {KIT}/{name} | tail -3; du -sh {KIT}"
+        cmd = f"ls -la {kit}/{name} | tail -3; du -sh {kit}"
         if i == 0:
-            cmd += "; python3 scripts/device_kit precheck --freeze $OUT/device_freeze.txt"
+            cmd = f"{precheck_step(kit)}; {cmd}"
         calls.append(
             {
-                "carry": [f"{KIT}/{name}", f"{KIT}/{MANIFEST}"],
+                "carry": [f"{kit}/{name}", f"{kit}/{MANIFEST}"],
                 "timeout_s": 90,
                 "command": check_command(cmd),
             }
         )
     calls.append(
         {
-            "carry": [f"{KIT}/{names[-1]}", f"{KIT}/{MANIFEST}"],
+            "carry": [f"{kit}/{names[-1]}", f"{kit}/{MANIFEST}"],
             "timeout_s": run_timeout_s,
-            "command": final_command(names),
+            "command": final_command(names, kit),
         }
     )
     for call in calls:
@@ -115,9 +129,9 @@ def path_bytes(path: Path) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    kit = ROOT / KIT
-    manifest = load_manifest(kit)
-    calls = device_calls(manifest, args.timeout)
+    kit_name = KIT_LIGHT if args.light else KIT
+    manifest = load_manifest(ROOT / kit_name)
+    calls = device_calls(manifest, args.timeout, kit_name)
     tree = tree_bytes() or 0
     for i, call in enumerate(calls, 1):
         size = sum(path_bytes(ROOT / c) for c in call["carry"])

@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .config import INSTALL_LIST, JOINED, MIB, normalise, packaging_modules
+from .config import (
+    DEVICE_TOOLS,
+    INSTALL_LIST,
+    JOINED,
+    MIB,
+    NVCUVID,
+    TESTED_HERE,
+    normalise,
+    packaging_modules,
+)
 from .packing import load_manifest, sha256_of
 
 
@@ -142,8 +151,58 @@ def verify(args: argparse.Namespace) -> int:
     return code
 
 
+def nvcuvid_loads() -> str | None:
+    """The name of the NVDEC library that loads here, or None."""
+    import ctypes
+
+    for name in NVCUVID:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return name
+    return None
+
+
+def device_problems(
+    kit_python: str,
+    python: tuple[int, int] = sys.version_info[:2],
+    nvcuvid: str | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    tools: Iterable[str] = DEVICE_TOOLS,
+) -> list[str]:
+    """What this machine lacks for the kit's last call: the Python version its wheels were
+    resolved for, libnvcuvid (`nvcuvid`: the name that loaded, None if none), every tool."""
+    out = []
+    here = f"{python[0]}.{python[1]}"
+    if kit_python and here != kit_python:
+        out.append(
+            f"python3 is {here}, the kit's wheels are for {kit_python}: rebuild with "
+            f"`build --python python{here}` (and PYTHON_VERSION) before spending device time"
+        )
+    if nvcuvid is None:
+        out.append(
+            "libnvcuvid (NVDEC) does not load: the image lacks the driver's video capability "
+            "(NVIDIA_DRIVER_CAPABILITIES=video); DALI cannot decode on this machine"
+        )
+    for tool in tools:
+        if which(tool) is None:
+            out.append(f"`{tool}` is not on PATH; the kit's last call runs it")
+    return out
+
+
+def version_drift(have: dict[str, str], tested: dict[str, str] = TESTED_HERE) -> list[str]:
+    """Device packages whose version differs from the one this box tested."""
+    return [
+        f"{name} {have[name]} here, {version} tested"
+        for name, version in sorted(tested.items())
+        if name in have and have[name] != version
+    ]
+
+
 def precheck(args: argparse.Namespace) -> int:
-    """Before install (call 1): the device's versions of what the carried wheels need."""
+    """Call 1 (and the last call): abort with 6 unless the device has what the last call needs;
+    list the device's versions of what the carried wheels need (unmet ones are warnings)."""
     manifest = load_manifest(Path(args.kit))
     have = installed_versions()
     if args.freeze:
@@ -153,6 +212,15 @@ def precheck(args: argparse.Namespace) -> int:
     for b in bad:
         print(f"precheck: UNMET {b}")
     print(f"precheck: {len(bad)} of {len(wanted)} requirements on device packages unmet")
+    for d in version_drift(have):
+        print(f"precheck: differs from this box's tests: {d}")
+    problems = device_problems(manifest.get("python", ""), nvcuvid=nvcuvid_loads())
+    for p in problems:
+        print(f"precheck: ABORT {p}")
+    if problems:
+        print("precheck: aborting now rather than in the last call")
+        return 6
+    print(f"precheck: python {sys.version.split()[0]}, {nvcuvid_loads()}, tools ok")
     return 0
 
 

@@ -6,8 +6,9 @@ successive calls (ignored paths carried earlier stay while the machine is warm),
 call verifies, installs and runs the check. Stdlib only; pip runs as a subprocess.
 
     python3 scripts/device_kit build       # here, with internet: resolve, download, pack
+    python3 scripts/device_kit build --light   # decode + embed + align only (.whl/light)
     python3 scripts/device_kit plan        # the exact device calls, in order
-    python3 scripts/device_kit precheck    # device, call 1: its versions vs what we need
+    python3 scripts/device_kit precheck    # device, call 1: Python, libnvcuvid, tools (else 6)
     python3 scripts/device_kit verify      # device: folders present, parts joined, sha256
     python3 scripts/device_kit namespaces /tmp/site   # device: merge nvidia/ and the like
     python3 scripts/device_kit deps        # device, after install: requirement check
@@ -51,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         help="carry this device package too (a version that fits; it shadows the device's)",
     )
     b.add_argument("--extra-glibc", type=int, nargs="*", default=[], help="more manylinux_2_N")
+    light = "the light kit (.whl/light): DALI, PyAV, open_clip; no Ray, Redis or web stack"
+    b.add_argument("--light", action="store_true", help=light)
     p = sub.add_parser("plan", help="print the device calls in order")
     p.add_argument("--json", action="store_true", help="one JSON object per call")
     p.add_argument("--timeout", type=int, default=540, help="timeout_s of the last call")
+    p.add_argument("--light", action="store_true", help=light)
     for name, text in [
         ("verify", "on the device: folders present, parts joined, sha256 checked"),
         ("precheck", "on the device (call 1): its versions of what the carried wheels need"),

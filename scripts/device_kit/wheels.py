@@ -22,13 +22,14 @@ from .config import (
     DOWNLOAD,
     JOINED,
     KIT,
+    KIT_LIGHT,
     LOCAL_WHEEL_DIRS,
     MANIFEST,
     MIB,
     PLATFORMS,
     PYTHON_VERSION,
-    REQUIREMENTS,
     ROOT,
+    kit_requirements,
     normalise,
     on_device,
     packaging_modules,
@@ -243,8 +244,10 @@ def download(python: str, platforms: list[str], items: list[dict], dest: Path) -
 
 
 def build(args: argparse.Namespace) -> int:
-    kit = ROOT / KIT
-    kit.mkdir(exist_ok=True)
+    kit_name = KIT_LIGHT if args.light else KIT
+    requirements = kit_requirements(kit_name)
+    kit = ROOT / kit_name
+    kit.mkdir(parents=True, exist_ok=True)
     ensure_ignored()
     platforms = PLATFORMS + [f"manylinux_2_{n}_x86_64" for n in args.extra_glibc]
     forced = {normalise(n) for n in args.carry}
@@ -258,12 +261,12 @@ def build(args: argparse.Namespace) -> int:
     ver = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True)
     print(f"pip: {ver.stdout.strip()}")
     with tempfile.TemporaryDirectory() as tmp:
-        items = resolve(python, platforms, Path(tmp), REQUIREMENTS, pins)
+        items = resolve(python, platforms, Path(tmp), requirements, pins)
     names = [normalise(i["metadata"]["name"]) for i in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SystemExit(f"more than one version of: {', '.join(dupes)}")
-    needed_by = closure(items, REQUIREMENTS, forced)
+    needed_by = closure(items, requirements, forced)
     carried = [i for i in items if normalise(i["metadata"]["name"]) in needed_by]
     dropped = sorted(
         n for n in names if not on_device(n) and n not in needed_by
@@ -297,7 +300,7 @@ def build(args: argparse.Namespace) -> int:
         {
             "python": PYTHON_VERSION,
             "platforms": platforms,
-            "requirements": REQUIREMENTS,
+            "requirements": requirements,
             "carried_although_on_device": sorted(forced),
             "device_versions": pins,
             "requires_of_device": requires_of_device(items, needed_by),
@@ -326,6 +329,7 @@ def build(args: argparse.Namespace) -> int:
         print(f"not carried, needed only by device packages: {', '.join(dropped)}")
     print(f"\nfolders: {len(folders)}, {manifest['total_bytes'] / MIB:.1f} MiB in all")
     for f in manifest["folders"]:
-        print(f"  {KIT}/{f['name']}: {f['bytes'] / MIB:.1f} MiB, {len(f['files'])} files")
-    print(f"\nwrote {KIT}/{MANIFEST}; next: python3 scripts/device_kit plan")
+        print(f"  {kit_name}/{f['name']}: {f['bytes'] / MIB:.1f} MiB, {len(f['files'])} files")
+    light = " --light" if args.light else ""
+    print(f"\nwrote {kit_name}/{MANIFEST}; next: python3 scripts/device_kit plan{light}")
     return 0

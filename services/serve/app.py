@@ -69,7 +69,7 @@ def build_app(settings: ServiceSettings) -> Any:
         d["Decoder"]
         .options(
             num_replicas=settings.decoder_replicas,
-            max_ongoing_requests=4,
+            max_ongoing_requests=max(4, 2 * settings.decode_max_batch_size),
             ray_actor_options=opts(settings.decoder_num_gpus, "pipeline", "Decoder"),
         )
         .bind(cfg)

@@ -112,6 +112,8 @@ def serve_deployments() -> dict[str, Any]:
             self.embed_frames.set_max_batch_size(self.settings.embed_max_batch_size)
             self.embed_frames.set_batch_wait_timeout_s(self.settings.embed_batch_wait_timeout_s)
             self._lock = threading.Lock()
+            self._sampler: Any = None  # the DALI sampler of decode_embed, made on first use
+            self.decode_embed.set_max_batch_size(self.settings.decode_max_batch_size)
             if self.settings.worker_metrics_port:
                 metrics.serve_metrics(self.settings.worker_metrics_port)
 
@@ -141,6 +143,23 @@ def serve_deployments() -> dict[str, Any]:
             with self._lock:
                 return self.embedder.embed_frames(frames)
 
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+        async def decode_embed(self, requests: list[dict[str, Any]]) -> list[np.ndarray]:
+            """``fused_decode_embed``: several jobs' batches decoded (DALI on this replica's GPU)
+            and embedded in one pass; only embeddings leave the GPU. Unverified on GPU."""
+            start = time.perf_counter()
+            out = await asyncio.to_thread(self._decode_embed, requests)
+            metrics.STAGE_SECONDS.labels(stage="decode").observe(time.perf_counter() - start)
+            return out
+
+        def _decode_embed(self, requests: list[dict[str, Any]]) -> list[np.ndarray]:
+            from services.serve.gpu_batch import decode_embed_batch, gpu_sampler
+
+            with self._lock:
+                if self._sampler is None:
+                    self._sampler = gpu_sampler(self.settings)
+                return decode_embed_batch(self._sampler, self.embedder, requests)
+
         async def embed_texts(self, steps: list[str]) -> np.ndarray:
             """Step texts -> embeddings."""
             return await asyncio.to_thread(self._embed_texts, steps)
@@ -166,12 +185,17 @@ def serve_deployments() -> dict[str, Any]:
                 log.warning(
                     "Decoder replica has a GPU share but decodes with PyAV: %s", self.choice.detail
                 )
-            self.sampler = get_sampler(self.choice.backend)
+            dali = self.choice.backend == "dali"
+            options = {"clips_per_run": self.settings.decoder_clips_per_run} if dali else {}
+            self.sampler = get_sampler(self.choice.backend, **options)
+            self._decode_batched.set_max_batch_size(self.settings.decode_max_batch_size)
+            self._decode_batched.set_batch_wait_timeout_s(self.settings.decode_batch_wait_timeout_s)
             metrics.DECODER_BACKEND.labels(
                 backend=self.choice.backend, reason=self.choice.reason
             ).set(1)
-            # DALI pipelines are stateful objects: one decode at a time; PyAV opens per call.
-            self._lock = threading.Lock() if self.sampler.name == "dali" else None
+            # A DALI pipeline is a stateful object: one run at a time, but each run carries the
+            # clips of every waiting request (_decode_batched); PyAV opens per call, no lock.
+            self._lock = threading.Lock() if dali else None
             log.info(
                 "Decoder replica decodes with the %s sampler (%s)",
                 self.sampler.name,
@@ -185,9 +209,13 @@ def serve_deployments() -> dict[str, Any]:
         async def decode(self, path: str, timestamps: np.ndarray, size: int) -> np.ndarray:
             """uint8 RGB frames [b, k, size, size, 3] shown at ``timestamps`` [b, k] (seconds)."""
             start = time.perf_counter()
-            metrics.DECODE_SESSIONS.inc()
+            metrics.DECODE_SESSIONS.inc()  # requests in flight (DALI: clips of the shared runs)
             try:
-                frames = await asyncio.to_thread(self._decode, path, timestamps, size)
+                if self._lock is not None:  # DALI: batched with other jobs' requests
+                    request = {"path": path, "timestamps": timestamps, "size": size}
+                    frames = await self._decode_batched(request)
+                else:
+                    frames = await asyncio.to_thread(self._decode, path, timestamps, size)
             finally:
                 metrics.DECODE_SESSIONS.dec()
             metrics.STAGE_SECONDS.labels(stage="decode").observe(time.perf_counter() - start)
@@ -196,17 +224,20 @@ def serve_deployments() -> dict[str, Any]:
             return frames
 
         def _decode(self, path: str, timestamps: np.ndarray, size: int) -> np.ndarray:
-            if self._lock is None:
-                frames = np.asarray(self.sampler.sample(path, timestamps, size))
-                metrics.observe_decode(self.sampler.last_stats)  # last_stats: this call's
-                return frames
+            frames = np.asarray(self.sampler.sample(path, timestamps, size))
+            metrics.observe_decode(self.sampler.last_stats)  # last_stats: this call's
+            return frames
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+        async def _decode_batched(self, requests: list[dict[str, Any]]) -> list[np.ndarray]:
+            """The waiting requests' clips in shared DALI runs (several NVDEC sessions)."""
+            return await asyncio.to_thread(self._decode_many, requests)
+
+        def _decode_many(self, requests: list[dict[str, Any]]) -> list[np.ndarray]:
+            from services.serve.gpu_batch import decode_batch
+
             with self._lock:
-                fallbacks = self.sampler.fallbacks
-                frames = self.sampler.sample(path, timestamps, size)
-                if self.sampler.fallbacks > fallbacks:  # DALI failed on this video: PyAV took it
-                    metrics.DECODER_FALLBACKS.inc(self.sampler.fallbacks - fallbacks)
-                metrics.observe_decode(self.sampler.last_stats)
-                return frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames)
+                return decode_batch(self.sampler, requests)
 
         def stats(self) -> dict[str, Any]:
             """Which sampler this replica runs and what it decoded (tests, debugging)."""

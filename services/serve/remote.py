@@ -63,8 +63,7 @@ class RemoteSampler:
         starts = list(range(0, ts.shape[0], step))
 
         def request(a: int) -> Any:
-            batch = np.ascontiguousarray(ts[a : a + step])
-            return self._handle.decode.remote(str(path), batch, int(size))
+            return self._call(str(path), np.ascontiguousarray(ts[a : a + step]), int(size))
 
         pending = request(starts[0]) if starts else None
         try:
@@ -75,6 +74,26 @@ class RemoteSampler:
         finally:
             if pending is not None:
                 pending.cancel()
+
+    def _call(self, path: str, batch: np.ndarray, size: int) -> Any:
+        """One Decoder request: the frames of `batch` [b, k] (a Serve response)."""
+        return self._handle.decode.remote(path, batch, size)
+
+
+class FusedRemoteSampler(RemoteSampler):
+    """Decodes *and embeds* on the Embedder deployment (``fused_decode_embed``): its batches are
+    segment embeddings float32 [b, D], not frames, so the frames never leave the GPU; the
+    pipeline sees ``yields_embeddings`` and skips its own embed call. Unverified on GPU."""
+
+    name = "serve-decode-embed"
+    yields_embeddings = True
+
+    def __init__(self, embedder_handle: Any) -> None:
+        super().__init__(embedder_handle)
+
+    def _call(self, path: str, batch: np.ndarray, size: int) -> Any:
+        request = {"path": path, "timestamps": batch, "size": size}
+        return self._handle.decode_embed.remote(request)
 
 
 class RemoteAligner:
@@ -123,7 +142,11 @@ class ServeRunner:
     ) -> None:
         self.settings = settings
         self.embedder = RemoteEmbedder(embedder_handle)
-        self.sampler = RemoteSampler(decoder_handle) if decoder_handle is not None else None
+        self.sampler: RemoteSampler | None = None
+        if settings.fused_decode_embed:  # decode + embed in the Embedder replica, on its GPU
+            self.sampler = FusedRemoteSampler(embedder_handle)
+        elif decoder_handle is not None:
+            self.sampler = RemoteSampler(decoder_handle)
         self.align_fn = RemoteAligner(aligner_handle) if aligner_handle is not None else None
         self.remote_stages = tuple(
             stage
