@@ -180,6 +180,13 @@ DECODE_READ_BYTES = Counter(
 DECODE_SAMPLES = Counter(
     "biovl_decode_samples_total", "Sample timestamps decoded (frames handed to the embedder)."
 )
+# what a lab's history flags in each recording (issue 22), by kind (biovl_core.align.deviations.KINDS)
+DEVIATION_KINDS = ("not_performed", "out_of_order", "longer", "shorter", "unmatched")
+DEVIATIONS = Counter(
+    "biovl_deviations_total",
+    "Deviations from the lab's usual found in aligned recordings (group alignment), by kind.",
+    ["kind"],
+)
 DECODE_SESSIONS = Gauge(
     "biovl_decode_sessions_in_flight",
     "Decode calls running now on the Decoder replicas (several per GPU keep every NVDEC busy).",
@@ -209,6 +216,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "biovl_decode_read_bytes_total",
         "biovl_decode_samples_total",
         "biovl_decode_sessions_in_flight",
+        "biovl_deviations_total",
     }
 )
 
@@ -252,6 +260,8 @@ for _outcome in REALIGN_OUTCOMES:  # a nightly run's first scrape sees zeros, so
     REALIGN_RECORDINGS.labels(outcome=_outcome)
 for _kind in UPLOAD_KINDS:
     UPLOAD_BYTES.labels(kind=_kind)
+for _kind in DEVIATION_KINDS:
+    DEVIATIONS.labels(kind=_kind)
 
 
 def multiprocess_enabled() -> bool:

@@ -272,6 +272,8 @@ class Worker:
         metrics.observe_stages({k: v for k, v in result.timings.items() if k not in remote})
         metrics.VIDEO_SECONDS.inc(result.duration_s)
         metrics.SEGMENTS_EMBEDDED.inc(result.num_segments)
+        for finding in result.deviations or ():
+            metrics.DEVIATIONS.labels(kind=finding["kind"]).inc()
         metrics.observe_decode(
             result.decode
         )  # in-process decoding (Serve's Decoder counts its own)

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from biovl_core.align.deviations import KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 DEPLOY = ROOT / "deploy"
@@ -61,12 +63,14 @@ CONTRACT: dict[str, str] = {
     "biovl_upload_bytes_total": "counter",
     "biovl_upload_resumptions_total": "counter",
     "biovl_upload_slots_in_use": "gauge",
+    "biovl_deviations_total": "counter",
 }
 # Series that exist only on a GPU node or once the nightly `biovl realign` has run: the panels
 # reading them say so in their description (the live Prometheus test leaves them out).
 GPU_METRICS = {"biovl_gpu_utilization_ratio", "DCGM_FI_DEV_GPU_UTIL"}
 NIGHTLY_METRICS = {"biovl_realign_recordings_total"}
 LABEL_VALUES: dict[tuple[str, str], set[str]] = {
+    ("biovl_deviations_total", "kind"): set(KINDS),
     ("biovl_jobs_total", "state"): {
         "submitted",
         "deduplicated",

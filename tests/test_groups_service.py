@@ -4,6 +4,7 @@ worker aligning a new recording with its group, on real Redis and the tiny model
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,18 @@ def test_corrections_are_versions_lab_scoped_and_checked(make_env, recording):  
     assert stored["lab"] == "lab-a" and stored["spans"][0] == [0.0, 3.0]
 
 
+def _deviations_counted() -> dict[str, float]:
+    """biovl_deviations_total per kind in this process (the worker runs in the test)."""
+    from prometheus_client import REGISTRY
+
+    from services.metrics import DEVIATION_KINDS
+
+    return {
+        k: REGISTRY.get_sample_value("biovl_deviations_total", {"kind": k}) or 0.0
+        for k in DEVIATION_KINDS
+    }
+
+
 def test_bad_protocol_id_is_refused(make_env, recording):  # noqa: F811
     env = make_env()
     r = env.post(recording, options=json.dumps({"protocol_id": "../x"}))
@@ -119,6 +132,7 @@ def test_next_recording_learns_from_a_correction(make_env, recording, second):  
     reworded = "".join(f"{i + 1}. {s.upper()} now.\n" for i, s in enumerate(steps))
     options = json.dumps({"protocol_id": alone["group"]["protocol_key"]})
     job = env.post(second, annotations=False, protocol=reworded, options=options).json()["job_id"]
+    counted_before = _deviations_counted()
     grouped = _process(env, job)
     assert grouped["group"]["recordings"] == 1
     assert grouped["group"]["annotated"] == 1 and grouped["group"]["corrections"] == 1
@@ -127,6 +141,11 @@ def test_next_recording_learns_from_a_correction(make_env, recording, second):  
     # Its deviation report, and per step the lab's usual range learned from the correction.
     assert isinstance(grouped["deviations"], list)
     assert all(0.0 <= e["confidence"] <= 1.0 for e in grouped["deviations"])
+    found = Counter(e["kind"] for e in grouped["deviations"])
+    counted = _deviations_counted()
+    assert {k: counted[k] - counted_before[k] for k in counted} == {
+        k: float(found[k]) for k in counted
+    }, "biovl_deviations_total counts each finding of the report once"
     for s, (a, b) in zip(grouped["steps"], truth, strict=True):
         assert s["lab"]["median_s"] == pytest.approx(b - a, abs=0.01)
         assert s["lab"]["evidence"] == 3.0  # one correction counts as three alignments

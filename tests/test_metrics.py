@@ -85,3 +85,11 @@ def test_aggregate_other_key_and_bad_rows() -> None:
         aggregate([{"name": "v"}])
     with pytest.raises(ValueError, match="no videos"):
         aggregate([])
+
+
+def test_deviation_kinds_counted_are_the_reports_kinds() -> None:
+    """services.metrics keeps its own copy (importing biovl_core.align costs the ingress numba)."""
+    from biovl_core.align.deviations import KINDS
+    from services import metrics
+
+    assert metrics.DEVIATION_KINDS == KINDS
