@@ -44,7 +44,9 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    readily, one never skipped less). With no other recording there is nothing to learn and nothing
    changes. Last, a step whose run looks on average less like the other recordings' step
    than ``min_step_fit`` (its mean exemplar log-likelihood ratio) is judged not performed:
-   the text alone put it there, on an off-protocol action or a look-alike. Each result keeps its priors and per-segment exemplar fit for the deviation
+   the text alone put it there, on an off-protocol action or a look-alike (only when the
+   others weigh at least ``MIN_VETO_EVIDENCE``: one unannotated partner is too noisy a
+   judge). Each result keeps its priors and per-segment exemplar fit for the deviation
    report (``biovl_core.align.deviations``).
 """
 
@@ -344,8 +346,10 @@ def align_group(
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
                 own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
                 decoded[i] = _decode(scores[i], own_skip, p, temp, length)
+    taught = source_weight * teaching  # a veto needs exemplars from more than one alignment
     for i, (labels, placed) in decoded.items():
-        placed.update(_veto(labels, step_llr[i], p["min_step_fit"]))
+        if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
+            placed.update(_veto(labels, step_llr[i], p["min_step_fit"]))
     final = _history(gt, decoded, k, seg, p["annotated_weight"])
 
     out: list[Alignment] = []
@@ -398,6 +402,9 @@ def _history(
     for j, (labels, _) in decoded.items():
         out[j] = HistoryRecord(spans_of_labels(labels, k, seg, labels.shape[0] * seg))
     return out
+
+
+MIN_VETO_EVIDENCE = 2.0  # the others' summed weight (an annotation counts annotated_weight)
 
 
 def _veto(labels: np.ndarray, llr: np.ndarray, min_fit: float) -> dict[int, float]:
