@@ -75,3 +75,33 @@ def test_a_planted_long_step_is_reported_in_a_regular_lab() -> None:
         hits += len(longer & set(r.long_steps))
         planted += len(r.long_steps)
     assert planted > 0 and hits >= planted / 2
+
+
+def test_the_report_travels_in_the_result_json() -> None:
+    from biovl_core.io.exports import alignment_from_dict, alignment_to_dict
+    from biovl_core.result import AlignmentResult
+
+    priors = _lab()
+    spans = [(0.0, 20.0), None, (50.0, 140.0), (150.0, 160.0)]
+    report = deviation_report(spans, np.full(4, 0.8), priors, SEG)
+    result = AlignmentResult(
+        steps=["a", "b", "c", "d"],
+        spans=spans,
+        step_scores=[0.1, None, 0.2, 0.3],
+        labels=np.full(32, -1),
+        similarity=np.zeros((4, 32), dtype=np.float32),
+        segment_seconds=SEG,
+        duration_s=160.0,
+        method="group",
+        score=1.0,
+        deviations=report,
+        lab_steps=step_ranges(priors),
+    )
+    d = alignment_to_dict(result)
+    assert d["deviations"] == report and {e["kind"] for e in report} >= {"not_performed", "longer"}
+    assert d["steps"][2]["lab"]["range_s"] == step_ranges(priors)[2]["range_s"]
+    back = alignment_from_dict(d)
+    assert back.deviations == report and back.lab_steps == step_ranges(priors)
+    result.deviations, result.lab_steps = None, None
+    plain = alignment_to_dict(result)
+    assert "deviations" not in plain and all("lab" not in s for s in plain["steps"])

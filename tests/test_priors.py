@@ -127,3 +127,16 @@ def test_skip_scores_follow_the_lab_skip_rate() -> None:
     assert scores[1] > 0.0 > scores[0]  # step 1 is usually skipped, step 0 never
     assert not skip_scores(no_priors(2), 1.0).any()
     assert not skip_scores(group_priors(optional, 2), 0.0).any()
+
+
+def test_a_step_the_others_do_not_recognise_is_vetoed() -> None:
+    lab = make_lab_group("pcr", 4, seed=2)
+    ann = [lab.recordings[0].gt_spans, None, None, None]
+    never = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=-math.inf)
+    always = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=1e9)
+    assert always[0].spans == never[0].spans  # an annotation is never vetoed
+    for a, b in zip(always[1:], never[1:], strict=True):
+        assert all(s is None for s in a.spans) and any(s is not None for s in b.spans)
+        assert (a.labels == -1).all()
+    with pytest.raises(Exception, match="min_step_fit must be a number"):
+        align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=math.inf)

@@ -42,7 +42,11 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    its length's log prior, and each skip's score moved by ``skip_prior_weight`` x strength x
    the log-odds of the lab's skip rate against the prior's (an optional step is skipped more
    readily, one never skipped less). With no other recording there is nothing to learn and nothing
-   changes. Each result keeps its priors and per-segment exemplar fit for the deviation
+   changes. Last, a step whose run looks on average less like the other recordings' step
+   than ``min_step_fit`` (its mean exemplar log-likelihood ratio) is judged not performed:
+   the text alone put it there, on an off-protocol action or a look-alike (only when the
+   others weigh at least ``MIN_VETO_EVIDENCE``: one unannotated partner is too noisy a
+   judge). Each result keeps its priors and per-segment exemplar fit for the deviation
    report (``biovl_core.align.deviations``).
 """
 
@@ -79,6 +83,7 @@ GROUP_DEFAULTS: dict[str, float] = {
     "duration_weight": 3.0,
     "swap_gain": 16.0,
     "skip_prior_weight": 0.5,
+    "min_step_fit": -1.5,
 }
 
 
@@ -128,6 +133,10 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
         raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
+        if name == "min_step_fit":  # any number; -inf = never veto a step
+            if not (isinstance(value, int | float) and value < math.inf):
+                raise BioVLError(f"align_group: min_step_fit must be a number, got {value!r}")
+            continue
         may_be_inf = name in ("place_gain", "swap_gain") and value == math.inf  # = never
         if not (isinstance(value, int | float) and (math.isfinite(value) or may_be_inf)):
             raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
@@ -300,6 +309,7 @@ def align_group(
     x = [_centred(f) for f in feats]
     scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     seg_fit: dict[int, np.ndarray] = {}
+    step_llr: dict[int, np.ndarray] = {}
     agreement = np.ones(g)
     teaching = np.ones(g, dtype=bool)
     skip = np.full(k, -p["skip_penalty"])
@@ -316,6 +326,7 @@ def align_group(
             post, p_skip, _ = kernel_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
+            step_llr[i] = llr[:k]
             seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
         for i in [j for j in range(g) if gt[j] is not None]:
             llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
@@ -335,6 +346,10 @@ def align_group(
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
                 own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
                 decoded[i] = _decode(scores[i], own_skip, p, temp, length)
+    taught = source_weight * teaching  # a veto needs exemplars from more than one alignment
+    for i, (labels, placed) in decoded.items():
+        if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
+            placed.update(_veto(labels, step_llr[i], p["min_step_fit"]))
     final = _history(gt, decoded, k, seg, p["annotated_weight"])
 
     out: list[Alignment] = []
@@ -386,6 +401,24 @@ def _history(
     out = {j: HistoryRecord(a, annotated_weight) for j, a in enumerate(gt) if a is not None}
     for j, (labels, _) in decoded.items():
         out[j] = HistoryRecord(spans_of_labels(labels, k, seg, labels.shape[0] * seg))
+    return out
+
+
+MIN_VETO_EVIDENCE = 2.0  # the others' summed weight (an annotation counts annotated_weight)
+
+
+def _veto(labels: np.ndarray, llr: np.ndarray, min_fit: float) -> dict[int, float]:
+    """Unlabel each step whose run looks, on average, less like the other recordings' step
+    than ``min_fit`` (exemplar log-likelihood ratio): what the text put there is something
+    else (an off-protocol action, a look-alike). Returns those skips' confidences."""
+    out: dict[int, float] = {}
+    for s in range(llr.shape[0]):
+        cols = labels == s
+        if cols.any():
+            fit = float(llr[s, cols].mean())
+            if fit < min_fit:
+                labels[cols] = -1
+                out[s] = 1.0 / (1.0 + math.exp(fit - min_fit))
     return out
 
 

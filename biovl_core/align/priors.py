@@ -210,7 +210,5 @@ def skip_scores(priors: GroupPriors, weight: float) -> np.ndarray:
     for s, p in enumerate(priors.steps):
         if weight and strength:
             rate = min(max(p.skip_rate, 1e-3), 1 - 1e-3)
-            out[s] = (
-                weight * strength * (math.log(rate / (1 - rate)) - math.log(base / (1 - base)))
-            )
+            out[s] = weight * strength * (math.log(rate / (1 - rate)) - math.log(base / (1 - base)))
     return out
