@@ -293,6 +293,11 @@ def test_trickling_clients_of_one_lab_never_give_another_lab_a_503(
             s.send(partial[:1000])
         deadline = time.monotonic() + 40
         while True:  # until lab A's cap is seen full
+            for i, s in enumerate(stalled):
+                if s.answered():  # a probe took its slot before the server saw it: start again
+                    s.close()
+                    stalled[i] = RawUpload(server.port)
+                    stalled[i].send(partial[:1000])
             probe = RawUpload(server.port)
             probe.send(probe_body)
             probe.finish()
