@@ -80,14 +80,20 @@ def make_recordings(
             ]
             start = time.perf_counter()
             tmp = path.with_suffix(".partial.mp4")
-            write_camera_video(tmp, clip, profile, fps=fps, size=size, scenes=scenes, seed=i)
-            if clip < seconds:
+            if clip < seconds:  # the encoded clip is kept: other lengths reuse it
                 from biovl_core.bench.videos import repeat_clip
 
-                whole = path.with_suffix(".repeated.mp4")
-                repeat_clip(tmp, whole, max(1, int(round(seconds / clip))))
-                tmp.unlink()
-                tmp = whole
+                source = folder / "clips" / f"{tag.replace(f'_{seconds:g}s', '')}.mp4"
+                if not source.exists():
+                    source.parent.mkdir(exist_ok=True)
+                    part = source.with_suffix(".partial.mp4")
+                    write_camera_video(
+                        part, clip, profile, fps=fps, size=size, scenes=scenes, seed=i
+                    )
+                    part.replace(source)
+                repeat_clip(source, tmp, max(1, int(round(seconds / clip))))
+            else:
+                write_camera_video(tmp, clip, profile, fps=fps, size=size, scenes=scenes, seed=i)
             tmp.replace(path)
             print(f"  built {path.name} in {time.perf_counter() - start:.1f} s", flush=True)
         out.append((path, profile, experiment))
