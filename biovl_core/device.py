@@ -11,6 +11,7 @@ import ctypes.util
 import functools
 import importlib
 import os
+import sys
 from types import ModuleType
 
 DEVICE_ENV = "BIOVL_DEVICE"
@@ -116,6 +117,15 @@ def array_module(name: str = "auto") -> ModuleType:
         import cupy
 
         return cupy
+    import numpy
+
+    return numpy
+
+
+def array_module_of(array: object) -> ModuleType:
+    """numpy, or cupy for a cupy array (then already imported): code that runs on both."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        return sys.modules["cupy"]
     import numpy
 
     return numpy

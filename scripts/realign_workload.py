@@ -55,27 +55,45 @@ def profiles(n: int) -> list[CameraProfile]:
 
 
 def make_recordings(
-    work: Path, n: int, seconds: float, size: tuple[int, int], fps: float
+    work: Path, n: int, seconds: float, size: tuple[int, int], fps: float, clip_s: float = 0.0
 ) -> list[tuple[Path, CameraProfile, str]]:
-    """(video, profile, experiment) of N distinct recordings, built once and cached."""
+    """(video, profile, experiment) of N distinct recordings, built once and cached.
+
+    With ``clip_s`` (0 < clip_s < seconds) each recording is its own encoded clip of that
+    length repeated by copying packets (no re-encode): on a device call, encoding 32 x 120 s
+    of 1080p would eat the budget; the decoder sees the same GOPs and bitrate either way."""
     folder = work / "recordings"
     folder.mkdir(parents=True, exist_ok=True)
     experiments = sorted(RECORDING_STEPS)
     out = []
     for i, profile in enumerate(profiles(n)):
-        tag = f"rec{i:03d}_{size[1]}p_{seconds:g}s_g{profile.gop_s:g}_{profile.bitrate_mbps:g}M"
+        clip = clip_s if 0 < clip_s < seconds else seconds
+        tag = f"rec{i:03d}_{size[1]}p_{seconds:g}s_c{clip:g}_g{profile.gop_s:g}_{profile.bitrate_mbps:g}M"
         path = folder / f"{tag}.mp4"
         experiment = experiments[i % len(experiments)]
         if not path.exists():
             k = len(RECORDING_STEPS[experiment])
-            edges = np.linspace(0.0, seconds, k + 2)[1:]  # one scene per step, then background
+            edges = np.linspace(0.0, clip, k + 2)[1:]  # one scene per step, then background
             scenes = [
                 (float(a), float(b), j + 1)
                 for j, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
             ]
             start = time.perf_counter()
             tmp = path.with_suffix(".partial.mp4")
-            write_camera_video(tmp, seconds, profile, fps=fps, size=size, scenes=scenes, seed=i)
+            if clip < seconds:  # the encoded clip is kept: other lengths reuse it
+                from biovl_core.bench.videos import repeat_clip
+
+                source = folder / "clips" / f"{tag.replace(f'_{seconds:g}s', '')}.mp4"
+                if not source.exists():
+                    source.parent.mkdir(exist_ok=True)
+                    part = source.with_suffix(".partial.mp4")
+                    write_camera_video(
+                        part, clip, profile, fps=fps, size=size, scenes=scenes, seed=i
+                    )
+                    part.replace(source)
+                repeat_clip(source, tmp, max(1, int(round(seconds / clip))))
+            else:
+                write_camera_video(tmp, clip, profile, fps=fps, size=size, scenes=scenes, seed=i)
             tmp.replace(path)
             print(f"  built {path.name} in {time.perf_counter() - start:.1f} s", flush=True)
         out.append((path, profile, experiment))
@@ -177,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = tuple(int(v) for v in args.size.split("x"))
     work = Path(args.work).resolve()
     print(f"recordings: {args.recordings} x {args.seconds:g} s at {size[0]}x{size[1]} in {work}")
-    recordings = make_recordings(work, args.recordings, args.seconds, size, args.fps)  # type: ignore[arg-type]
+    recordings = make_recordings(work, args.recordings, args.seconds, size, args.fps, args.clip)  # type: ignore[arg-type]
     root = work / f"archive-{time.time_ns()}"
     build_archive(root, recordings, args.segment)
     ckpt = new_model(work, args.model, seed=args.seed)
@@ -283,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recordings", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=120.0, help="length of each recording")
     parser.add_argument("--size", default="1920x1080")
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=10.0,
+        help="encode this many seconds per recording and repeat them (0: encode the whole length)",
+    )
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--segment", type=float, default=5.0, help="segment length in seconds")
     parser.add_argument("--model", default="ViT-B-32")
@@ -300,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.small:
         args.recordings, args.seconds = min(args.recordings, 4), min(args.seconds, 12.0)
+        args.clip = 0.0  # 12 s: encode it whole
         args.segment = min(args.segment, 0.5)  # >= 16 segments (the longest protocol's steps)
         args.model, args.device, args.decoder = "biovl-tiny-clip", "cpu", "pyav"
         args.batch = 1  # an outcome per recording: a steady window even with 4 of them

@@ -49,3 +49,24 @@ def test_rates_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(RATES_ENV, "gpu=1")
     with pytest.raises(ValueError, match="unknown rate 'gpu'"):
         cost_model()
+
+
+def test_method_problems_are_array_code_that_stays_numpy_here() -> None:
+    """The same prepare builds the problem on the GPU from a cupy similarity; with numpy it is
+    the numpy problem (dtype, values) every CPU backend solves."""
+    from biovl_core.align import resolve_method
+    from biovl_core.device import array_module_of
+
+    assert array_module_of(np.zeros(2)) is np and array_module_of([1.0]) is np
+    rng = np.random.default_rng(5)
+    sim = rng.normal(size=(6, 40)).astype(np.float32)
+    for name in ("biovl", "nw_norm"):
+        spec = resolve_method(name)
+        steps = [
+            f"{v} the tube for {s} s" for v, s in zip("abcdef", range(10, 70, 10), strict=True)
+        ]
+        params = {**spec.defaults, **({"steps": steps} if name == "biovl" else {})}
+        problem = spec.prepare(sim, params)
+        assert isinstance(problem.match, np.ndarray) and problem.match.dtype == np.float32
+        assert problem.match.shape == (6, 40) and problem.drop.shape == (40,)
+        assert np.isfinite(problem.match).all()

@@ -149,3 +149,16 @@ def test_e2e_reads_the_proof_metrics_from_a_prometheus_page() -> None:
         gpu_e2e.prove_dali_run(
             {"biovl_decoder_fallbacks_total": 0.0, "biovl_decode_read_bytes_total": 0.0}, None
         )
+
+
+def test_gpu_check_leaves_out_a_skipped_stage() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--only", "packing"]
+        + ["--skip", "packing"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "left out (--skip packing)" in done.stdout and "--- PASS" not in done.stdout

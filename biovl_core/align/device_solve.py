@@ -11,8 +11,9 @@ decided by `biovl_core.align.cost`.
 **Unverified on GPU** (no GPU in the session that wrote it): the kernels are the ones checked
 on an H200 (`kernel_cupy`); the device packing reproduces ``pack_flat``'s layout, which
 tests/test_align_device.py checks with numpy standing in for cupy (same array API).
-What stays on the host: the method's ``prepare`` (``methods.py``, numpy on the [K, N]
-similarity); an array-module version of it is the next step (docs/BENCHMARKS.md).
+The method's ``prepare`` (``methods.py``) is array code: given a cupy similarity it builds
+the match and drop scores on the GPU (`align_resident`); only K-sized priors from the step
+texts are computed on the host.
 """
 
 from __future__ import annotations
@@ -82,3 +83,26 @@ def solve_resident(
     small = labels.astype(cp.int16).get()  # the only per-segment copy back: 2 bytes each
     out = [small[s : s + n] for s, n in zip(seg_off.tolist(), ns.tolist(), strict=True)]
     return out, scores.get()
+
+
+def align_resident(
+    sims: Sequence[Any],
+    segment_seconds: float,
+    durations_s: Sequence[float],
+    method: str = "default",
+    params: dict[str, Any] | None = None,
+) -> list[tuple[list[Any], np.ndarray, float]]:
+    """(spans, int16 labels, optimum) of each [K, N] similarity already on the GPU (cupy):
+    the method's problem built there, one resident solve, spans from the labels on the host."""
+    from biovl_core.align.registry import resolve_method, spans_from_labels
+
+    spec = resolve_method(method)
+    if spec.prepare is None:
+        raise ValueError(f"method {spec.name!r} has no kernel problem to solve on the GPU")
+    full = {**spec.defaults, **(params or {})}
+    problems = [spec.prepare(sim, dict(full)) for sim in sims]
+    labels, scores = solve_resident([p.match for p in problems], [p.drop for p in problems])
+    return [
+        (spans_from_labels(lab, int(p.match.shape[0]), segment_seconds, float(d)), lab, float(sc))
+        for p, lab, sc, d in zip(problems, labels, scores.tolist(), durations_s, strict=True)
+    ]

@@ -1,8 +1,8 @@
 """Zero-shot aligner methods beyond the paper: they only build the kernel's ``M`` and ``D``.
 
 Importing this module registers them in ``biovl_core.align.METHODS``. Every ``prepare`` is
-plain numpy on the [K, N] similarity, so every backend (numpy, numba, cupy) solves the same
-problem. See docs/QUALITY.md for the method, how its defaults were chosen, and its scores.
+array code on the [K, N] similarity (numpy, or cupy for a similarity already on the GPU:
+`align/device_solve.py`), so every backend (numpy, numba, cupy) solves the same problem. See docs/QUALITY.md for the method, how its defaults were chosen, and its scores.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from biovl_core.align.registry import MethodSpec, SegmentationProblem, register_method
+from biovl_core.device import array_module_of
 from biovl_core.errors import BioVLError
 from biovl_core.protocol import step_duration_hint, step_verb
 
@@ -35,7 +36,8 @@ def _number(params: dict[str, Any], name: str, method: str, low: float, high: fl
 
 def _robust_sd(x: np.ndarray) -> float:
     """Standard deviation estimated from the median absolute deviation (outlier-proof)."""
-    return _MAD_TO_SD * float(np.median(np.abs(x - np.median(x))))
+    xp = array_module_of(x)
+    return _MAD_TO_SD * float(xp.median(xp.abs(x - xp.median(x))))
 
 
 def standardize(sim: np.ndarray) -> np.ndarray:
@@ -47,13 +49,14 @@ def standardize(sim: np.ndarray) -> np.ndarray:
     large part of the plain mean, and with K = 1 the plain mean would erase the only row. The
     result is divided by its MAD-based spread, so thresholds do not depend on the model.
     """
-    s = np.asarray(sim, dtype=np.float64)
-    s = s - np.median(s, axis=1, keepdims=True)
+    xp = array_module_of(sim)  # numpy, or cupy for similarities already on the GPU
+    s = xp.asarray(sim, dtype=xp.float64)
+    s = s - xp.median(s, axis=1, keepdims=True)
     s = s - s.sum(axis=0, keepdims=True) / (s.shape[0] + 1)
     spread = _robust_sd(s)
     if spread <= _TINY:
         spread = float(s.std())
-    return s / spread if spread > _TINY else np.zeros_like(s)
+    return s / spread if spread > _TINY else xp.zeros_like(s)
 
 
 def signal_strength(z: np.ndarray, top_share: float, offset: float) -> np.ndarray:
@@ -65,18 +68,19 @@ def signal_strength(z: np.ndarray, top_share: float, offset: float) -> np.ndarra
     """
     k, n = z.shape
     top = max(1, round(top_share * n / k))
-    best = -np.sort(-z, axis=1)[:, :top]
-    return np.maximum(best.mean(axis=1) - offset, 0.0)
+    xp = array_module_of(z)
+    best = -xp.sort(-z, axis=1)[:, :top]
+    return xp.maximum(best.mean(axis=1) - offset, 0.0)
 
 
-def positional_prior(k: int, n: int, width: float) -> np.ndarray:
+def positional_prior(k: int, n: int, width: float, xp: Any = np) -> np.ndarray:
     """[K, N] Gaussian log-prior (<= 0) that step k sits near (k + 0.5) / K of the video.
 
     Without duration information every step is expected to take an equal share of the video;
     the sd is ``width`` step shares (``width`` / K of the video).
     """
-    centre = (np.arange(k, dtype=np.float64) + 0.5) / k
-    pos = (np.arange(n, dtype=np.float64) + 0.5) / n
+    centre = (xp.arange(k, dtype=xp.float64) + 0.5) / k
+    pos = (xp.arange(n, dtype=xp.float64) + 0.5) / n
     return -0.5 * ((pos[None, :] - centre[:, None]) * k / width) ** 2
 
 
@@ -123,7 +127,9 @@ def expected_durations(steps: list[str]) -> tuple[np.ndarray, np.ndarray] | None
     return np.array(secs, dtype=np.float64), np.array(sds, dtype=np.float64)
 
 
-def duration_prior(n: int, expected: np.ndarray, log_sd: np.ndarray, width: float) -> np.ndarray:
+def duration_prior(
+    n: int, expected: np.ndarray, log_sd: np.ndarray, width: float, xp: Any = np
+) -> np.ndarray:
     """[K, N] Gaussian log-prior around each step's centre given expected durations.
 
     The centre of step k is (sum of earlier durations + half its own) / total. Its sd adds,
@@ -139,8 +145,9 @@ def duration_prior(n: int, expected: np.ndarray, log_sd: np.ndarray, width: floa
     grad = np.where(j[None, :] < j[:, None], 1.0 - centre[:, None], -centre[:, None])
     grad = grad + np.where(j[None, :] == j[:, None], 0.5, 0.0)
     var = (grad**2 * dsd[None, :] ** 2).sum(axis=1)
-    sd = np.sqrt((width / k) ** 2 + var)
-    pos = (np.arange(n, dtype=np.float64) + 0.5) / n
+    sd = np.sqrt((width / k) ** 2 + var)  # K values, on the host; the [K, N] prior on xp's device
+    centre, sd = xp.asarray(centre), xp.asarray(sd)
+    pos = (xp.arange(n, dtype=xp.float64) + 0.5) / n
     return -0.5 * ((pos[None, :] - centre[:, None]) / sd[:, None]) ** 2
 
 
@@ -159,9 +166,10 @@ def _steps_param(params: dict[str, Any], k: int) -> list[str] | None:
 
 def _prepare_nw_norm(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
     """The paper's NW on standardized similarities (no background, no prior)."""
+    xp = array_module_of(sim)
     m = standardize(sim)
-    drop = np.full(sim.shape[1], -np.inf, dtype=np.float32)
-    return SegmentationProblem(m.astype(np.float32), drop)
+    drop = xp.full(sim.shape[1], -np.inf, dtype=xp.float32)
+    return SegmentationProblem(m.astype(xp.float32), drop)
 
 
 def _prepare_biovl(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProblem:
@@ -178,6 +186,7 @@ def _prepare_biovl(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProbl
     penalty = _number(params, "background_penalty", name, -math.inf, math.inf)
     k, n = sim.shape
     steps = _steps_param(params, k)
+    xp = array_module_of(sim)  # cupy: the problem is built on the GPU (align/device_solve.py)
     z = standardize(sim)
     mu = signal_strength(z, share, offset)
     m = mu[:, None] * z - 0.5 * mu[:, None] ** 2
@@ -185,12 +194,12 @@ def _prepare_biovl(sim: np.ndarray, params: dict[str, Any]) -> SegmentationProbl
     if width > 0.0 and durations is not None:
         # Half/half mixture with the equal-share prior: when the video ignores the text's
         # durations (waits cut, steps paced alike) the equal-share mode still carries the step.
-        text = duration_prior(n, *durations, width)
-        m = m + (np.logaddexp(text, positional_prior(k, n, width)) - math.log(2.0))
+        text = duration_prior(n, *durations, width, xp=xp)
+        m = m + (xp.logaddexp(text, positional_prior(k, n, width, xp)) - math.log(2.0))
     elif width > 0.0:
-        m = m + positional_prior(k, n, width)
-    drop = np.full(n, -penalty, dtype=np.float32)
-    return SegmentationProblem(m.astype(np.float32), drop, {"signal_strength": mu.tolist()})
+        m = m + positional_prior(k, n, width, xp)
+    drop = xp.full(n, -penalty, dtype=xp.float32)
+    return SegmentationProblem(m.astype(xp.float32), drop, {"signal_strength": mu.tolist()})
 
 
 NW_NORM = register_method(
