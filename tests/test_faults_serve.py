@@ -48,7 +48,7 @@ def test_serve_app_rides_out_redis_killed_and_paused(
         min_free_archive_bytes=0,
         http_port=int(ray_cluster["port"]),
         worker_metrics_port=free_port(),
-        metrics_dir=ray_cluster["metrics_dir"],
+        metrics_dir=str(tmp_path / "metrics"),  # its own: test_service_serve counts the shared one
     )
     serve.run(build_app(settings), name="biovl-faults", route_prefix="/")
     base = f"http://127.0.0.1:{ray_cluster['port']}"
