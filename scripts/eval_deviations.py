@@ -10,8 +10,9 @@ precision and recall over (recording, step) pairs; for inserted actions, over st
 (a reported "unmatched" stretch is right when it overlaps an inserted action). mIoU %: text
 only, the naive one-pass group (``eval_group.naive_one_pass``), the group without duration
 priors (``duration_weight`` 0) and the group as shipped. "3x longer, oracle": the rule "a step
-lasts >= ``DURATION_RATIO`` x its usual" applied to the true spans and the generator's usual
-durations, the ceiling of any report of that form on these labs.
+lasts >= ``ORACLE_RATIO`` (2.9) x its usual" on the true spans and the generator's usual
+durations: it finds every planted step, so its precision is the most any report judging by
+duration can have at full recall (the lab's own long draws count against it).
 
     python scripts/eval_deviations.py --seeds 0-3      # development seeds (thresholds)
     python scripts/eval_deviations.py --seeds 100-109  # held-out
@@ -33,8 +34,7 @@ from eval_group import RECORDINGS, SCORED, naive_one_pass, parse_seeds  # noqa: 
 
 from biovl_core.align import (  # noqa: E402
     align,
-    align_group,
-    deviations,  # noqa: E402
+    align_group,  # noqa: E402
 )
 from biovl_core.align.deviations import deviation_report  # noqa: E402
 from biovl_core.metrics import miou  # noqa: E402
@@ -43,12 +43,12 @@ from biovl_core.synthetic import EXPERIMENTS, LabRecording, make_lab_group  # no
 PLANTED = {"p_skip": 0.08, "p_swap": 0.3, "p_long": 0.08, "p_insert": 0.5}
 KINDS = ("skip", "swap", "3x longer", "inserted")
 ORACLE = "3x longer, oracle"
+ORACLE_RATIO = 2.9  # just under 3: every planted step passes, after rounding to 0.1 s
 
 
 def oracle_longer(r: LabRecording, usual: np.ndarray) -> set[int]:
-    """Steps whose true span lasts at least ``DURATION_RATIO`` x the lab's usual duration."""
-    ratio = deviations.DURATION_RATIO
-    return {s for s, sp in enumerate(r.gt_spans) if sp and sp[1] - sp[0] >= ratio * usual[s]}
+    """Steps whose true span lasts at least ``ORACLE_RATIO`` x the lab's usual duration."""
+    return {s for s, sp in enumerate(r.gt_spans) if sp and sp[1] - sp[0] >= ORACLE_RATIO * usual[s]}
 
 
 def truth(r: LabRecording) -> dict[str, set]:
