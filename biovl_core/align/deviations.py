@@ -24,7 +24,8 @@ One entry per finding, each with a ``confidence`` in [0, 1]:
   ``-UNMATCHED_FIT``); confidence = a logistic of the stretch's mean shortfall.
 
 Without priors (a group of one, or no history) only ``not_performed`` can be said.
-Thresholds were chosen on development seeds 0-3 (``scripts/eval_deviations.py``).
+Thresholds were chosen on development seeds 0-3 (``scripts/eval_deviations.py``, long steps
+planted at 3x the step's usual duration in the lab).
 """
 
 from __future__ import annotations
