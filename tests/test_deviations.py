@@ -47,6 +47,20 @@ def test_each_kind_is_found_with_the_lab_range() -> None:
     assert all(0.0 <= e["confidence"] <= 1.0 for e in report)
 
 
+def test_three_times_the_usual_is_longer_even_in_a_lab_that_varies_widely() -> None:
+    spread = [-0.9, -0.45, 0.0, 0.45, 0.9, 0.0]  # log factors: a log sd of about 0.6
+    history = [HistoryRecord([(a, a + (b - a) * np.exp(x)) for a, b in USUAL]) for x in spread]
+    priors = group_priors(history, 4)
+    assert priors.steps[2].log_sd > 0.5
+    for factor, said in ((3.0, True), (1.8, False)):
+        spans = list(USUAL)
+        spans[2] = (50.0, 50.0 + 30.0 * factor)
+        longer = [
+            e for e in deviation_report(spans, np.ones(4), priors, SEG) if e["kind"] == "longer"
+        ]
+        assert [e["step"] for e in longer] == ([2] if said else [])
+
+
 def test_a_lab_that_usually_swaps_two_steps_is_not_told_so() -> None:
     swapped = [(0.0, 20.0), (30.0, 40.0), (90.0, 100.0), (50.0, 80.0)]
     history = [HistoryRecord(swapped) for _ in range(4)]

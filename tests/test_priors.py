@@ -121,6 +121,28 @@ def test_planted_deviations_are_in_the_ground_truth() -> None:
             assert span is None or span[1] <= a or span[0] >= b
 
 
+def test_a_planted_long_step_lasts_three_times_the_lab_usual() -> None:
+    knobs = {"p_long": 0.3, "p_insert": 0.0, "step_pace_sd": 0.7, "duration_sd": 0.5}
+    usual = make_lab_group("agarose_gel", 6, seed=3, **knobs)
+    drawn = make_lab_group("agarose_gel", 6, seed=3, long_of="draw", **knobs)
+    assert usual.usual_s is not None and usual.usual_s.min() >= 2.0
+    planted = 0
+    for x in usual.recordings:
+        for s in x.long_steps:
+            a, b = x.gt_spans[s]  # type: ignore[misc]
+            assert b - a == pytest.approx(3.0 * usual.usual_s[s], abs=0.11)
+            planted += 1
+    ratios = [
+        (y.gt_spans[s][1] - y.gt_spans[s][0]) / usual.usual_s[s]  # type: ignore[index]
+        for y in drawn.recordings
+        for s in y.long_steps
+    ]
+    assert planted and ratios
+    assert max(abs(math.log(r / 3.0)) for r in ratios) > 0.2  # 3x a draw is not 3x the usual
+    with pytest.raises(ValueError, match="long_of"):
+        make_lab_group("pcr", 2, long_of="mean")
+
+
 def test_skip_scores_follow_the_lab_skip_rate() -> None:
     optional = [HistoryRecord([(0.0, 10.0), None]) for _ in range(4)]
     scores = skip_scores(group_priors(optional, 2), 1.0)

@@ -68,6 +68,12 @@ class LabKnobs:
     )
     p_long: float = 0.0  # chance that a performed step takes ``long_factor`` times as long
     long_factor: float = 3.0
+    # What a planted long step is ``long_factor`` times: "usual", the step's typical duration
+    # in this lab (the median of what the generator draws for it: the experiment's mean action
+    # x the step's pace x exp(-sd^2 / 2)), which is what "much longer than usual" means; or
+    # "draw", the duration this recording happened to draw (before this knob: a short draw
+    # made a "3x" step only about 2x the lab's usual). Neither draws anything more.
+    long_of: str = "usual"
     p_insert: float = 0.0  # chance that a recording shows one off-protocol action in a gap
 
 
@@ -95,6 +101,7 @@ class LabGroup:
     segment_seconds: float
     seed: int
     knobs: LabKnobs = field(default_factory=LabKnobs)
+    usual_s: np.ndarray | None = None  # each step's typical duration in this lab (seconds)
 
     @property
     def frames(self) -> list[np.ndarray]:
@@ -146,15 +153,17 @@ def _recording(
     seg: float,
     rng: np.random.Generator,
     factors: np.ndarray | None = None,
+    fixed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[tuple[float, float]], float]:
     """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length;
-    ``factors`` (one per action) stretch the drawn durations, gaps kept."""
+    ``factors`` (one per action) stretch the drawn durations, ``fixed`` (seconds, NaN: keep)
+    replaces them, gaps kept."""
     sd = {} if knobs.duration_sd is None else {"dur_sigma": knobs.duration_sd}
     spans, duration = timeline(
         EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty, **sd), rng, seg
     )
     if factors is not None:
-        spans, duration = _stretched(spans, duration, factors, seg)
+        spans, duration = _stretched(spans, duration, factors, seg, fixed)
     n = math.ceil(duration / seg - 1e-9)
     cover = coverage(spans, n, duration, seg)  # [actions, N]
     d = knobs.dim
@@ -176,38 +185,60 @@ def _recording(
 
 
 def _stretched(
-    spans: list[tuple[float, float]], duration: float, factors: np.ndarray, seg: float
+    spans: list[tuple[float, float]],
+    duration: float,
+    factors: np.ndarray,
+    seg: float,
+    fixed: np.ndarray | None = None,
 ) -> tuple[list[tuple[float, float]], float]:
-    """Spans with each action's duration times its factor, the gaps between them kept."""
+    """Spans with each action's duration times its factor (or ``fixed`` seconds where that is
+    not NaN), the gaps between them kept."""
+    if fixed is None:
+        fixed = np.full(len(spans), np.nan)
     out, shift = [], 0.0
-    for (a, b), f in zip(spans, factors, strict=True):
+    for (a, b), f, x in zip(spans, factors, fixed, strict=True):
         start = round(a + shift, 1)
-        end = round(start + (b - a) * float(f), 1)
+        seconds = (b - a) * float(f) if math.isnan(x) else float(x)
+        end = round(start + seconds, 1)
         shift = end - b
         out.append((start, end))
     return out, max(round(duration + shift, 1), seg)
 
 
+def usual_seconds(experiment: str, pace: np.ndarray, knobs: LabKnobs) -> np.ndarray:
+    """Each step's typical duration in a lab (seconds): the median of the generator's draw,
+    the experiment's mean action x the step's pace x exp(-sd^2 / 2), at least 2 s."""
+    sd = knobs_for(knobs.difficulty).dur_sigma if knobs.duration_sd is None else knobs.duration_sd
+    return np.maximum(EXPERIMENTS[experiment].step_seconds * pace * math.exp(-0.5 * sd**2), 2.0)
+
+
 def _plant(
-    order: list[int], pace: np.ndarray, knobs: LabKnobs, rng: np.random.Generator
-) -> tuple[list[int], np.ndarray | None, list[int], int | None]:
-    """Per-action duration factors, the steps made longer, and where an inserted action goes
-    (its index in the returned order, shown with look row K); no draws when the knobs are 0."""
+    order: list[int], pace: np.ndarray, usual: np.ndarray, knobs: LabKnobs, rng: np.random.Generator
+) -> tuple[list[int], np.ndarray | None, np.ndarray | None, list[int], int | None]:
+    """Per-action duration factors and fixed durations (NaN: none), the steps made longer, and
+    where an inserted action goes (its index in the returned order, shown with look row K);
+    no draws when the knobs are 0. A long step lasts ``long_factor`` x its ``usual`` seconds
+    (``long_of`` "usual") or x its own draw ("draw")."""
     if knobs.step_pace_sd == 0 and knobs.p_long == 0 and knobs.p_insert == 0:
-        return order, None, [], None
+        return order, None, None, [], None
     factors = pace[order].astype(np.float64)
+    fixed = np.full(len(order), np.nan)
     long_steps: list[int] = []
     if knobs.p_long > 0:
         for a, step in enumerate(order):
             if step not in long_steps and rng.random() < knobs.p_long:
-                factors[a] *= knobs.long_factor
+                if knobs.long_of == "usual":
+                    fixed[a] = knobs.long_factor * usual[step]
+                else:
+                    factors[a] *= knobs.long_factor
                 long_steps.append(step)
     inserted = None
     if knobs.p_insert > 0 and rng.random() < knobs.p_insert:
         inserted = int(rng.integers(1, len(order)))  # between two protocol actions
         order = [*order[:inserted], len(pace), *order[inserted:]]
         factors = np.insert(factors, inserted, 1.0)
-    return order, factors, long_steps, inserted
+        fixed = np.insert(fixed, inserted, np.nan)
+    return order, factors, fixed, long_steps, inserted
 
 
 def make_lab_group(
@@ -228,6 +259,8 @@ def make_lab_group(
     if recordings < 1:
         raise ValueError(f"recordings must be >= 1, got {recordings}")
     lab = replace(LabKnobs(), **knobs)
+    if lab.long_of not in ("usual", "draw"):
+        raise ValueError(f"long_of must be 'usual' or 'draw', got {lab.long_of!r}")
     exp_index = sorted(EXPERIMENTS).index(experiment)
     rng = np.random.default_rng(np.random.SeedSequence([seed, exp_index, zlib.crc32(b"biovl-lab")]))
     steps = list(EXPERIMENTS[experiment].protocol)
@@ -245,6 +278,7 @@ def make_lab_group(
     pace = np.ones(k)
     if lab.step_pace_sd > 0:  # a lab's steps have their own typical durations
         pace = np.exp(rng.normal(0.0, lab.step_pace_sd, k))
+    usual = usual_seconds(experiment, pace, lab)
     out = []
     for r in range(recordings):
         if off_protocol and r == recordings - 1:
@@ -257,10 +291,10 @@ def make_lab_group(
             out.append(LabRecording(frames, [None] * k, [], duration, off_protocol=True))
             continue
         order = _deviate(k, lab, rng)
-        shown, factors, long_steps, ins = _plant(order, pace, lab, rng)
+        shown, factors, fixed, long_steps, ins = _plant(order, pace, usual, lab, rng)
         shown_looks = looks if ins is None else np.vstack([looks, _directions(rng, 1, lab.dim)])
         frames, spans, duration = _recording(
-            shown, shown_looks, scene, idle, experiment, lab, segment_seconds, rng, factors
+            shown, shown_looks, scene, idle, experiment, lab, segment_seconds, rng, factors, fixed
         )
         gt: list[Span] = [None] * k
         for a, (step, span) in enumerate(zip(shown, spans, strict=True)):
@@ -268,4 +302,4 @@ def make_lab_group(
                 gt[step] = span
         inserted = [] if ins is None else [spans[ins]]
         out.append(LabRecording(frames, gt, order, duration, False, long_steps, inserted))
-    return LabGroup(experiment, steps, texts, out, float(segment_seconds), seed, lab)
+    return LabGroup(experiment, steps, texts, out, float(segment_seconds), seed, lab, usual)
