@@ -256,6 +256,8 @@ REALIGN_OUTCOMES = ("done", "skipped", "failed")
 
 for _state in JOB_STATES:  # every state visible from the first scrape (rate() needs a zero)
     JOBS.labels(state=_state)
+for _stage in STAGES:  # likewise: jobs finishing together would first show at their final count
+    STAGE_SECONDS.labels(stage=_stage)
 for _outcome in REALIGN_OUTCOMES:  # a nightly run's first scrape sees zeros, so increase() counts
     REALIGN_RECORDINGS.labels(outcome=_outcome)
 for _kind in UPLOAD_KINDS:

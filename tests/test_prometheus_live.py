@@ -37,9 +37,7 @@ from tests.service_fixtures import AUTH_A, AUTH_B, make_settings, poll, upload
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 6  # recordings of 30 s, submitted by two labs
 SCRAPE_S = 1.0
-# Grafana's $__rate_interval is max($__interval + scrape, 4 scrapes); 8 s is what a 2 h range
-# gives: a job-end series (stage "total") seen once per job needs two scrapes in one window
-RATE_INTERVAL_S = 8 * SCRAPE_S
+RATE_INTERVAL_S = 4 * SCRAPE_S  # Grafana's $__rate_interval: four scrape intervals at least
 TOLERANCE = 0.05
 
 checkpoint = sf.checkpoint
