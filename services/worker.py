@@ -184,8 +184,12 @@ class Worker:
         fault = fault_of(exc)
         error = self._public_error(fault.message.split(";")[0] if fault else str(exc))
         log.warning("job %s stopped by a fault, not charged an attempt: %s", claim.job_id, error)
-        try:
-            outcome = self._patiently(lambda: self.queue.fail(claim, error, fault=True))
+
+        def settle() -> str:
+            return self.queue.fail(claim, error, fault=True)
+
+        try:  # Redis's own outage was waited out already (``_patiently``): one more try
+            outcome = settle() if is_redis_fault(exc) else self._patiently(settle)
         except Exception as again:
             if not is_redis_fault(again):
                 raise
