@@ -15,7 +15,11 @@ One job, start to end, runs under its lease (``services.queue``): a heartbeat th
 every third of ``visibility_timeout_s``; when a beat finds another worker owns the job, the run
 is cancelled at its next progress report and this worker never writes, acks or fails it.
 A failure is dead-lettered at once with its error when running again cannot help (bad input:
-``is_retryable``), else retried after an exponential backoff, up to ``max_attempts``.
+``is_retryable``), else retried after an exponential backoff, up to ``max_attempts``. Only the
+job's own failures are charged: a run lost with its worker counts as a loss (a second loss waits
+a backoff, ``max_worker_losses`` dead-letters a poison job), and a fault of Redis or the disk
+(``services.faults``) is waited out for minutes without charge; progress writes are best effort
+and settling waits out a Redis outage (``redis_outage_patience_s``).
 When a job succeeds or is dead-lettered, the lab's webhook (``webhooks_file``) gets a signed
 summary (``services.notify``) and the delivery is recorded on the job as ``notification``.
 """
@@ -47,6 +51,7 @@ from services.faults import (
     is_redis_fault,
     patiently,
     redis_write_problem,
+    write_later,
 )
 from services.groups import group_context
 from services.notify import Notifier, job_summary, load_webhooks
@@ -64,9 +69,10 @@ def is_retryable(exc: BaseException) -> bool:
     Bad input fails the same way every time: every ``ValueError`` -- ``BioVLError`` (corrupt
     video, protocol error, missing weights), ``ArchiveError``, malformed JSON, PyAV's
     InvalidDataError, and a deployment's such error re-raised by Ray (still an instance of it)
-    -- is not retried. Everything else may pass: ``OSError`` (disk full, NFS hiccup), Redis
-    connection errors and timeouts, Ray actor and system errors, and unexpected errors, which
-    are retried up to ``max_attempts`` so a bug costs a bounded number of runs.
+    -- is not retried. Everything else may pass: ``OSError`` (an NFS hiccup), Ray actor and
+    system errors, and unexpected errors, which are retried up to ``max_attempts`` so a bug
+    costs a bounded number of runs. (A full disk and Redis errors are faults, not failures:
+    ``services.faults``, handled before this rule.)
     """
     return not isinstance(exc, ValueError)
 
@@ -406,7 +412,10 @@ class Worker:
             record = jf.update_record(status="dead", error=error, attempts=claim.attempts)
         except (OSError, ValueError) as exc:  # the queue already holds the verdict
             log.warning("job %s: could not mark the record dead (%s); retrying", claim.job_id, exc)
-            mark_dead_later(jf, error, claim.attempts)
+            write_later(
+                lambda: jf.update_record(status="dead", error=error, attempts=claim.attempts),
+                f"job {claim.job_id}: record marked dead",
+            )
         self._notify(jf, record, "job.dead")
 
     def _lost(self, claim: Claim) -> str:
@@ -425,38 +434,6 @@ class Worker:
     def close(self) -> None:
         """Wait for webhook deliveries under way (call when the worker is done)."""
         self.notifier.close(wait=True)
-
-
-DEAD_RECORD_RETRY_S = 10.0
-DEAD_RECORD_PATIENCE_S = 6 * 3600.0
-
-
-def mark_dead_later(
-    jf: JobFiles,
-    error: str,
-    attempts: int,
-    *,
-    every_s: float = DEAD_RECORD_RETRY_S,
-    patience_s: float = DEAD_RECORD_PATIENCE_S,
-) -> threading.Thread:
-    """Keep trying (in the background) to write "dead" and its error into the job's record,
-    e.g. once a full archive disk has room again; ``biovl requeue`` also repairs it."""
-
-    def retry() -> None:
-        deadline = time.monotonic() + patience_s
-        while time.monotonic() < deadline:
-            time.sleep(every_s)
-            try:
-                jf.update_record(status="dead", error=error, attempts=attempts)
-                log.info("job %s: record marked dead", jf.job_id)
-                return
-            except (OSError, ValueError) as exc:
-                log.debug("job %s: record still not writable: %s", jf.job_id, exc)
-        log.error("job %s: gave up marking the record dead: %s", jf.job_id, error)
-
-    thread = threading.Thread(target=retry, name=f"mark-dead-{jf.job_id[:8]}", daemon=True)
-    thread.start()
-    return thread
 
 
 def requeue(

@@ -11,8 +11,9 @@ from typing import Any
 
 from biovl_core.synthetic import make_recording
 from services.concurrency import WorkerPool
+from services.faults import write_later
 from services.queue import GROUP
-from services.worker import Worker, mark_dead_later, requeue
+from services.worker import Worker, requeue
 from tests import service_fixtures as sf
 from tests.fault_fixtures import GatedRunner, OwnRedis, fill, own_redis, small_tmpfs
 
@@ -91,7 +92,12 @@ def test_a_dead_jobs_record_is_marked_dead_once_the_disk_has_room(
     job_id = env.post(recording).json()["job_id"]
     jf = env.service.archive.job("lab-a", job_id)
     filler = fill(small_tmpfs, leave_bytes=0)
-    thread = mark_dead_later(jf, "ProtocolError: no steps", 1, every_s=0.1, patience_s=60)
+    thread = write_later(
+        lambda: jf.update_record(status="dead", error="ProtocolError: no steps"),
+        "record marked dead",
+        every_s=0.1,
+        patience_s=60,
+    )
     time.sleep(0.5)
     assert jf.record()["status"] == "queued"  # no room to write it yet
     filler.unlink()
