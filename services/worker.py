@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from biovl_core.config import PipelineConfig
@@ -128,6 +128,10 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{next(_WORKER_SEQ)}"
         self.notifier = notifier or Notifier(load_webhooks(settings.webhooks_file))
         self.stop_event = threading.Event()
+        # a WorkerPool over capacity takes no new work, only dead workers' jobs (concurrency.py)
+        self.admit_new: Callable[[], bool] = lambda: True
+        self.busy: Callable[[], AbstractContextManager[object]] = nullcontext
+        self.takeover_poll_s = min(1.0, self.queue.visibility_timeout_s / 10)
 
     # ---- loop ----------------------------------------------------------------------------
     def run_forever(self, max_jobs: int | None = None) -> int:
@@ -135,10 +139,15 @@ class Worker:
         handled = 0
         while not self.stop_event.is_set() and (max_jobs is None or handled < max_jobs):
             try:
-                claim = self.queue.claim(self.consumer, block_ms=self.settings.claim_block_ms)
+                new = self.admit_new()  # False: take over dead workers' jobs only
+                block = self.settings.claim_block_ms if new else 0
+                claim = self.queue.claim(self.consumer, block_ms=block, new=new)
                 if claim is None:
+                    if not new:
+                        self.stop_event.wait(self.takeover_poll_s)
                     continue
-                self.process(claim)
+                with self.busy():
+                    self.process(claim)
             except Exception as exc:  # Redis down: wait and retry rather than die
                 log.exception("queue call failed (%s); retrying in 2s", exc)
                 self.stop_event.wait(2.0)
