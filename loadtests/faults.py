@@ -223,22 +223,24 @@ class Run:
             time.sleep(0.5)
         return time.monotonic() - start
 
-    def tally(self) -> dict[str, Any]:
-        """lost / duplicated / dead-lettered / attempts charged over every posted job."""
+    def tally(self, first: int = 0) -> dict[str, Any]:
+        """lost / duplicated / dead-lettered / attempts charged over the jobs posted since the
+        ``first``-th (one phase's)."""
+        jobs = self.posted[first:]
         st = self.statuses()
-        lost = duplicated = charged = 0
-        for job_id in self.posted:
-            jf = self.service.archive.job("lab-a", job_id)
-            versions = jf.versions()
-            duplicated += len(versions) > 1
+        lost = duplicated = charged = dead = 0
+        for job_id in jobs:
+            versions = self.service.archive.job("lab-a", job_id).versions()
             status = st.get(job_id, {}).get("status")
+            duplicated += len(versions) > 1
             lost += not versions and status != "dead"
+            dead += status == "dead"
             charged += max(0, int(st.get(job_id, {}).get("attempts", 1) or 1) - 1)
         return {
-            "jobs": len(self.posted),
+            "jobs": len(jobs),
             "lost": lost,
             "duplicated": duplicated,
-            "dead_lettered": sum(1 for s in st.values() if s.get("status") == "dead"),
+            "dead_lettered": dead,
             "extra_attempts_charged": charged,
         }
 
@@ -253,6 +255,7 @@ class Run:
     # ---- phases --------------------------------------------------------------------------
     def kills(self) -> dict[str, Any]:
         """Kill a worker process mid-job ``--kills`` times; measure each take-over."""
+        first = len(self.posted)
         rng = random.Random(0)
         for _ in range(2):
             self.workers.spawn()
@@ -292,7 +295,7 @@ class Run:
             if kills >= self.args.kills and not pending and not outstanding:
                 break
             time.sleep(0.1)
-        out = self.tally()
+        out = self.tally(first)
         out.update(
             kills=kills,
             jobs_killed_mid_job=len(killed),
@@ -337,8 +340,7 @@ class Run:
         stop.set()
         prober.join()
         waited = self.wait_all_done(self.args.phase_timeout_s)
-        out = self.tally()
-        out["jobs_in_phase"] = len(self.posted) - first
+        out = self.tally(first)
         out["seconds_to_finish_after_fault"] = round(waited, 1)
         out["answers"] = {k: v for k, v in self.codes.items() if k.startswith(what)}
         out["answers"]["POST /v1/jobs"] = self.codes.pop("submit", {})

@@ -16,6 +16,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,8 +213,10 @@ class WorkerPool:
     The re-claim slots poll for entries idle past the lease every ``reclaim_poll_s`` (a tenth
     of the lease, at most 1 s), so a crashed worker's job is re-claimed within about lease +
     1 s even while every ordinary slot runs a job of many minutes (for that while the process
-    runs more jobs than ``jobs_in_flight``). One of them also removes, now and then, consumers
-    left behind by dead workers once their entries were taken over.
+    runs more jobs than ``jobs_in_flight``, and its ordinary slots take no new work, only dead
+    workers' jobs, until it is back under: so re-claim capacity comes back as soon as any job
+    ends). One of them also removes, now and then, consumers left behind by dead workers once
+    their entries were taken over.
 
     The first keeps the base consumer name, the others get ``-2``, ``-3``, ... appended (the
     re-claim slots ``-r1``, ``-r2``, ...). ``max_jobs`` bounds the jobs of the whole pool (for
@@ -247,12 +251,34 @@ class WorkerPool:
             sibling(f"{first.consumer}-{i}") for i in range(2, jobs_in_flight + 1)
         ]
         self.reclaimers = [sibling(f"{first.consumer}-r{i}") for i in range(1, spare + 1)]
+        self.jobs_in_flight = jobs_in_flight
+        self._busy = 0
+        for w in self.workers + self.reclaimers:
+            w.admit_new = self._admits_new
+            w.busy = self._running
         lease = first.queue.visibility_timeout_s
         self.reclaim_poll_s = min(1.0, lease / 10)
         self.consumer_idle_s = max(60.0, 4 * lease)  # a dead consumer is removed after this
         self._tickets: int | None = None
         self._lock = threading.Lock()
         self._handled = 0
+
+    def _admits_new(self) -> bool:
+        """New work only while fewer than ``jobs_in_flight`` jobs run: after re-claims pushed the
+        process over, it takes over dead workers' jobs only, until it is back under."""
+        with self._lock:
+            return self._busy < self.jobs_in_flight
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Count a job running in one of the pool's loops."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
 
     @property
     def consumers(self) -> list[str]:
@@ -301,7 +327,8 @@ class WorkerPool:
                 continue
             if not self._take_ticket():
                 return
-            worker.process(claim)
+            with self._running():
+                worker.process(claim)
             with self._lock:
                 self._handled += 1
 

@@ -13,7 +13,9 @@ how long a worker waits it out.
 from __future__ import annotations
 
 import errno
+import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,3 +141,35 @@ def disk_problem(path: str | Path, min_free_bytes: int) -> str | None:
             f"{min_free_bytes / 2**20:.0f} MiB minimum (min_free_archive_bytes); free space on it"
         )
     return None
+
+
+WRITE_RETRY_S = 10.0
+WRITE_PATIENCE_S = 6 * 3600.0
+_log = logging.getLogger("biovl.faults")
+
+
+def write_later(
+    write: Callable[[], object],
+    what: str,
+    *,
+    every_s: float = WRITE_RETRY_S,
+    patience_s: float = WRITE_PATIENCE_S,
+) -> threading.Thread:
+    """Keep retrying ``write`` in the background (e.g. a dead job's record, once a full archive
+    disk has room again) every ``every_s`` for up to ``patience_s``; ``what`` names it in logs."""
+
+    def retry() -> None:
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            time.sleep(every_s)
+            try:
+                write()
+                _log.info("%s (after a failed write)", what)
+                return
+            except (OSError, ValueError) as exc:
+                _log.debug("%s: still not writable: %s", what, exc)
+        _log.error("%s: gave up after %.0f s", what, patience_s)
+
+    thread = threading.Thread(target=retry, name="write-later", daemon=True)
+    thread.start()
+    return thread

@@ -15,7 +15,11 @@ One job, start to end, runs under its lease (``services.queue``): a heartbeat th
 every third of ``visibility_timeout_s``; when a beat finds another worker owns the job, the run
 is cancelled at its next progress report and this worker never writes, acks or fails it.
 A failure is dead-lettered at once with its error when running again cannot help (bad input:
-``is_retryable``), else retried after an exponential backoff, up to ``max_attempts``.
+``is_retryable``), else retried after an exponential backoff, up to ``max_attempts``. Only the
+job's own failures are charged: a run lost with its worker counts as a loss (a second loss waits
+a backoff, ``max_worker_losses`` dead-letters a poison job), and a fault of Redis or the disk
+(``services.faults``) is waited out for minutes without charge; progress writes are best effort
+and settling waits out a Redis outage (``redis_outage_patience_s``).
 When a job succeeds or is dead-lettered, the lab's webhook (``webhooks_file``) gets a signed
 summary (``services.notify``) and the delivery is recorded on the job as ``notification``.
 """
@@ -32,7 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from biovl_core.config import PipelineConfig
@@ -47,6 +51,7 @@ from services.faults import (
     is_redis_fault,
     patiently,
     redis_write_problem,
+    write_later,
 )
 from services.groups import group_context
 from services.notify import Notifier, job_summary, load_webhooks
@@ -64,9 +69,10 @@ def is_retryable(exc: BaseException) -> bool:
     Bad input fails the same way every time: every ``ValueError`` -- ``BioVLError`` (corrupt
     video, protocol error, missing weights), ``ArchiveError``, malformed JSON, PyAV's
     InvalidDataError, and a deployment's such error re-raised by Ray (still an instance of it)
-    -- is not retried. Everything else may pass: ``OSError`` (disk full, NFS hiccup), Redis
-    connection errors and timeouts, Ray actor and system errors, and unexpected errors, which
-    are retried up to ``max_attempts`` so a bug costs a bounded number of runs.
+    -- is not retried. Everything else may pass: ``OSError`` (an NFS hiccup), Ray actor and
+    system errors, and unexpected errors, which are retried up to ``max_attempts`` so a bug
+    costs a bounded number of runs. (A full disk and Redis errors are faults, not failures:
+    ``services.faults``, handled before this rule.)
     """
     return not isinstance(exc, ValueError)
 
@@ -122,6 +128,10 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{next(_WORKER_SEQ)}"
         self.notifier = notifier or Notifier(load_webhooks(settings.webhooks_file))
         self.stop_event = threading.Event()
+        # a WorkerPool over capacity takes no new work, only dead workers' jobs (concurrency.py)
+        self.admit_new: Callable[[], bool] = lambda: True
+        self.busy: Callable[[], AbstractContextManager[object]] = nullcontext
+        self.takeover_poll_s = min(1.0, self.queue.visibility_timeout_s / 10)
 
     # ---- loop ----------------------------------------------------------------------------
     def run_forever(self, max_jobs: int | None = None) -> int:
@@ -129,10 +139,15 @@ class Worker:
         handled = 0
         while not self.stop_event.is_set() and (max_jobs is None or handled < max_jobs):
             try:
-                claim = self.queue.claim(self.consumer, block_ms=self.settings.claim_block_ms)
+                new = self.admit_new()  # False: take over dead workers' jobs only
+                block = self.settings.claim_block_ms if new else 0
+                claim = self.queue.claim(self.consumer, block_ms=block, new=new)
                 if claim is None:
+                    if not new:
+                        self.stop_event.wait(self.takeover_poll_s)
                     continue
-                self.process(claim)
+                with self.busy():
+                    self.process(claim)
             except Exception as exc:  # Redis down: wait and retry rather than die
                 log.exception("queue call failed (%s); retrying in 2s", exc)
                 self.stop_event.wait(2.0)
@@ -184,8 +199,12 @@ class Worker:
         fault = fault_of(exc)
         error = self._public_error(fault.message.split(";")[0] if fault else str(exc))
         log.warning("job %s stopped by a fault, not charged an attempt: %s", claim.job_id, error)
-        try:
-            outcome = self._patiently(lambda: self.queue.fail(claim, error, fault=True))
+
+        def settle() -> str:
+            return self.queue.fail(claim, error, fault=True)
+
+        try:  # Redis's own outage was waited out already (``_patiently``): one more try
+            outcome = settle() if is_redis_fault(exc) else self._patiently(settle)
         except Exception as again:
             if not is_redis_fault(again):
                 raise
@@ -404,7 +423,10 @@ class Worker:
             record = jf.update_record(status="dead", error=error, attempts=claim.attempts)
         except (OSError, ValueError) as exc:  # the queue already holds the verdict
             log.warning("job %s: could not mark the record dead (%s); retrying", claim.job_id, exc)
-            mark_dead_later(jf, error, claim.attempts)
+            write_later(
+                lambda: jf.update_record(status="dead", error=error, attempts=claim.attempts),
+                f"job {claim.job_id}: record marked dead",
+            )
         self._notify(jf, record, "job.dead")
 
     def _lost(self, claim: Claim) -> str:
@@ -423,38 +445,6 @@ class Worker:
     def close(self) -> None:
         """Wait for webhook deliveries under way (call when the worker is done)."""
         self.notifier.close(wait=True)
-
-
-DEAD_RECORD_RETRY_S = 10.0
-DEAD_RECORD_PATIENCE_S = 6 * 3600.0
-
-
-def mark_dead_later(
-    jf: JobFiles,
-    error: str,
-    attempts: int,
-    *,
-    every_s: float = DEAD_RECORD_RETRY_S,
-    patience_s: float = DEAD_RECORD_PATIENCE_S,
-) -> threading.Thread:
-    """Keep trying (in the background) to write "dead" and its error into the job's record,
-    e.g. once a full archive disk has room again; ``biovl requeue`` also repairs it."""
-
-    def retry() -> None:
-        deadline = time.monotonic() + patience_s
-        while time.monotonic() < deadline:
-            time.sleep(every_s)
-            try:
-                jf.update_record(status="dead", error=error, attempts=attempts)
-                log.info("job %s: record marked dead", jf.job_id)
-                return
-            except (OSError, ValueError) as exc:
-                log.debug("job %s: record still not writable: %s", jf.job_id, exc)
-        log.error("job %s: gave up marking the record dead: %s", jf.job_id, error)
-
-    thread = threading.Thread(target=retry, name=f"mark-dead-{jf.job_id[:8]}", daemon=True)
-    thread.start()
-    return thread
 
 
 def requeue(

@@ -11,8 +11,9 @@ from typing import Any
 
 from biovl_core.synthetic import make_recording
 from services.concurrency import WorkerPool
+from services.faults import write_later
 from services.queue import GROUP
-from services.worker import Worker, mark_dead_later, requeue
+from services.worker import Worker, requeue
 from tests import service_fixtures as sf
 from tests.fault_fixtures import GatedRunner, OwnRedis, fill, own_redis, small_tmpfs
 
@@ -91,7 +92,12 @@ def test_a_dead_jobs_record_is_marked_dead_once_the_disk_has_room(
     job_id = env.post(recording).json()["job_id"]
     jf = env.service.archive.job("lab-a", job_id)
     filler = fill(small_tmpfs, leave_bytes=0)
-    thread = mark_dead_later(jf, "ProtocolError: no steps", 1, every_s=0.1, patience_s=60)
+    thread = write_later(
+        lambda: jf.update_record(status="dead", error="ProtocolError: no steps"),
+        "record marked dead",
+        every_s=0.1,
+        patience_s=60,
+    )
     time.sleep(0.5)
     assert jf.record()["status"] == "queued"  # no room to write it yet
     filler.unlink()
@@ -132,15 +138,15 @@ def test_a_job_lost_again_waits_and_a_poison_job_is_dead_lettered(
 def test_a_dead_workers_job_is_reclaimed_while_every_slot_is_busy(
     make_env: Any, recording: Path, runner: Any, tmp_path: Path
 ) -> None:
-    env = make_env(visibility_timeout_s=1.0, jobs_in_flight=1, reclaim_slots=1)
+    env = make_env(visibility_timeout_s=3.0, jobs_in_flight=1, reclaim_slots=1)
+    other = make_recording(tmp_path / "other", "pcr", seed=3, duration_s=30)
+    gated = GatedRunner(runner, gate_all=False)
+    pool = WorkerPool(env.settings, gated, 1, consumer="pool")  # all set up before the lease runs
     crashed = env.post(recording).json()["job_id"]
     ghost = env.queue.claim("ghost", block_ms=100)  # a worker that dies right after claiming
     assert ghost is not None and ghost.job_id == crashed
-    other = make_recording(tmp_path / "other", "pcr", seed=3, duration_s=30)
     busy = env.post(other).json()["job_id"]
-    gated = GatedRunner(runner, gate_all=False)
     gated.gated.add(busy)  # the one ordinary slot stays busy with this job until released
-    pool = WorkerPool(env.settings, gated, 1, consumer="pool")
     thread, handled = _in_thread(lambda: pool.run_forever(max_jobs=2))
     try:
         assert gated.started.wait(60)
