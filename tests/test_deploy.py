@@ -64,6 +64,10 @@ CONTRACT: dict[str, str] = {
     "biovl_upload_resumptions_total": "counter",
     "biovl_upload_slots_in_use": "gauge",
     "biovl_deviations_total": "counter",
+    "biovl_worker_losses_total": "counter",
+    "biovl_job_faults_total": "counter",
+    "biovl_redis_write_ok": "gauge",
+    "biovl_archive_free_bytes": "gauge",
 }
 # Series that exist only on a GPU node or once the nightly `biovl realign` has run: the panels
 # reading them say so in their description (the live Prometheus test leaves them out).
@@ -71,6 +75,7 @@ GPU_METRICS = {"biovl_gpu_utilization_ratio", "DCGM_FI_DEV_GPU_UTIL"}
 NIGHTLY_METRICS = {"biovl_realign_recordings_total"}
 LABEL_VALUES: dict[tuple[str, str], set[str]] = {
     ("biovl_deviations_total", "kind"): set(KINDS),
+    ("biovl_job_faults_total", "kind"): {"redis", "disk_full"},
     ("biovl_jobs_total", "state"): {
         "submitted",
         "deduplicated",
