@@ -39,6 +39,7 @@ JOBS = 6  # recordings of 30 s, submitted by two labs
 SCRAPE_S = 1.0
 RATE_INTERVAL_S = 4 * SCRAPE_S  # Grafana's $__rate_interval: four scrape intervals at least
 TOLERANCE = 0.05
+MIN_AGE_S = 60.0  # how long the series have been scraped before the throughput is read
 
 checkpoint = sf.checkpoint
 
@@ -189,8 +190,12 @@ def test_every_dashboard_panel_answers_from_a_real_prometheus(
                     got = client.get(f"/v1/jobs/{job_id}/alignment.json", headers=auth)
                     assert got.status_code == 200
             done = time.time()
-            # the queue gauges are sampled every few seconds: wait for one sample after the load
-            time.sleep(metrics.SAMPLE_INTERVAL_S + 2 * SCRAPE_S)
+            # the queue gauges are sampled every few seconds: wait for one sample after the load;
+            # and increase() extrapolates to the query time by (scrape gap / series age): a
+            # series of 14 s read 0.5 s after its last scrape shows 6.2 for 6, one of 60 s 6.05
+            time.sleep(
+                max(metrics.SAMPLE_INTERVAL_S + 2 * SCRAPE_S, started + MIN_AGE_S - time.time())
+            )
             end = _wait_scraped(prom, targets, after=done + metrics.SAMPLE_INTERVAL_S, timeout_s=60)
             _check_panels(prom, started, end)
             _check_throughput(prom, end, finished)
