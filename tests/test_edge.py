@@ -42,6 +42,7 @@ TUS = {"Tus-Resumable": "1.0.0"}
 PATCH_BYTES = 16 * MiB  # what a client sends per PATCH (the browser sends 32 MiB)
 UPLOAD_BYTES = 256 * MiB
 RSS_GROWTH_BOUND = 128 * MiB  # per process, for 256 MiB through it (1.6 GB cost +683 MB before)
+LATE_GROWTH_BOUND = 4 * PATCH_BYTES  # per process, over the second half of those 256 MiB
 
 
 @dataclass
@@ -298,12 +299,21 @@ def test_a_large_tus_upload_through_the_edge_keeps_proxy_and_ingress_memory_flat
             assert r.status_code == 204, r.text
             digest.update(piece)
             offset = int(r.headers["upload-offset"])
+            if offset == UPLOAD_BYTES // 2:
+                halfway = {name: peak.peak for name, peak in peaks.items()}
         stop.set()
         info = stack.archive / "uploads" / "lab-a" / (url.rsplit("/", 1)[1] + ".json")
         assert json.loads(info.read_text())["sha256"] == digest.hexdigest()
         for name, peak in peaks.items():
-            print(f"\n{name}: RSS +{peak.growth / MiB:.1f} MiB for {UPLOAD_BYTES // MiB} MiB")
-            assert peak.growth < RSS_GROWTH_BOUND, (name, peak)
+            late = peak.peak - halfway[name]
+            print(
+                f"\n{name}: RSS +{peak.growth / MiB:.1f} MiB for {UPLOAD_BYTES // MiB} MiB, "
+                f"+{late / MiB:.1f} MiB of it in the second half"
+            )
+            # flat: the second half adds no more than a few PATCHes in flight (the proxy queues
+            # a PATCH's chunks while the Ingress writes; how many depends on the machine's load)
+            assert late < LATE_GROWTH_BOUND, (name, peak, late)
+            assert peak.growth < UPLOAD_BYTES * 3 // 4, (name, peak)  # never the upload itself
         video = (recording / "video.mp4").read_bytes()
         url = edge.post(
             "/v1/uploads", headers={**AUTH_A, **TUS, "Upload-Length": str(len(video))}
