@@ -69,6 +69,7 @@ def make_recording(path: Path, size_bytes: int, clip_s: int = 60) -> Path:
 
     if path.exists() and path.stat().st_size >= size_bytes * 0.95:
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh --work folder
     clip = path.with_name("clip-1080p.mp4")
     if not clip.exists():
         fps = 30
