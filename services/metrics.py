@@ -232,6 +232,12 @@ JOB_FAULTS = Counter(
     "retried after a backoff without charging an attempt.",
     ["kind"],
 )
+REQUEST_FAULTS = Counter(
+    "biovl_request_faults_total",
+    "API requests answered 503 (Redis down or refusing writes) or 507 (disk full) with "
+    "Retry-After; nothing was half-written.",
+    ["kind"],
+)
 REDIS_WRITE_OK = Gauge(
     "biovl_redis_write_ok",
     "1 when the last probe wrote to Redis and its saves succeed, 0 when writes fail (MISCONF).",
@@ -244,9 +250,11 @@ ARCHIVE_FREE_BYTES = Gauge(
 )
 for _kind in FAULT_KINDS:
     JOB_FAULTS.labels(kind=_kind)
+    REQUEST_FAULTS.labels(kind=_kind)
 METRIC_NAMES = METRIC_NAMES | {
     "biovl_worker_losses_total",
     "biovl_job_faults_total",
+    "biovl_request_faults_total",
     "biovl_redis_write_ok",
     "biovl_archive_free_bytes",
 }

@@ -66,6 +66,7 @@ CONTRACT: dict[str, str] = {
     "biovl_deviations_total": "counter",
     "biovl_worker_losses_total": "counter",
     "biovl_job_faults_total": "counter",
+    "biovl_request_faults_total": "counter",
     "biovl_redis_write_ok": "gauge",
     "biovl_archive_free_bytes": "gauge",
 }
@@ -76,6 +77,7 @@ NIGHTLY_METRICS = {"biovl_realign_recordings_total"}
 LABEL_VALUES: dict[tuple[str, str], set[str]] = {
     ("biovl_deviations_total", "kind"): set(KINDS),
     ("biovl_job_faults_total", "kind"): {"redis", "disk_full"},
+    ("biovl_request_faults_total", "kind"): {"redis", "disk_full"},
     ("biovl_jobs_total", "state"): {
         "submitted",
         "deduplicated",

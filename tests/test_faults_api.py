@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from tests import service_fixtures as sf
 from tests.fault_fixtures import OwnRedis, fill, mount_tmpfs, own_redis, small_tmpfs, umount
 from tests.service_fixtures import AUTH_A
@@ -20,6 +22,10 @@ own_redis, small_tmpfs = own_redis, small_tmpfs
 def _env(root: Path, server: OwnRedis, checkpoint: Path, runner: Any, **changes: Any) -> sf.Env:
     changes.setdefault("min_free_archive_bytes", 1024 * 1024)
     return sf.Env(sf.make_settings(root, server.url, checkpoint, **changes), runner)
+
+
+def _request_faults(kind: str) -> float:
+    return REGISTRY.get_sample_value("biovl_request_faults_total", {"kind": kind}) or 0.0
 
 
 def _assert_fault(response: Any, status: int, words: str) -> None:
@@ -36,7 +42,10 @@ def test_redis_down_answers_503_naming_it(
     job_id = env.post(recording).json()["job_id"]
     assert env.client.get("/v1/healthz").status_code == 200
     own_redis.kill()
+    before = _request_faults("redis"), _request_faults("disk_full")
     _assert_fault(env.post(recording, protocol="1. Mix.\n2. Spin.\n"), 503, "unreachable")
+    # counted as a request fault (a job's run is not involved), not as a job fault
+    assert (_request_faults("redis"), _request_faults("disk_full")) == (before[0] + 1, before[1])
     _assert_fault(env.client.get(f"/v1/jobs/{job_id}", headers=AUTH_A), 503, "Redis")
     _assert_fault(env.client.get("/v1/healthz"), 503, "unreachable")
     own_redis.start()  # AOF: the queue is back as it was
@@ -99,7 +108,9 @@ def test_full_archive_disk_answers_507_and_healthz_says_so(
     env = _env(small_tmpfs, own_redis, checkpoint, runner, min_free_archive_bytes=0)
     env.service.archive.tmp_dir.mkdir(parents=True, exist_ok=True)
     filler = fill(small_tmpfs, leave_bytes=64 * 1024)
+    before = _request_faults("disk_full")
     _assert_fault(env.post(recording), 507, "disk is full")
+    assert _request_faults("disk_full") == before + 1
     assert list(env.service.archive.tmp_dir.iterdir()) == []  # the partial upload is removed
     # with the operator's minimum, the API refuses before reading the upload, and health says so
     env.settings.min_free_archive_bytes = 1024 * 1024

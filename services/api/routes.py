@@ -112,7 +112,7 @@ def create_app(service: JobService) -> FastAPI:
         if fault is None:
             return await _unexpected(request, exc)
         log.warning("%s %s: %s (%r)", request.method, request.url.path, fault.message, exc)
-        metrics.JOB_FAULTS.labels(kind="disk_full" if fault.status == 507 else "redis").inc()
+        metrics.REQUEST_FAULTS.labels(kind="disk_full" if fault.status == 507 else "redis").inc()
         headers = {"Retry-After": str(fault.retry_after_s)}
         return problem_response(HTTPProblem(fault.status, fault.message, headers))
 
