@@ -97,6 +97,39 @@ def test_the_page_shows_the_report_with_the_lab_range(
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow"
     _shot(page, "deviations-390x844.png")
+    _check_lab_page(page, live, k)
     assert not watch.foreign, f"requests left the service's origin: {watch.foreign}"
     assert not watch.errors, f"console errors: {watch.errors}"
     context.close()
+
+
+def _check_lab_page(page: Any, live: LiveService, k: int) -> None:
+    """The jobs page lists the lab's protocol with its k steps, most varying first, as the API
+    says (shares and the usual range), and fits a phone's width."""
+    with httpx.Client(base_url=live.base, headers=HEADERS, timeout=60) as client:
+        api = client.get("/v1/protocols").json()["protocols"]
+    assert len(api) == 1 and api[0]["recordings"] == 2 and api[0]["annotated"] == 1, api
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{live.base}/#token={TOKEN}")
+    page.wait_for_selector("#protocols[data-loaded='true']", timeout=30_000)
+    rows = page.locator("#protocols .var-table tbody tr")
+    assert rows.count() == k
+    want = api[0]["steps"]
+    assert [int(rows.nth(i).get_attribute("data-step")) for i in range(k)] == [
+        s["step"] for s in want
+    ]
+    shares = [float(rows.nth(i).get_attribute("data-share")) for i in range(k)]
+    assert shares == sorted(shares, reverse=True)
+    top = rows.first
+    assert top.locator(".var-total").inner_text() == f"{round(want[0]['deviation_share'] * 100)}%"
+    if want[0]["range_s"]:
+        lo, hi = want[0]["range_s"]
+        text = top.locator(".var-range").inner_text().replace(" ", "")
+        assert text == f"0:{lo:04.1f}–0:{hi:04.1f}", text
+    page.locator("#protocols").scroll_into_view_if_needed()
+    shot = _shot(page, "lab-protocols-1280x800.png")
+    if os.environ.get("BIOVL_UPDATE_DOC_IMAGES") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "img" / "lab-protocols.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow"

@@ -12,6 +12,7 @@ import {
   statusBadge,
   wireSignIn,
 } from "./app.js";
+import { loadProtocols } from "./lab.js";
 import { StepsEditor } from "./steps_editor.js";
 import { uploadVideo } from "./upload.js";
 
@@ -197,14 +198,20 @@ async function onUpload(event) {
   }
 }
 
+/** The lab's jobs and its protocols' variability, both for the signed-in token. */
+function loadLab() {
+  loadJobs();
+  loadProtocols($("#protocols"));
+}
+
 function init() {
   captureTokenFromFragment();
   stepsEditor = new StepsEditor($("#protocol-preview"));
-  wireSignIn($("#signin"), loadJobs);
+  wireSignIn($("#signin"), loadLab);
   $("#upload").addEventListener("submit", onUpload);
   $("#protocol").addEventListener("change", previewProtocol);
-  $("#refresh").addEventListener("click", loadJobs);
-  loadJobs();
+  $("#refresh").addEventListener("click", loadLab);
+  loadLab();
 }
 
 init();
