@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from biovl_core.align import align_group
-from biovl_core.align.deviations import deviation_report, step_ranges
+from biovl_core.align.deviations import deviation_report, segment_fit, step_ranges
 from biovl_core.align.priors import HistoryRecord, group_priors, no_priors
 from biovl_core.synthetic import make_lab_group
 
@@ -119,3 +119,24 @@ def test_the_report_travels_in_the_result_json() -> None:
     result.deviations, result.lab_steps = None, None
     plain = alignment_to_dict(result)
     assert "deviations" not in plain and all("lab" not in s for s in plain["steps"])
+
+
+def test_an_unseen_action_stands_out_by_looking_alike_for_its_whole_length() -> None:
+    # frames: the exemplars' looks plus noise (norm 0.6 in 256 dimensions); segments 20-23 also
+    # show one new look (0.55, as the generator's actions), segments 40-41 a burst of unrelated
+    # noise as large: only the coherent stretch is an off-protocol action
+    rng = np.random.default_rng(3)
+    d, n = 256, 60
+    protos = rng.normal(size=(5, d))
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    x = protos[rng.integers(0, 5, n)] + rng.normal(0, 0.6 / np.sqrt(d), (n, d))
+    new = rng.normal(size=d)
+    x[20:24] += 0.55 * new / np.linalg.norm(new)
+    x[40:42] += rng.normal(0, 0.55 / np.sqrt(d), (2, d))
+    fit = segment_fit(protos, x)
+    labels = np.full(n, -1)  # all background, so only the fit decides
+    found = deviation_report([None], None, None, SEG, labels, fit)
+    unmatched = [(e["start"], e["end"]) for e in found if e["kind"] == "unmatched"]
+    assert len(unmatched) == 1, (unmatched, fit[18:26].round(1), fit[40:42].round(1))
+    start, end = unmatched[0]
+    assert 20 * SEG <= start and end <= 24 * SEG and end - start >= 2 * SEG

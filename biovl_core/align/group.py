@@ -61,6 +61,7 @@ import numpy as np
 
 from biovl_core.align import kernel_duration, kernel_skip
 from biovl_core.align.api import align_batch
+from biovl_core.align.deviations import segment_fit
 from biovl_core.align.methods import signal_strength, standardize
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
@@ -196,21 +197,6 @@ def _exemplar_llr(
     return mu[:, None] * z - 0.5 * mu[:, None] ** 2, float(cos[:-1].max(axis=0).mean())
 
 
-def _segment_fit(prototypes: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Per segment, how well the group's exemplars (steps and the idle look) explain its
-    frame: minus the norm of what is left after projecting it on their span, as a robust
-    z-score within the recording (very negative = something none of them shows)."""
-    norm = np.linalg.norm(prototypes, axis=1)
-    basis = prototypes[norm > 1e-12]
-    if basis.shape[0] == 0:
-        return np.zeros(x.shape[0])
-    q, _ = np.linalg.qr(basis.T)
-    left = -np.linalg.norm(x - (x @ q) @ q.T, axis=1)
-    mid = float(np.median(left))
-    spread = 1.4826 * float(np.median(np.abs(left - mid)))
-    return (left - mid) / max(spread, 1e-9)
-
-
 def _confidence(labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int) -> np.ndarray:
     """Per step: mean posterior over its labelled segments, or its skip probability."""
     conf = np.empty(k)
@@ -327,10 +313,10 @@ def align_group(
             soft[i] = post
             scores[i] = (match, drop, p_skip)
             step_llr[i] = llr[:k]
-            seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
+            seg_fit[i] = segment_fit(total - weights[i] * sums[i], x[i])
         for i in [j for j in range(g) if gt[j] is not None]:
             llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
-            seg_fit[i] = _segment_fit(total - weights[i] * sums[i], x[i])
+            seg_fit[i] = segment_fit(total - weights[i] * sums[i], x[i])
         reference = float(np.median(fit))
         agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
