@@ -140,3 +140,20 @@ def test_an_unseen_action_stands_out_by_looking_alike_for_its_whole_length() -> 
     assert len(unmatched) == 1, (unmatched, fit[18:26].round(1), fit[40:42].round(1))
     start, end = unmatched[0]
     assert 20 * SEG <= start and end <= 24 * SEG and end - start >= 2 * SEG
+
+
+def test_a_long_step_stays_long_when_other_recordings_did_it_long_too() -> None:
+    # five earlier recordings; two did step 2 long as well (75 s, 85 s against a usual 20-40 s),
+    # which widens the step's own spread: the lab's low quantile and the spread pooled over the
+    # steps still call 90 s long (the median and the step's own sd alone did not: z 1.0)
+    def spans(d2: float, jitter: float) -> list:
+        return [(0.0, 20.0 * jitter), (30.0, 40.0), (50.0, 50.0 + d2), (60.0 + d2, 70.0 + d2)]
+
+    hist = [HistoryRecord(spans(d, j)) for d, j in zip((20, 75, 20, 40, 85), (1, 1.1, 0.9, 1, 1.05))]
+    priors = group_priors(hist, 4)
+    p = priors.steps[2]
+    assert p.low_s is not None and p.low_s < p.median_s == 40.0
+    assert priors.pooled_log_sd < p.log_sd
+    report = deviation_report(spans(90.0, 1.0), None, priors, SEG)
+    assert [(e["kind"], e["step"]) for e in report] == [("longer", 2)]
+    assert deviation_report(spans(40.0, 1.0), None, priors, SEG) == []

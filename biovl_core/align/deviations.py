@@ -37,11 +37,18 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.align.priors import GroupPriors, HistoryRecord, group_priors
+from biovl_core.align.priors import MIN_LOG_SD, GroupPriors, HistoryRecord, group_priors
 from biovl_core.result import Span
 
 DURATION_RATIO = 2.0
 DURATION_Z = 1.5  # dev seeds 0-3 (was 2.0: it missed 3x steps in labs whose log sd is 0.55-0.7)
+# "longer": at least LONGER_RATIO x the lab's low quantile (``StepPrior.low_s``, the 45th
+# percentile) and LONGER_Z pooled log sds above it. Dev seeds 0-19 (cached alignments),
+# regular lab 84/84, default 29/57 (the median and the step's own sd, ratio 2, z 1.5, before:
+# 84/82 and 24/36); swept ratio {2.1, 2.2, 2.3} x z {1.5, 2} x quantile {0.4, 0.45, 0.5},
+# then z {1, 1.25} at (0.45, 2.1, 2.2).
+LONGER_RATIO = 2.1
+LONGER_Z = 1.25
 GRID_SLACK = 0.5  # segments a span's length may be off by, from the grid alone
 MIN_EVIDENCE = 2.0
 MIN_UNMATCHED_SEGMENTS = 2
@@ -112,16 +119,22 @@ def _duration_findings(
 ) -> list[dict[str, Any]]:
     """Steps much longer or shorter than the lab's usual."""
     out: list[dict[str, Any]] = []
+    pooled = priors.pooled_log_sd
     for s, span in enumerate(spans):
         p = priors.steps[s]
         if span is None or p.evidence < MIN_EVIDENCE or p.median_s is None:
             continue
         seconds = max(span[1] - span[0], 1e-3)
         ratio = seconds / p.median_s
-        z = (math.log(seconds) - p.log_mean) / p.log_sd
         slack = GRID_SLACK * seg  # a span on the grid may be this much longer or shorter
-        if (seconds - slack) / p.median_s >= DURATION_RATIO and z >= DURATION_Z:
-            kind = "longer"
+        # longer: against the lab's low quantile and the spread pooled over the steps, so that
+        # another recording doing the same step long does not make this one look usual
+        low = p.low_s if p.low_s is not None else p.median_s
+        sd = max(pooled, MIN_LOG_SD) if math.isfinite(pooled) else p.log_sd
+        z_long = math.log(seconds / low) / sd
+        z = (math.log(seconds) - p.log_mean) / p.log_sd
+        if (seconds - slack) / low >= LONGER_RATIO and z_long >= LONGER_Z:
+            kind, z = "longer", z_long
         elif (seconds + slack) / p.median_s <= 1.0 / DURATION_RATIO and z <= -DURATION_Z:
             kind = "shorter"
         else:

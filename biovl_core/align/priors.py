@@ -42,6 +42,7 @@ SKIP_PRIOR_A, SKIP_PRIOR_B = 0.2, 2.0  # Beta prior of a step's skip rate (mean 
 HALF_STRENGTH = 2.0  # evidence (recordings) at which a prior is used at half strength
 POOL = 4.0  # pseudo-recordings of the protocol's pooled spread in each step's spread
 DEFAULT_LOG_SD = 0.7  # a step's spread when no step was seen twice (durations vary ~2x)
+LOW_QUANTILE = 0.45  # ``StepPrior.low_s``; chosen with the deviation report (deviations.py)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class StepPrior:
     strength: float  # evidence / (evidence + HALF_STRENGTH), 0 without history
     range_s: tuple[float, float] | None  # the usual duration: 10th and 90th percentile (s)
     median_s: float | None
+    low_s: float | None = None  # the LOW_QUANTILE of its durations (s): what "usual" is
+    # measured from when one of a few recordings may have done the step long too
 
     def to_dict(self) -> dict[str, float | list[float] | None]:
         """JSON-able form (rounded) for results and the API."""
@@ -85,6 +88,7 @@ class GroupPriors:
         np.ndarray
     )  # [K, K] weighted share of recordings where a started before b (nan: never both)
     recordings: float  # summed weight of the history
+    pooled_log_sd: float = math.nan  # the step-to-step spread pooled over the steps (nan: none)
 
     @property
     def k(self) -> int:
@@ -160,6 +164,7 @@ def group_priors(
         prior_sd = pooled_sd if math.isfinite(pooled_sd) else DEFAULT_LOG_SD
         sd = max(math.sqrt((ev * own**2 + pool * prior_sd**2) / (ev + pool)), MIN_LOG_SD)
         lo, hi = _weighted_quantile(x, ws, 0.1), _weighted_quantile(x, ws, 0.9)
+        low = _weighted_quantile(x, ws, LOW_QUANTILE)
         steps.append(
             StepPrior(
                 float(centre[s]),
@@ -169,6 +174,7 @@ def group_priors(
                 ev / (ev + half_strength),
                 (math.exp(lo), math.exp(hi)),
                 math.exp(centre[s]),
+                math.exp(low),
             )
         )
     before = np.full((k, k), np.nan)
@@ -177,7 +183,7 @@ def group_priors(
             both = done[:, a] & done[:, b]
             if a != b and both.any():
                 before[a, b] = float(w[both] @ (starts[both, a] < starts[both, b])) / w[both].sum()
-    return GroupPriors(tuple(steps), before, total)
+    return GroupPriors(tuple(steps), before, total, pooled_sd)
 
 
 def no_priors(k: int) -> GroupPriors:
