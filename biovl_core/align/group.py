@@ -29,8 +29,10 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
 4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
    the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of
    something else: it stops teaching the others and is aligned from text alone.
-5. Final: the best labeling with skips (``kernel_skip.solve_skip``), in protocol order or
-   with two adjacent steps swapped when that gains more than ``swap_gain``; a skipped step
+5. Final (``biovl_core.align.order_search``): the best labeling with skips
+   (``kernel_skip.solve_skip``), in protocol order or with two adjacent steps swapped when
+   that gains more than ``swap_gain``, beats the step done again (``repeat_gain``) and both
+   swapped runs look like the others' steps (``swap_fit``); a skipped step
    is placed out of order elsewhere only above ``place_gain`` (default never: far
    placements were mostly wrong once swaps are searched). Confidence: the posterior mass of
    the chosen span (or of the skip), 1 for annotated recordings; a swapped step's is a
@@ -81,10 +83,12 @@ GROUP_DEFAULTS: dict[str, float] = {
     "skip_penalty": 2.0,
     "min_agreement": 0.6,
     "place_gain": math.inf,  # was 32 before the adjacent-swap search (issue 22)
-    # Issue 22, chosen on development seeds 0-3 (docs/QUALITY.md "A lab's history"):
+    # Issue 22, chosen on development seeds 0-3 (swap_gain, repeat_gain, swap_fit: 0-19),
+    # docs/QUALITY.md "A lab's history":
     "duration_weight": 3.0,
-    "swap_gain": 16.0,
-    "repeat_gain": 8.0,  # a swap must also beat "done again" (order_search)
+    "swap_gain": 4.0,  # 16 before the repeat and fit checks (order_search)
+    "repeat_gain": 8.0,  # a swap must also beat "done again" by this (order_search)
+    "swap_fit": 0.0,  # and each swapped run's mean exemplar llr must reach this
     "skip_prior_weight": 0.5,
     "min_step_fit": -1.5,
 }
@@ -136,9 +140,9 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
         raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
-        if name == "min_step_fit":  # any number; -inf = never veto a step
+        if name in ("min_step_fit", "swap_fit"):  # any number; -inf = never veto
             if not (isinstance(value, int | float) and value < math.inf):
-                raise BioVLError(f"align_group: min_step_fit must be a number, got {value!r}")
+                raise BioVLError(f"align_group: {name} must be a number, got {value!r}")
             continue
         never = ("place_gain", "swap_gain", "repeat_gain")
         may_be_inf = name in never and value == math.inf  # = never
@@ -294,7 +298,11 @@ def align_group(
 
     # Final labels: the best labeling with skips, then (module doc, step 6) again with the
     # duration priors learned from the other recordings' labels (leave-one-out).
-    decoded = {i: decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
+    decoded = {
+        i: decode(scores[i], skip, p, temp, fit=step_llr[i])
+        for i in free
+        if i in scores and teaching[i]
+    }
     if (p["duration_weight"] > 0 or p["skip_prior_weight"] > 0) and g > 1:
         now = _history(gt, decoded, k, seg, p["annotated_weight"])
         for i in list(decoded):
@@ -302,7 +310,7 @@ def align_group(
             if not priors.empty:
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
                 own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
-                decoded[i] = decode(scores[i], own_skip, p, temp, length)
+                decoded[i] = decode(scores[i], own_skip, p, temp, length, step_llr[i])
     taught = source_weight * teaching  # a veto needs exemplars from more than one alignment
     for i, (labels, placed) in decoded.items():
         if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:

@@ -8,7 +8,10 @@ given) on the score rows permuted into that order. A swap ``(a, a + 1)`` must ga
 (its segments are background in the result, the step's span is the first time). A recording
 that did ``a`` again after ``a + 1`` otherwise reads as ``a + 1`` before ``a`` when the second
 time fits ``a`` a little better (issue 22: most false swaps were repeats). When the repeat
-wins by ``repeat_gain`` over protocol order, its labels (first time) are kept.
+wins by ``repeat_gain`` over protocol order, its labels (first time) are kept. Last, each
+swapped step's run must look like the other recordings' step: its mean exemplar
+log-likelihood ratio (``fit``, when given) at least ``swap_fit``; otherwise the swap was a
+skipped step given a run next to its neighbour (the other false swaps of issue 22).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def decode(
     p: dict[str, float],
     temp: float,
     length: np.ndarray | None = None,
+    fit: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, float]]:
     """Best labels with skips (with run-length scores ``length`` when given), in protocol
     order, with a repeat, or with two adjacent steps swapped (module doc); skipped steps then
@@ -87,13 +91,18 @@ def decode(
         step_skip[a] = -math.inf
         return solve(order, step_skip)
 
+    def fits(lab: np.ndarray, s: int) -> bool:
+        """Step ``s`` has a run that looks enough like the others' ``s`` (``swap_fit``)."""
+        cols = lab == s
+        return bool(cols.any()) and (fit is None or float(fit[s, cols].mean()) >= p["swap_fit"])
+
     labels, plain = solve(np.arange(k), skip)
     best, swapped, ceiling = plain + p["swap_gain"], -1, math.inf
     for a in range(k - 1) if p["swap_gain"] < math.inf else ():
         order = np.arange(k)
         order[a], order[a + 1] = a + 1, a
         lab, v = solve(order, skip[order])
-        if not (v > best and (lab == a).any() and (lab == a + 1).any()):
+        if not (v > best and fits(lab, a) and fits(lab, a + 1)):
             continue
         rep_lab, rep = repeat(a) if p["repeat_gain"] < math.inf else (labels, -math.inf)
         if rep <= v + p["repeat_gain"]:
