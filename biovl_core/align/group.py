@@ -29,8 +29,10 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
 4. Agreement: how well a recording's frames fit the step exemplars (mean over frames of
    the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of
    something else: it stops teaching the others and is aligned from text alone.
-5. Final: the best labeling with skips (``kernel_skip.solve_skip``), in protocol order or
-   with two adjacent steps swapped when that gains more than ``swap_gain``; a skipped step
+5. Final (``biovl_core.align.order_search``): the best labeling with skips
+   (``kernel_skip.solve_skip``), in protocol order or with two adjacent steps swapped when
+   that gains more than ``swap_gain``, beats the step done again (``repeat_gain``) and both
+   swapped runs look like the others' steps (``swap_fit``); a skipped step
    is placed out of order elsewhere only above ``place_gain`` (default never: far
    placements were mostly wrong once swaps are searched). Confidence: the posterior mass of
    the chosen span (or of the skip), 1 for annotated recordings; a swapped step's is a
@@ -59,10 +61,11 @@ from typing import Any
 
 import numpy as np
 
-from biovl_core.align import kernel_duration, kernel_skip
+from biovl_core.align import kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.deviations import segment_fit
 from biovl_core.align.methods import signal_strength, standardize
+from biovl_core.align.order_search import decode
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
@@ -80,9 +83,12 @@ GROUP_DEFAULTS: dict[str, float] = {
     "skip_penalty": 2.0,
     "min_agreement": 0.6,
     "place_gain": math.inf,  # was 32 before the adjacent-swap search (issue 22)
-    # Issue 22, chosen on development seeds 0-3 (docs/QUALITY.md "A lab's history"):
+    # Issue 22, chosen on development seeds 0-3 (swap_gain, repeat_gain, swap_fit: 0-19),
+    # docs/QUALITY.md "A lab's history":
     "duration_weight": 3.0,
-    "swap_gain": 16.0,
+    "swap_gain": 4.0,  # 16 before the repeat and fit checks (order_search)
+    "repeat_gain": 8.0,  # a swap must also beat "done again" by this (order_search)
+    "swap_fit": 0.0,  # and each swapped run's mean exemplar llr must reach this
     "skip_prior_weight": 0.5,
     "min_step_fit": -1.5,
 }
@@ -134,11 +140,12 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
         raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
-        if name == "min_step_fit":  # any number; -inf = never veto a step
+        if name in ("min_step_fit", "swap_fit"):  # any number; -inf = never veto
             if not (isinstance(value, int | float) and value < math.inf):
-                raise BioVLError(f"align_group: min_step_fit must be a number, got {value!r}")
+                raise BioVLError(f"align_group: {name} must be a number, got {value!r}")
             continue
-        may_be_inf = name in ("place_gain", "swap_gain") and value == math.inf  # = never
+        never = ("place_gain", "swap_gain", "repeat_gain")
+        may_be_inf = name in never and value == math.inf  # = never
         if not (isinstance(value, int | float) and (math.isfinite(value) or may_be_inf)):
             raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
         if value < 0:
@@ -204,38 +211,6 @@ def _confidence(labels: np.ndarray, post: np.ndarray, p_skip: np.ndarray, k: int
         cols = np.flatnonzero(labels == s)
         conf[s] = post[s, cols].mean() if cols.size else p_skip[s]
     return np.clip(conf, 0.0, 1.0)
-
-
-def _place_skipped(
-    labels: np.ndarray, match: np.ndarray, drop: np.ndarray, min_gain: float, temp: float
-) -> dict[int, float]:
-    """Put skipped steps into background runs where they gain > ``min_gain`` (swaps).
-
-    Returns the confidence of each placed step: a logistic of its margin over ``min_gain``.
-    Runs are found with Kadane's maximum-sum subarray over each background stretch.
-    """
-    k = match.shape[0]
-    placed: dict[int, float] = {}
-    missing = [s for s in range(k) if not (labels == s).any()]
-    while missing:
-        best = (min_gain, -1, 0, 0)
-        free = labels < 0
-        for s in missing:
-            gain = np.where(free, match[s] - drop, -np.inf)
-            run, start = 0.0, 0
-            for j in range(gain.shape[0]):
-                if run <= 0.0:
-                    run, start = 0.0, j
-                run += gain[j]
-                if run > best[0]:
-                    best = (run, s, start, j)
-        g, s, a, b = best
-        if s < 0:
-            break
-        labels[a : b + 1] = s
-        placed[s] = 1.0 / (1.0 + math.exp(-(g - min_gain) / temp))
-        missing.remove(s)
-    return placed
 
 
 def spans_of_labels(labels: np.ndarray, k: int, seg: float, duration: float) -> list[Span]:
@@ -323,7 +298,11 @@ def align_group(
 
     # Final labels: the best labeling with skips, then (module doc, step 6) again with the
     # duration priors learned from the other recordings' labels (leave-one-out).
-    decoded = {i: _decode(scores[i], skip, p, temp) for i in free if i in scores and teaching[i]}
+    decoded = {
+        i: decode(scores[i], skip, p, temp, fit=step_llr[i])
+        for i in free
+        if i in scores and teaching[i]
+    }
     if (p["duration_weight"] > 0 or p["skip_prior_weight"] > 0) and g > 1:
         now = _history(gt, decoded, k, seg, p["annotated_weight"])
         for i in list(decoded):
@@ -331,7 +310,7 @@ def align_group(
             if not priors.empty:
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
                 own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
-                decoded[i] = _decode(scores[i], own_skip, p, temp, length)
+                decoded[i] = decode(scores[i], own_skip, p, temp, length, step_llr[i])
     taught = source_weight * teaching  # a veto needs exemplars from more than one alignment
     for i, (labels, placed) in decoded.items():
         if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
@@ -406,41 +385,6 @@ def _veto(labels: np.ndarray, llr: np.ndarray, min_fit: float) -> dict[int, floa
                 labels[cols] = -1
                 out[s] = 1.0 / (1.0 + math.exp(fit - min_fit))
     return out
-
-
-def _decode(
-    scores: tuple[np.ndarray, np.ndarray, np.ndarray],
-    skip: np.ndarray,
-    p: dict[str, float],
-    temp: float,
-    length: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[int, float]]:
-    """Best labels with skips (with run-length scores ``length`` when given), in protocol
-    order or with two adjacent steps swapped when that gains more than ``swap_gain``; skipped
-    steps then placed out of order. Also the confidence of swapped and placed steps."""
-    match, drop, _ = scores
-    k = match.shape[0]
-
-    def solve(order: np.ndarray) -> tuple[np.ndarray, float]:
-        if length is None:
-            lab, v = kernel_skip.solve_skip(match[order], drop, skip[order])
-        else:
-            lab, v = kernel_duration.solve_duration(match[order], drop, skip[order], length[order])
-        return np.where(lab >= 0, order[np.maximum(lab, 0)], -1), float(v)
-
-    labels, plain = solve(np.arange(k))
-    best, swapped = plain + p["swap_gain"], -1
-    for a in range(k - 1) if p["swap_gain"] < math.inf else ():
-        order = np.arange(k)
-        order[a], order[a + 1] = a + 1, a
-        lab, v = solve(order)
-        if v > best and (lab == a).any() and (lab == a + 1).any():
-            labels, best, swapped = lab, v, a
-    placed = _place_skipped(labels, match, drop, p["place_gain"], temp)
-    if swapped >= 0:
-        c = 1.0 / (1.0 + math.exp(-(best - plain - p["swap_gain"]) / temp))
-        placed.update({swapped: c, swapped + 1: c})
-    return labels, placed
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,116 @@
+"""The group's final decode: the best labels in protocol order, or with one adjacent swap.
+
+``decode`` is step 5 of ``biovl_core.align.group`` (its module doc). Each order is solved with
+``kernel_skip.solve_skip`` (or ``kernel_duration.solve_duration`` when run-length scores are
+given) on the score rows permuted into that order. A swap ``(a, a + 1)`` must gain more than
+``swap_gain`` over protocol order, and it must also beat the *repeat* hypothesis by
+``repeat_gain``: the order ``a, a + 1, a`` in which the second ``a`` is the step done again
+(its segments are background in the result, the step's span is the first time). A recording
+that did ``a`` again after ``a + 1`` otherwise reads as ``a + 1`` before ``a`` when the second
+time fits ``a`` a little better (issue 22: most false swaps were repeats). When the repeat
+wins by ``repeat_gain`` over protocol order, its labels (first time) are kept. Last, each
+swapped step's run must look like the other recordings' step: its mean exemplar
+log-likelihood ratio (``fit``, when given) at least ``swap_fit``; otherwise the swap was a
+skipped step given a run next to its neighbour (the other false swaps of issue 22).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from biovl_core.align import kernel_duration, kernel_skip
+
+
+def place_skipped(
+    labels: np.ndarray, match: np.ndarray, drop: np.ndarray, min_gain: float, temp: float
+) -> dict[int, float]:
+    """Put skipped steps into background runs where they gain > ``min_gain`` (swaps).
+
+    Returns the confidence of each placed step: a logistic of its margin over ``min_gain``.
+    Runs are found with Kadane's maximum-sum subarray over each background stretch.
+    """
+    k = match.shape[0]
+    placed: dict[int, float] = {}
+    missing = [s for s in range(k) if not (labels == s).any()]
+    while missing:
+        best = (min_gain, -1, 0, 0)
+        free = labels < 0
+        for s in missing:
+            gain = np.where(free, match[s] - drop, -np.inf)
+            run, start = 0.0, 0
+            for j in range(gain.shape[0]):
+                if run <= 0.0:
+                    run, start = 0.0, j
+                run += gain[j]
+                if run > best[0]:
+                    best = (run, s, start, j)
+        g, s, a, b = best
+        if s < 0:
+            break
+        labels[a : b + 1] = s
+        placed[s] = 1.0 / (1.0 + math.exp(-(g - min_gain) / temp))
+        missing.remove(s)
+    return placed
+
+
+def _logistic(margin: float, temp: float) -> float:
+    """Confidence of a choice won by ``margin`` (score units) at ``temp``."""
+    return 1.0 / (1.0 + math.exp(-margin / temp))
+
+
+def decode(
+    scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+    skip: np.ndarray,
+    p: dict[str, float],
+    temp: float,
+    length: np.ndarray | None = None,
+    fit: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Best labels with skips (with run-length scores ``length`` when given), in protocol
+    order, with a repeat, or with two adjacent steps swapped (module doc); skipped steps then
+    placed out of order. Also the confidence of swapped and placed steps."""
+    match, drop, _ = scores
+    k = match.shape[0]
+
+    def solve(order: np.ndarray, step_skip: np.ndarray) -> tuple[np.ndarray, float]:
+        """Labels (step indices; a repeat's segments -1) of the best labeling in ``order``."""
+        if length is None:
+            lab, v = kernel_skip.solve_skip(match[order], drop, step_skip)
+        else:
+            lab, v = kernel_duration.solve_duration(match[order], drop, step_skip, length[order])
+        first = np.array([s not in order[:i] for i, s in enumerate(order)])
+        keep = (lab >= 0) & first[np.maximum(lab, 0)]
+        return np.where(keep, order[np.maximum(lab, 0)], -1), float(v)
+
+    def repeat(a: int) -> tuple[np.ndarray, float]:
+        """Order ``.., a, a + 1, a, ..``: ``a`` done, its second time free to leave out."""
+        order = np.concatenate([np.arange(a + 2), [a], np.arange(a + 2, k)])
+        step_skip = np.concatenate([skip[: a + 2], [0.0], skip[a + 2 :]])
+        step_skip[a] = -math.inf
+        return solve(order, step_skip)
+
+    def fits(lab: np.ndarray, s: int) -> bool:
+        """Step ``s`` has a run that looks enough like the others' ``s`` (``swap_fit``)."""
+        cols = lab == s
+        return bool(cols.any()) and (fit is None or float(fit[s, cols].mean()) >= p["swap_fit"])
+
+    labels, plain = solve(np.arange(k), skip)
+    best, swapped, ceiling = plain + p["swap_gain"], -1, math.inf
+    for a in range(k - 1) if p["swap_gain"] < math.inf else ():
+        order = np.arange(k)
+        order[a], order[a + 1] = a + 1, a
+        lab, v = solve(order, skip[order])
+        if not (v > best and fits(lab, a) and fits(lab, a + 1)):
+            continue
+        rep_lab, rep = repeat(a) if p["repeat_gain"] < math.inf else (labels, -math.inf)
+        if rep <= v + p["repeat_gain"]:
+            labels, best, swapped, ceiling = lab, v, a, v + p["repeat_gain"] - rep
+        elif swapped < 0:
+            labels = rep_lab  # done again: the first time is the step's span
+    placed = place_skipped(labels, match, drop, p["place_gain"], temp)
+    if swapped >= 0:
+        c = _logistic(min(best - plain - p["swap_gain"], ceiling), temp)
+        placed.update({swapped: c, swapped + 1: c})
+    return labels, placed
