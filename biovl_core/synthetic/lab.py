@@ -35,6 +35,7 @@ import numpy as np
 
 from biovl_core.protocol import step_verb
 from biovl_core.result import Span
+from biovl_core.synthetic.frames_at import RecordingDraws, noise_sd
 from biovl_core.synthetic.profiles import EXPERIMENTS, knobs_for
 from biovl_core.synthetic.timeline import ar1_noise, coverage, timeline
 
@@ -88,6 +89,7 @@ class LabRecording:
     off_protocol: bool = False
     long_steps: list[int] = field(default_factory=list)  # steps planted ``long_factor`` x longer
     inserted: list[tuple[float, float]] = field(default_factory=list)  # off-protocol actions
+    draws: RecordingDraws | None = None  # what it drew: ``synthetic.frames_at`` shows any time
 
 
 @dataclass
@@ -154,10 +156,10 @@ def _recording(
     rng: np.random.Generator,
     factors: np.ndarray | None = None,
     fixed: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[tuple[float, float]], float]:
-    """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length;
-    ``factors`` (one per action) stretch the drawn durations, ``fixed`` (seconds, NaN: keep)
-    replaces them, gaps kept."""
+) -> tuple[np.ndarray, list[tuple[float, float]], float, RecordingDraws]:
+    """Frames [N, D] of one recording doing ``order`` (looks [K, D]), action spans, length, and
+    what it drew (for ``frames_at``); ``factors`` (one per action) stretch the drawn durations,
+    ``fixed`` (seconds, NaN: keep) replaces them, gaps kept."""
     sd = {} if knobs.duration_sd is None else {"dur_sigma": knobs.duration_sd}
     spans, duration = timeline(
         EXPERIMENTS[experiment], len(order), knobs_for(knobs.difficulty, **sd), rng, seg
@@ -181,7 +183,15 @@ def _recording(
         + knobs.idle * (1.0 - active)[:, None] * idle
         + noise
     )
-    return _unit(frames).astype(np.float32), spans, duration
+    draws = RecordingDraws(
+        shown,
+        tuple(spans),
+        knobs.scene * scene + view + drift,
+        knobs.idle * idle,
+        noise_sd(knobs.noise, d),
+        seg,
+    )
+    return _unit(frames).astype(np.float32), spans, duration, draws
 
 
 def _stretched(
@@ -285,15 +295,17 @@ def make_lab_group(
             other = EXPERIMENTS[sorted(EXPERIMENTS)[(exp_index + 1) % len(EXPERIMENTS)]]
             other_looks = _prototypes([f"{s} (elsewhere)" for s in other.protocol], lab, rng)
             order = list(range(len(other.protocol)))
-            frames, _, duration = _recording(
+            frames, _, duration, draws = _recording(
                 order, other_looks, scene, idle, other.name, lab, segment_seconds, rng
             )
-            out.append(LabRecording(frames, [None] * k, [], duration, off_protocol=True))
+            out.append(
+                LabRecording(frames, [None] * k, [], duration, off_protocol=True, draws=draws)
+            )
             continue
         order = _deviate(k, lab, rng)
         shown, factors, fixed, long_steps, ins = _plant(order, pace, usual, lab, rng)
         shown_looks = looks if ins is None else np.vstack([looks, _directions(rng, 1, lab.dim)])
-        frames, spans, duration = _recording(
+        frames, spans, duration, draws = _recording(
             shown, shown_looks, scene, idle, experiment, lab, segment_seconds, rng, factors, fixed
         )
         gt: list[Span] = [None] * k
@@ -301,5 +313,7 @@ def make_lab_group(
             if a != ins and gt[step] is None:
                 gt[step] = span
         inserted = [] if ins is None else [spans[ins]]
-        out.append(LabRecording(frames, gt, order, duration, False, long_steps, inserted))
+        out.append(
+            LabRecording(frames, gt, order, duration, False, long_steps, inserted, draws)
+        )
     return LabGroup(experiment, steps, texts, out, float(segment_seconds), seed, lab, usual)
