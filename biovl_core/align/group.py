@@ -86,7 +86,7 @@ GROUP_DEFAULTS: dict[str, float] = {
     # Issue 22, chosen on development seeds 0-3 (swap_gain, repeat_gain, swap_fit: 0-19),
     # docs/QUALITY.md "A lab's history":
     "duration_weight": 3.0,
-    "swap_gain": 4.0,  # 16 before the repeat and fit checks (order_search)
+    "swap_gain": 8.0,  # 16 before the repeat and fit checks (order_search)
     "repeat_gain": 8.0,  # a swap must also beat "done again" by this (order_search)
     "swap_fit": 0.0,  # and each swapped run's mean exemplar llr must reach this
     "skip_prior_weight": 0.5,
