@@ -56,7 +56,12 @@ def looks_from_others(frames: list[np.ndarray], labels: list[np.ndarray], i: int
 
 def end_error(spans: list, gt: list) -> list[float]:
     """Absolute errors (s) of both ends of the steps performed in both."""
-    return [abs(a - b) for p, g in zip(spans, gt, strict=True) if p and g for a, b in zip(p, g)]
+    return [
+        abs(a - b)
+        for p, g in zip(spans, gt, strict=True)
+        if p and g
+        for a, b in zip(p, g, strict=True)
+    ]
 
 
 def evaluate(seeds: list[int], grid: list[tuple[int, float]], **knobs: float) -> None:
@@ -83,7 +88,9 @@ def evaluate(seeds: list[int], grid: list[tuple[int, float]], **knobs: float) ->
                 for per, gain in grid:
                     times = boundary_times(a.labels, seg, per)
                     sub = _centred(frames_at(r.draws, times, seed=1000 * seed + i), mean)
-                    spans = refine_spans(a.labels, k, looks, bg, times, sub, seg, r.duration_s, gain)
+                    spans = refine_spans(
+                        a.labels, k, looks, bg, times, sub, seg, r.duration_s, gain
+                    )
                     rows[str((per, gain))].append(miou(spans, r.gt_spans))
                     errs[str((per, gain))] += end_error(spans, r.gt_spans)
     print(f"seeds {seeds[0]}-{seeds[-1]}, knobs {knobs or 'default'}")

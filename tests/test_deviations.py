@@ -149,7 +149,10 @@ def test_a_long_step_stays_long_when_other_recordings_did_it_long_too() -> None:
     def spans(d2: float, jitter: float) -> list:
         return [(0.0, 20.0 * jitter), (30.0, 40.0), (50.0, 50.0 + d2), (60.0 + d2, 70.0 + d2)]
 
-    hist = [HistoryRecord(spans(d, j)) for d, j in zip((20, 75, 20, 40, 85), (1, 1.1, 0.9, 1, 1.05))]
+    hist = [
+        HistoryRecord(spans(d, j))
+        for d, j in zip((20, 75, 20, 40, 85), (1, 1.1, 0.9, 1, 1.05), strict=True)
+    ]
     priors = group_priors(hist, 4)
     p = priors.steps[2]
     assert p.low_s is not None and p.low_s < p.median_s == 40.0

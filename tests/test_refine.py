@@ -38,8 +38,20 @@ def test_change_points_and_sample_times() -> None:
     assert [(p.edge, p.before, p.after) for p in points] == [(1, -1, 0), (3, 0, 1), (6, 1, -1)]
     times = boundary_times(labels, SEG, per_segment=2)
     # segments 0-3 and 5-6 beside the edges, two frames each, no duplicate
-    assert times.tolist() == [1.25, 3.75, 6.25, 8.75, 11.25, 13.75, 16.25, 18.75, 26.25, 28.75,
-                              31.25, 33.75]
+    assert times.tolist() == [
+        1.25,
+        3.75,
+        6.25,
+        8.75,
+        11.25,
+        13.75,
+        16.25,
+        18.75,
+        26.25,
+        28.75,
+        31.25,
+        33.75,
+    ]
 
 
 def test_boundaries_move_to_the_truth_inside_their_segments() -> None:

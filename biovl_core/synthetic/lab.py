@@ -313,7 +313,5 @@ def make_lab_group(
             if a != ins and gt[step] is None:
                 gt[step] = span
         inserted = [] if ins is None else [spans[ins]]
-        out.append(
-            LabRecording(frames, gt, order, duration, False, long_steps, inserted, draws)
-        )
+        out.append(LabRecording(frames, gt, order, duration, False, long_steps, inserted, draws))
     return LabGroup(experiment, steps, texts, out, float(segment_seconds), seed, lab, usual)
