@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from biovl_core.align.methods import robust_sd
 from biovl_core.align.priors import MIN_LOG_SD, GroupPriors, HistoryRecord, group_priors
 from biovl_core.result import Span
 
@@ -271,6 +272,4 @@ def segment_fit(prototypes: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _robust_z(v: np.ndarray) -> np.ndarray:
     """``v`` as a z-score around its median, scaled by its median absolute deviation."""
-    mid = float(np.median(v))
-    spread = 1.4826 * float(np.median(np.abs(v - mid)))
-    return (v - mid) / max(spread, 1e-9)
+    return (v - float(np.median(v))) / max(robust_sd(v), 1e-9)

@@ -65,7 +65,7 @@ from biovl_core.align import kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.deviations import segment_fit
 from biovl_core.align.methods import signal_strength, standardize
-from biovl_core.align.order_search import decode
+from biovl_core.align.order_search import decode, run_fit
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.errors import BioVLError
@@ -378,12 +378,10 @@ def _veto(labels: np.ndarray, llr: np.ndarray, min_fit: float) -> dict[int, floa
     else (an off-protocol action, a look-alike). Returns those skips' confidences."""
     out: dict[int, float] = {}
     for s in range(llr.shape[0]):
-        cols = labels == s
-        if cols.any():
-            fit = float(llr[s, cols].mean())
-            if fit < min_fit:
-                labels[cols] = -1
-                out[s] = 1.0 / (1.0 + math.exp(fit - min_fit))
+        fit = run_fit(labels, llr, s)
+        if fit is not None and fit < min_fit:
+            labels[labels == s] = -1
+            out[s] = 1.0 / (1.0 + math.exp(fit - min_fit))
     return out
 
 

@@ -34,7 +34,7 @@ def _number(params: dict[str, Any], name: str, method: str, low: float, high: fl
     return value
 
 
-def _robust_sd(x: np.ndarray) -> float:
+def robust_sd(x: np.ndarray) -> float:
     """Standard deviation estimated from the median absolute deviation (outlier-proof)."""
     xp = array_module_of(x)
     return _MAD_TO_SD * float(xp.median(xp.abs(x - xp.median(x))))
@@ -53,7 +53,7 @@ def standardize(sim: np.ndarray) -> np.ndarray:
     s = xp.asarray(sim, dtype=xp.float64)
     s = s - xp.median(s, axis=1, keepdims=True)
     s = s - s.sum(axis=0, keepdims=True) / (s.shape[0] + 1)
-    spread = _robust_sd(s)
+    spread = robust_sd(s)
     if spread <= _TINY:
         spread = float(s.std())
     return s / spread if spread > _TINY else xp.zeros_like(s)

@@ -55,6 +55,13 @@ def place_skipped(
     return placed
 
 
+def run_fit(labels: np.ndarray, fit: np.ndarray, s: int) -> float | None:
+    """How much step ``s``'s run looks like the other recordings' step: the mean exemplar
+    log-likelihood ratio ``fit[s]`` over its segments (None when it has no run)."""
+    cols = labels == s
+    return float(fit[s, cols].mean()) if cols.any() else None
+
+
 def _logistic(margin: float, temp: float) -> float:
     """Confidence of a choice won by ``margin`` (score units) at ``temp``."""
     return 1.0 / (1.0 + math.exp(-margin / temp))
@@ -93,8 +100,10 @@ def decode(
 
     def fits(lab: np.ndarray, s: int) -> bool:
         """Step ``s`` has a run that looks enough like the others' ``s`` (``swap_fit``)."""
-        cols = lab == s
-        return bool(cols.any()) and (fit is None or float(fit[s, cols].mean()) >= p["swap_fit"])
+        if fit is None:
+            return bool((lab == s).any())
+        score = run_fit(lab, fit, s)
+        return score is not None and score >= p["swap_fit"]
 
     labels, plain = solve(np.arange(k), skip)
     best, swapped, ceiling = plain + p["swap_gain"], -1, math.inf

@@ -77,6 +77,13 @@ export function errorText(status, body) {
   return text ? `HTTP ${status}: ${text}` : `HTTP ${status}`;
 }
 
+/** One line for a list that could not be loaded: a refused token said as such, else the error. */
+export function loadFailureText(err, what) {
+  return err instanceof ApiError && err.status === 401
+    ? "The token was not accepted (HTTP 401): check it and sign in again."
+    : `Could not load ${what}: ${err.message}`;
+}
+
 /** fetch() against this origin with the lab token; returns parsed JSON (or text). */
 export async function api(path, options = {}) {
   const url = sameOriginUrl(path);

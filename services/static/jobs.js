@@ -8,6 +8,7 @@ import {
   formatDate,
   getToken,
   h,
+  loadFailureText,
   sameOriginUrl,
   statusBadge,
   wireSignIn,
@@ -63,9 +64,7 @@ async function loadJobs() {
       : "No jobs yet: upload a recording above.";
     if (pending) refreshTimer = window.setTimeout(loadJobs, REFRESH_MS);
   } catch (err) {
-    status.textContent = err instanceof ApiError && err.status === 401
-      ? "The token was not accepted (HTTP 401): check it and sign in again."
-      : `Could not load jobs: ${err.message}`;
+    status.textContent = loadFailureText(err, "jobs");
   }
 }
 

@@ -2,7 +2,7 @@
 // across its recordings (skipped, out of order, or more than 2x / under 1/2 their usual time),
 // most varying first, with each step's usual duration and range: the reproducibility signal
 // across a lab's repeats (GET /v1/protocols; services/lab_report.py).
-import { ApiError, api, formatTime, getToken, h } from "./app.js";
+import { api, formatTime, getToken, h, loadFailureText } from "./app.js";
 
 const pct = (x) => `${Math.round((x || 0) * 100)}%`;
 
@@ -76,8 +76,6 @@ export async function loadProtocols(section) {
       : "No protocol aligned yet.";
     section.dataset.loaded = "true";
   } catch (err) {
-    status.textContent = err instanceof ApiError && err.status === 401
-      ? "The token was not accepted (HTTP 401): check it and sign in again."
-      : `Could not load the lab's protocols: ${err.message}`;
+    status.textContent = loadFailureText(err, "the lab's protocols");
   }
 }
