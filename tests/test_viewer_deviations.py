@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from service_fixtures import TOKENS
 from test_viewer import (  # noqa: F401  (browser, live_service: fixtures, one per module)
     ROOT,
     TOKEN,
@@ -98,6 +99,7 @@ def test_the_page_shows_the_report_with_the_lab_range(
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow"
     _shot(page, "deviations-390x844.png")
     _check_lab_page(page, live, k)
+    _check_lab_page_with_other_tokens(browser, live)
     assert not watch.foreign, f"requests left the service's origin: {watch.foreign}"
     assert not watch.errors, f"console errors: {watch.errors}"
     context.close()
@@ -133,3 +135,15 @@ def _check_lab_page(page: Any, live: LiveService, k: int) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow"
+
+
+def _check_lab_page_with_other_tokens(browser: Any, live: LiveService) -> None:  # noqa: F811
+    """Another lab's token sees none of lab A's protocols; a wrong token gets one line."""
+    for token, said in ((TOKENS["lab-b"], "No protocol aligned yet."), ("wrong-token", "HTTP 401")):
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.goto(f"{live.base}/#token={token}")
+        status = page.locator("#protocols [data-protocols-status]")
+        status.filter(has_text=said).wait_for(timeout=30_000)
+        assert page.locator("#protocols .var-table").count() == 0
+        context.close()
