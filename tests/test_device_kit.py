@@ -349,3 +349,7 @@ def test_every_carried_requirement_is_pinned_to_what_was_tested():
         except md.PackageNotFoundError:
             continue
         assert here == version, f"{name}: {here} installed here, {version} pinned"
+    constraints = (ROOT / "constraints.txt").read_text(encoding="utf-8").split()
+    for req in dk.REQUIREMENTS:  # make venv installs exactly what the kit carries
+        name, version = req.split("==")
+        assert f"{name.split('[')[0]}=={version}" in constraints, f"{req} not in constraints.txt"
