@@ -42,3 +42,15 @@ def test_a_step_done_again_after_the_next_keeps_its_first_time() -> None:
     assert list(swapped[2:8]) == [1, 1, 0, 0, 0, 0] and set(placed) == {0, 1}
     labels, placed = decode(_scores(match), skip, P, TEMP)
     assert list(labels) == [0, 0, 1, 1, -1, -1, -1, -1, 2, 2] and placed == {}
+
+
+def test_another_order_may_not_skip_a_step_protocol_order_does() -> None:
+    # Steps 0-3 in order; the text likes step 1 on segment 6 too, where step 3 is. Taking
+    # step 3's place (and skipping it) is not a swap of steps 1 and 2.
+    match = np.full((4, 8), -5.0)
+    match[0, 0:2] = match[1, 2:4] = match[2, 4:6] = 5.0
+    match[3, 6:8] = 1.0
+    match[1, 6:8] = 12.0
+    skip = np.full(4, -2.0)
+    labels, placed = decode(_scores(match), skip, P, TEMP)
+    assert (labels == 3).any() and placed == {}

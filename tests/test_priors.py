@@ -155,7 +155,8 @@ def test_a_step_the_others_do_not_recognise_is_vetoed() -> None:
     lab = make_lab_group("pcr", 4, seed=2)
     ann = [lab.recordings[0].gt_spans, None, None, None]
     never = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=-math.inf)
-    always = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=1e9)
+    no_move = {"relocate_fit": math.inf}  # step_check: veto only, never relocate
+    always = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=1e9, **no_move)
     assert always[0].spans == never[0].spans  # an annotation is never vetoed
     for a, b in zip(always[1:], never[1:], strict=True):
         assert all(s is None for s in a.spans) and any(s is not None for s in b.spans)

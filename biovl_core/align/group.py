@@ -44,11 +44,13 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    its length's log prior, and each skip's score moved by ``skip_prior_weight`` x strength x
    the log-odds of the lab's skip rate against the prior's (an optional step is skipped more
    readily, one never skipped less). With no other recording there is nothing to learn and nothing
-   changes. Last, a step whose run looks on average less like the other recordings' step
-   than ``min_step_fit`` (its mean exemplar log-likelihood ratio) is judged not performed:
-   the text alone put it there, on an off-protocol action or a look-alike (only when the
-   others weigh at least ``MIN_VETO_EVIDENCE``: one unannotated partner is too noisy a
-   judge). Each result keeps its priors and per-segment exemplar fit for the deviation
+   changes. Last (``biovl_core.align.step_check``), a step skipped or whose run looks on
+   average less like the other recordings' step than ``min_step_fit`` (its mean exemplar
+   log-likelihood ratio) is decoded again where its exemplars put it (``relocate_fit``,
+   ``relocate_margin``) or, failing that, judged not performed: the text alone put it
+   there, on an off-protocol action or a look-alike (only when the others weigh at least
+   ``MIN_VETO_EVIDENCE``: one unannotated partner is too noisy a judge). Each result keeps
+   its priors and per-segment exemplar fit for the deviation
    report (``biovl_core.align.deviations``).
 """
 
@@ -65,9 +67,10 @@ from biovl_core.align import kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.deviations import segment_fit
 from biovl_core.align.methods import signal_strength, standardize
-from biovl_core.align.order_search import decode, run_fit
+from biovl_core.align.order_search import decode
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
+from biovl_core.align.step_check import check_steps
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
 
@@ -91,6 +94,8 @@ GROUP_DEFAULTS: dict[str, float] = {
     "swap_fit": 0.0,  # and each swapped run's mean exemplar llr must reach this
     "skip_prior_weight": 0.5,
     "min_step_fit": -1.5,
+    "relocate_fit": 3.0,  # step_check: a relocated run's exemplar fit, at least
+    "relocate_margin": 6.0,  # and how much better than what held its segments
 }
 
 
@@ -144,7 +149,7 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
             if not (isinstance(value, int | float) and value < math.inf):
                 raise BioVLError(f"align_group: {name} must be a number, got {value!r}")
             continue
-        never = ("place_gain", "swap_gain", "repeat_gain")
+        never = ("place_gain", "swap_gain", "repeat_gain", "relocate_fit")
         may_be_inf = name in never and value == math.inf  # = never
         if not (isinstance(value, int | float) and (math.isfinite(value) or may_be_inf)):
             raise BioVLError(f"align_group: {name} must be a number >= 0, got {value!r}")
@@ -271,6 +276,7 @@ def align_group(
     scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     seg_fit: dict[int, np.ndarray] = {}
     step_llr: dict[int, np.ndarray] = {}
+    full_llr: dict[int, np.ndarray] = {}  # step_llr with the background's row last
     agreement = np.ones(g)
     teaching = np.ones(g, dtype=bool)
     skip = np.full(k, -p["skip_penalty"])
@@ -287,7 +293,7 @@ def align_group(
             post, p_skip, _ = kernel_skip.posterior(match, drop, skip, temp)
             soft[i] = post
             scores[i] = (match, drop, p_skip)
-            step_llr[i] = llr[:k]
+            step_llr[i], full_llr[i] = llr[:k], llr
             seg_fit[i] = segment_fit(total - weights[i] * sums[i], x[i])
         for i in [j for j in range(g) if gt[j] is not None]:
             llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
@@ -303,18 +309,21 @@ def align_group(
         for i in free
         if i in scores and teaching[i]
     }
+    terms: dict[int, tuple[np.ndarray, np.ndarray | None]] = {i: (skip, None) for i in decoded}
     if (p["duration_weight"] > 0 or p["skip_prior_weight"] > 0) and g > 1:
         now = _history(gt, decoded, k, seg, p["annotated_weight"])
         for i in list(decoded):
             priors = group_priors([h for j, h in now.items() if j != i], k)
             if not priors.empty:
                 length = duration_scores(priors, feats[i].shape[0], seg, p["duration_weight"])
-                own_skip = skip + skip_scores(priors, p["skip_prior_weight"])
-                decoded[i] = decode(scores[i], own_skip, p, temp, length, step_llr[i])
-    taught = source_weight * teaching  # a veto needs exemplars from more than one alignment
-    for i, (labels, placed) in decoded.items():
+                terms[i] = (skip + skip_scores(priors, p["skip_prior_weight"]), length)
+                decoded[i] = decode(scores[i], terms[i][0], p, temp, length, step_llr[i])
+    taught = source_weight * teaching  # the check needs exemplars from more than one alignment
+    for i, (labels, placed) in list(decoded.items()):
         if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
-            placed.update(_veto(labels, step_llr[i], p["min_step_fit"]))
+            match, drop, _ = scores[i]
+            labels, judged = check_steps(labels, match, drop, *terms[i], full_llr[i], p, temp)
+            decoded[i] = (labels, {**placed, **judged})
     final = _history(gt, decoded, k, seg, p["annotated_weight"])
 
     out: list[Alignment] = []
@@ -370,19 +379,6 @@ def _history(
 
 
 MIN_VETO_EVIDENCE = 2.0  # the others' summed weight (an annotation counts annotated_weight)
-
-
-def _veto(labels: np.ndarray, llr: np.ndarray, min_fit: float) -> dict[int, float]:
-    """Unlabel each step whose run looks, on average, less like the other recordings' step
-    than ``min_fit`` (exemplar log-likelihood ratio): what the text put there is something
-    else (an off-protocol action, a look-alike). Returns those skips' confidences."""
-    out: dict[int, float] = {}
-    for s in range(llr.shape[0]):
-        fit = run_fit(labels, llr, s)
-        if fit is not None and fit < min_fit:
-            labels[labels == s] = -1
-            out[s] = 1.0 / (1.0 + math.exp(fit - min_fit))
-    return out
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,12 @@ def decode(
         return np.where(keep, order[np.maximum(lab, 0)], -1), float(v)
 
     def repeat(a: int) -> tuple[np.ndarray, float]:
-        """Order ``.., a, a + 1, a, ..``: ``a`` done, its second time free to leave out."""
+        """Order ``.., a, a + 1, a, ..``: ``a`` and ``a + 1`` done (and every step protocol
+        order does), the second time free to leave out."""
         order = np.concatenate([np.arange(a + 2), [a], np.arange(a + 2, k)])
-        step_skip = np.concatenate([skip[: a + 2], [0.0], skip[a + 2 :]])
-        step_skip[a] = -math.inf
-        return solve(order, step_skip)
+        own = kept.copy()
+        own[a] = own[a + 1] = -math.inf
+        return solve(order, np.concatenate([own[: a + 2], [0.0], own[a + 2 :]]))
 
     def fits(lab: np.ndarray, s: int) -> bool:
         """Step ``s`` has a run that looks enough like the others' ``s`` (``swap_fit``)."""
@@ -106,11 +107,13 @@ def decode(
         return score is not None and score >= p["swap_fit"]
 
     labels, plain = solve(np.arange(k), skip)
+    # Another order may not skip a step protocol order does: it would take that step's place.
+    kept = np.where(np.isin(np.arange(k), labels[labels >= 0]), -math.inf, skip)
     best, swapped, ceiling = plain + p["swap_gain"], -1, math.inf
     for a in range(k - 1) if p["swap_gain"] < math.inf else ():
         order = np.arange(k)
         order[a], order[a + 1] = a + 1, a
-        lab, v = solve(order, skip[order])
+        lab, v = solve(order, kept[order])
         if not (v > best and fits(lab, a) and fits(lab, a + 1)):
             continue
         rep_lab, rep = repeat(a) if p["repeat_gain"] < math.inf else (labels, -math.inf)

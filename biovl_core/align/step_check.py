@@ -1,0 +1,100 @@
+"""The group's last word on each step: is its run where the other recordings' step is?
+
+Step 6 of ``biovl_core.align.group`` (its module doc), after the final decode. The text and the
+exemplars together chose the labels; this looks again at each step with the exemplars alone
+(``llr`` [K + 1, N]: each segment's exemplar log-likelihood ratio per step, and last of the
+background, as ``group._exemplar_llr`` gives them).
+
+- A step the decode skipped, or whose run looks on average less like the others' step than
+  ``min_step_fit``, is first *relocated*: decoded again in protocol order with its match row
+  weighted ``exemplar_weight`` more towards its exemplars, it must be done (and so must every
+  step done now). The new labels are kept when the step's new run fits its exemplars by at
+  least ``relocate_fit`` and beats what held those segments (another step's fit, or the
+  background's) by ``relocate_margin`` on average: the text put the step in the wrong place,
+  or a neighbour's run swallowed it (issue 22: most false skips were one or the other).
+- A step that cannot be relocated and fits below ``min_step_fit`` is judged not performed
+  (the *veto*): the text alone put it there, on an off-protocol action or a look-alike.
+
+Labels with steps out of protocol order (a swap) are only vetoed, never relocated: the
+protocol-order decode would undo the swap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from biovl_core.align import kernel_duration, kernel_skip
+from biovl_core.align.order_search import run_fit
+
+
+def _solve(
+    match: np.ndarray, drop: np.ndarray, skip: np.ndarray, length: np.ndarray | None
+) -> np.ndarray:
+    """Best labels in protocol order (with run-length scores ``length`` when given)."""
+    m, d = match.astype(np.float64), drop.astype(np.float64)
+    if length is None:
+        return kernel_skip.solve_skip(m, d, skip)[0]
+    return kernel_duration.solve_duration(m, d, skip, length)[0]
+
+
+def relocate(
+    labels: np.ndarray,
+    match: np.ndarray,
+    drop: np.ndarray,
+    skip: np.ndarray,
+    length: np.ndarray | None,
+    llr: np.ndarray,
+    s: int,
+    p: dict[str, float],
+) -> tuple[np.ndarray, float] | None:
+    """Labels with step ``s`` done where its exemplars put it, and the margin it won by over
+    ``relocate_margin``; None when the run it gets there does not pass (module doc)."""
+    k = match.shape[0]
+    weighted = match.astype(np.float64).copy()
+    weighted[s] += p["exemplar_weight"] * llr[s]
+    done = np.isin(np.arange(k), labels[labels >= 0])
+    must = np.where(done, -math.inf, skip)
+    must[s] = -math.inf
+    new = _solve(weighted, drop, must, length)
+    cols = np.flatnonzero(new == s)
+    fit = float(llr[s, cols].mean())
+    held = labels[cols]
+    rivals = cols[held != s]  # segments s's old run already had are nobody else's
+    holder = np.where(
+        held[held != s] >= 0, llr[np.maximum(held[held != s], 0), rivals], llr[k, rivals]
+    )
+    margin = fit - (float(holder.mean()) if rivals.size else -math.inf)
+    if fit < p["relocate_fit"] or margin < p["relocate_margin"]:
+        return None
+    return new, min(margin - p["relocate_margin"], fit - p["relocate_fit"])
+
+
+def check_steps(
+    labels: np.ndarray,
+    match: np.ndarray,
+    drop: np.ndarray,
+    skip: np.ndarray,
+    length: np.ndarray | None,
+    llr: np.ndarray,
+    p: dict[str, float],
+    temp: float,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Labels after relocating and vetoing steps (module doc), and the confidence of each step
+    relocated (a logistic of its margin) or vetoed (of how far its fit falls short)."""
+    k = match.shape[0]
+    out: dict[int, float] = {}
+    in_order = bool(np.all(np.diff(labels[labels >= 0]) >= 0))
+    for s in range(k):
+        fit = run_fit(labels, llr, s)
+        if fit is not None and fit >= p["min_step_fit"]:
+            continue
+        moved = relocate(labels, match, drop, skip, length, llr, s, p) if in_order else None
+        if moved is not None:
+            labels, won = moved
+            out[s] = 1.0 / (1.0 + math.exp(-won / temp))
+        elif fit is not None:
+            labels = np.where(labels == s, -1, labels)
+            out[s] = 1.0 / (1.0 + math.exp(fit - p["min_step_fit"]))
+    return labels, out
