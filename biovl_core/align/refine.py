@@ -4,6 +4,8 @@
 from biovl_core.align.refine import boundary_times, refine_spans
 times = boundary_times(labels, segment_seconds=5.0, per_segment=4)      # what to decode
 spans = refine_spans(labels, k, looks, background, times, frames_at_times, 5.0, duration_s)
+# or, in a group (what the pipeline does): looks from the other recordings, decoding by callback
+spans, moved = refine_in_group(frames, labels, i, k, embed_at, 5.0, duration_s)
 ```
 
 An alignment on the grid puts every change of step (or step to background) on a segment edge
@@ -17,12 +19,15 @@ frames before it to the look before plus of the frames after it to the look afte
 point moves only when the best split beats the grid edge by more than ``min_gain`` (summed
 cosine); with frames that show neither look it stays on the grid. Each change point stays
 inside its own window and between its neighbours, so spans keep their order and never
-overlap; steps not performed stay None. docs/QUALITY.md "Boundaries finer than the grid"
+overlap; steps not performed stay None. In a group, ``refine_in_group`` takes the looks from
+the other recordings (``looks_from_others``) and centres the new frames like the segments
+(``centred``). docs/QUALITY.md "Boundaries finer than the grid"
 has what it buys on the lab generator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,8 +91,8 @@ def refine_change_points(
     for j, cp in enumerate(points):
         grid = cp.edge * seg
         lo, hi = grid - seg, grid + seg
-        if j > 0:  # never past the previous change point's grid edge
-            lo = max(lo, points[j - 1].edge * seg)
+        if j > 0:  # never past the previous change point's grid edge, nor where it moved
+            lo = max(lo, points[j - 1].edge * seg, out[-1])
         if j + 1 < len(points):
             hi = min(hi, points[j + 1].edge * seg)
         inside = (t > lo) & (t < hi)
@@ -125,16 +130,85 @@ def refine_spans(
     moved = refine_change_points(
         points, looks, background, times, frames, segment_seconds, min_gain
     )
+    return _spans_at(lab, k, points, moved, segment_seconds, duration_s)
+
+
+def _spans_at(
+    labels: np.ndarray,
+    k: int,
+    points: list[ChangePoint],
+    moved: list[float],
+    segment_seconds: float,
+    duration_s: float,
+) -> list[Span]:
+    """K spans from grid ``labels`` with each change point at its ``moved`` time (s), both
+    ends clipped to ``duration_s``; steps without a segment are None."""
     at_edge = {cp.edge: x for cp, x in zip(points, moved, strict=True)}
-    seg = float(segment_seconds)
+    seg, dur = float(segment_seconds), float(duration_s)
     spans: list[Span] = []
     for s in range(k):
-        cols = np.flatnonzero(lab == s)
+        cols = np.flatnonzero(labels == s)
         if cols.size == 0:
             spans.append(None)
             continue
         a, b = int(cols[0]), int(cols[-1]) + 1
-        start = at_edge.get(a, a * seg)
-        end = min(at_edge.get(b, b * seg), float(duration_s))
+        start = min(at_edge.get(a, a * seg), dur)
+        end = min(at_edge.get(b, b * seg), dur)
         spans.append((float(start), float(max(end, start))))
     return spans
+
+
+def centred(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows with ``mean`` (the recording's mean segment frame) removed, re-normalised: how
+    ``biovl_core.align.group`` centres a recording's segments, applied to any frames of it."""
+    return _unit(np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64))
+
+
+def looks_from_others(
+    frames: Sequence[np.ndarray], labels: Sequence[np.ndarray], i: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step [K, D] (and the background [D]) the summed centred segment frames of every
+    recording but ``i`` under its labels (``refine_spans`` only needs their directions)."""
+    d = frames[0].shape[1]
+    sums, bg = np.zeros((k, d)), np.zeros(d)
+    for j, (f, lab) in enumerate(zip(frames, labels, strict=True)):
+        if j == i:
+            continue
+        x = centred(f, f.mean(axis=0))
+        lab = np.asarray(lab)
+        for s in range(k):
+            sums[s] += x[lab == s].sum(axis=0)
+        bg += x[lab < 0].sum(axis=0)
+    return sums, bg
+
+
+def refine_in_group(
+    frames: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    i: int,
+    k: int,
+    embed_at: Callable[[np.ndarray], np.ndarray],
+    segment_seconds: float,
+    duration_s: float,
+    per_segment: int = PER_SEGMENT,
+    min_gain: float = MIN_GAIN,
+) -> tuple[list[Span], int]:
+    """Recording ``i``'s spans with its change points refined against the other recordings'
+    looks, and how many change points moved.
+
+    ``frames[j]`` [N_j, D] and ``labels[j]`` [N_j] are every group member's segment embeddings
+    and grid labels; ``embed_at(times)`` returns recording ``i``'s frames at ``times`` [M] s,
+    embedded like its segments, [M, D]. Times at or past ``duration_s`` are not asked for.
+    """
+    lab = np.asarray(labels[i])
+    points = change_points(lab)
+    times = boundary_times(lab, segment_seconds, per_segment)
+    times = times[times < float(duration_s)]
+    grid = [cp.edge * float(segment_seconds) for cp in points]
+    moved = grid
+    if points and times.size:
+        sub = centred(embed_at(times), np.asarray(frames[i]).mean(axis=0))
+        looks, bg = looks_from_others(frames, labels, i, k)
+        moved = refine_change_points(points, looks, bg, times, sub, segment_seconds, min_gain)
+    n_moved = sum(m != g for m, g in zip(moved, grid, strict=True))
+    return _spans_at(lab, k, points, moved, segment_seconds, duration_s), n_moved
