@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from biovl_core.align import align_group
-from biovl_core.align.refine import boundary_times, change_points, refine_spans
+from biovl_core.align.refine import (
+    boundary_times,
+    change_points,
+    refine_in_group,
+    refine_spans,
+)
 from biovl_core.metrics import miou
 from biovl_core.synthetic import make_lab_group
 from biovl_core.synthetic.frames_at import frames_at
@@ -87,6 +92,39 @@ def test_spans_keep_their_order_when_the_frames_pull_across_a_neighbour() -> Non
     spans = refine_spans(labels, 3, looks, bg, times, frames, SEG, 25.0)
     ends = [x for span in spans for x in span]  # type: ignore[union-attr]
     assert ends == sorted(ends) and all(b >= a for a, b in spans)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_change_point_never_passes_where_the_previous_one_moved(seed: int) -> None:
+    # step 1 is barely seen: the first change point moves right to ~14.4 s, and the frames
+    # before it (step 0, like neither look of the second one) must not pull the second one back
+    looks, bg = _looks(np.random.default_rng(seed), 3)
+    labels = np.array([0, 0, 1, 2, 2])
+    truth = [(0.0, 14.4), (14.4, 14.5), (14.5, 25.0)]
+    times = boundary_times(labels, SEG, per_segment=8)
+    frames = _frames(times, truth, looks, bg, noise=0.3)
+    spans = refine_spans(labels, 3, looks, bg, times, frames, SEG, 25.0)
+    ends = [x for span in spans for x in span]  # type: ignore[union-attr]
+    assert ends == sorted(ends), spans
+    assert spans[0][1] > 14.0, spans  # type: ignore[index]  (it did move)
+
+
+def test_refine_in_group_asks_only_for_times_inside_the_recording() -> None:
+    looks, bg = _looks(np.random.default_rng(3), 2)
+    asked: list[np.ndarray] = []
+
+    def embed_at(times: np.ndarray) -> np.ndarray:
+        asked.append(times)
+        return _frames(times, [(0.0, 36.0), (36.0, 38.0)], looks, bg, noise=0.1)
+
+    own = np.array([0] * 7 + [1])  # 38 s: the last segment (35-40 s) is short
+    others = [np.vstack([looks[0]] * 4 + [looks[1]] * 4), np.vstack([looks[0]] * 3 + [looks[1]])]
+    frames = [f + np.random.default_rng(9).normal(0, 0.05, f.shape) for f in others]
+    frames.append(np.vstack([looks[0]] * 7 + [looks[1]]))
+    labels = [np.array([0] * 4 + [1] * 4), np.array([0, 0, 0, 1]), own]
+    spans, moved = refine_in_group(frames, labels, 2, 2, embed_at, SEG, 38.0)
+    assert asked and asked[0].max() < 38.0 and asked[0].min() > 30.0
+    assert moved == 1 and 35.0 < spans[0][1] <= 37.0 and spans[1] == (spans[0][1], 38.0), spans
 
 
 def test_refined_group_spans_beat_the_grid_on_a_generated_lab() -> None:
