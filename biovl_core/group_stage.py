@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,8 +18,14 @@ from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, EmbeddingCache
 from biovl_core.result import Span
 
-if TYPE_CHECKING:
-    from biovl_core.pipeline import RecordingSimilarity
+
+class Embedded(Protocol):
+    """What the group stage reads of a recording (``pipeline.RecordingSimilarity``)."""
+
+    frames: np.ndarray | None  # float32 [N, D] segment embeddings
+    texts: np.ndarray | None  # float32 [K, D] step embeddings
+    duration_s: float
+    video_sha256: str
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class GroupPeers:
 
 
 def align_in_group(
-    rec: RecordingSimilarity,
+    rec: Embedded,
     group: GroupContext | None,
     cfg: PipelineConfig,
     embedder: Embedder,
