@@ -17,12 +17,12 @@ change point to the split of those frames that best separates the look before (t
 the background look) from the look after: the score of a split is the summed cosine of the
 frames before it to the look before plus of the frames after it to the look after. A change
 point moves only when the best split beats the grid edge by more than ``min_gain`` (summed
-cosine); with frames that show neither look it stays on the grid. Each change point stays
-inside its own window and between its neighbours, so spans keep their order and never
-overlap; steps not performed stay None. In a group, ``refine_in_group`` takes the looks from
-the other recordings (``looks_from_others``) and centres the new frames like the segments
-(``centred``). docs/QUALITY.md "Boundaries finer than the grid"
-has what it buys on the lab generator.
+cosine); with frames that show neither look it stays on the grid. Each change point moves at
+most half way into the run of segments on either side, so spans keep their order and never
+overlap, and the first and last runs keep half their grid length; steps not performed stay
+None. In a group, ``refine_in_group`` takes the looks from the other recordings
+(``looks_from_others``) and centres the new frames like the segments (``centred``).
+docs/QUALITY.md "Boundaries finer than the grid" has what it buys on the lab generator.
 """
 
 from __future__ import annotations
@@ -80,8 +80,11 @@ def refine_change_points(
     frames: np.ndarray,
     segment_seconds: float,
     min_gain: float = MIN_GAIN,
+    n_segments: int | None = None,
 ) -> list[float]:
-    """Per change point its refined time (s); see the module doc."""
+    """Per change point its refined time (s); see the module doc. A change point moves at most
+    one segment, and at most half way into the run of segments beside it (the recording's
+    ``n_segments`` bound the last run), so no change point passes its neighbour."""
     seg = float(segment_seconds)
     t = np.asarray(times, dtype=np.float64)
     f = _unit(np.asarray(frames, dtype=np.float64))
@@ -90,11 +93,10 @@ def refine_change_points(
     out: list[float] = []
     for j, cp in enumerate(points):
         grid = cp.edge * seg
-        lo, hi = grid - seg, grid + seg
-        if j > 0:  # never past the previous change point's grid edge, nor where it moved
-            lo = max(lo, points[j - 1].edge * seg, out[-1])
-        if j + 1 < len(points):
-            hi = min(hi, points[j + 1].edge * seg)
+        first = points[j - 1].edge if j > 0 else 0
+        last = points[j + 1].edge if j + 1 < len(points) else n_segments
+        lo = max(grid - seg, (first + cp.edge) * seg / 2.0)
+        hi = grid + seg if last is None else min(grid + seg, (cp.edge + last) * seg / 2.0)
         inside = (t > lo) & (t < hi)
         look_a = idle if cp.before == BACKGROUND else unit_looks[cp.before]
         look_b = idle if cp.after == BACKGROUND else unit_looks[cp.after]
@@ -128,7 +130,7 @@ def refine_spans(
     lab = np.asarray(labels)
     points = change_points(lab)
     moved = refine_change_points(
-        points, looks, background, times, frames, segment_seconds, min_gain
+        points, looks, background, times, frames, segment_seconds, min_gain, lab.shape[0]
     )
     return _spans_at(lab, k, points, moved, segment_seconds, duration_s)
 
@@ -209,6 +211,8 @@ def refine_in_group(
     if points and times.size:
         sub = centred(embed_at(times), np.asarray(frames[i]).mean(axis=0))
         looks, bg = looks_from_others(frames, labels, i, k)
-        moved = refine_change_points(points, looks, bg, times, sub, segment_seconds, min_gain)
+        moved = refine_change_points(
+            points, looks, bg, times, sub, segment_seconds, min_gain, lab.shape[0]
+        )
     n_moved = sum(m != g for m, g in zip(moved, grid, strict=True))
     return _spans_at(lab, k, points, moved, segment_seconds, duration_s), n_moved
