@@ -6,14 +6,13 @@ switch is ``PipelineConfig.refine_boundaries``, docs/QUALITY.md "Boundaries fine
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from biovl_core.align import TEXT_METHOD, Alignment, GroupContext, GroupMember, coalign
-from biovl_core.align.refine import refine_in_group
+from biovl_core.align.refine import FramesIn, refine_in_group
 from biovl_core.config import PipelineConfig
 from biovl_core.embed import Embedder, EmbeddingCache
 from biovl_core.result import Span
@@ -80,13 +79,13 @@ def align_in_group(
 def refine_group_spans(
     peers: GroupPeers,
     k: int,
-    embed_at: Callable[[np.ndarray], np.ndarray],
+    frames_in: FramesIn,
     segment_seconds: float,
     duration_s: float,
 ) -> tuple[list[Span], int]:
     """The new recording's K spans with its change points refined (``refine.refine_in_group``)
-    and how many moved; ``embed_at(times)`` decodes and embeds its frames at ``times`` [M] s."""
+    and how many moved; ``frames_in`` decodes and embeds its frames inside given segments."""
     last = len(peers.frames) - 1
     return refine_in_group(
-        peers.frames, peers.labels, last, k, embed_at, segment_seconds, duration_s
+        peers.frames, peers.labels, last, k, frames_in, segment_seconds, duration_s
     )

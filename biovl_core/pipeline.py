@@ -188,23 +188,32 @@ def embed_video(
     return np.concatenate(chunks, axis=0)
 
 
-def embed_times(
+def frames_in_segments(
     video_path: str | Path,
-    times: np.ndarray,
+    segments: np.ndarray,
+    per_segment: int,
     embedder: Embedder,
     cfg: PipelineConfig,
     *,
     sampler: FrameSampler | None = None,
     deadline: Deadline | None = None,
-) -> np.ndarray:
-    """Embeddings float32 [M, D] of the frames shown at ``times`` [M] s (exact times, never the
-    keyframe rule), each embedded as a segment of ``frames_per_segment`` copies of that frame:
-    the segments' decoder, size and embedder (the Serve stand-ins included)."""
-    t = np.asarray(times, dtype=np.float64)
-    stamps = np.repeat(t[:, None], max(1, embedder.frames_per_segment), axis=1)
-    return embed_video(
-        video_path, embedder, cfg, sampler=sampler, deadline=deadline, timestamps=stamps
+) -> tuple[np.ndarray, np.ndarray]:
+    """``per_segment`` frames inside each of ``segments`` (indices), chosen by the configured
+    frame rule for ``per_segment`` samples per segment (``sample_plan_for``: the keyframe nearest
+    each part's centre within reach, else the exact time), decoded and embedded with the
+    segments' sampler, size and embedder, each as a segment of ``frames_per_segment`` copies.
+    Returns (the times the frames show [M] s, embeddings float32 [M, D])."""
+    plan = sample_plan_for(video_path, probe(video_path), cfg, per_segment)
+    segs = np.asarray(segments, dtype=np.int64)
+    segs = segs[(segs >= 0) & (segs < plan.timestamps.shape[0])]
+    stamps, shown = plan.timestamps[segs].ravel(), plan.frame_times[segs].ravel()
+    copies = np.repeat(stamps[:, None], max(1, embedder.frames_per_segment), axis=1)
+    if not len(copies):
+        return shown, np.zeros((0, embedder.dim), dtype=np.float32)
+    emb = embed_video(
+        video_path, embedder, cfg, sampler=sampler, deadline=deadline, timestamps=copies
     )
+    return shown, emb
 
 
 def recording_similarity(
@@ -338,8 +347,8 @@ def align_video(
             alignment, group_info, peers = align_in_group(rec, group, cfg, embedder, method)
     if alignment is not None and peers is not None and cfg.refine_boundaries:
         with timed(timings, "refine"):  # change points off the grid (group_stage)
-            embed_at = partial(
-                embed_times,
+            frames_in = partial(
+                frames_in_segments,
                 video_path,
                 embedder=embedder,
                 cfg=cfg,
@@ -347,7 +356,7 @@ def align_video(
                 deadline=deadline,
             )
             spans, moved = refine_group_spans(
-                peers, len(alignment.spans), embed_at, cfg.segment_seconds, rec.duration_s
+                peers, len(alignment.spans), frames_in, cfg.segment_seconds, rec.duration_s
             )
         group_info = {**(group_info or {}), "refined": moved}
     with timed(timings, "align"):

@@ -21,6 +21,7 @@ import argparse
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +31,18 @@ from eval_group import RECORDINGS, SCORED, parse_seeds  # noqa: E402
 
 from biovl_core.align import align_group  # noqa: E402
 from biovl_core.align.group import segment_labels, spans_of_labels  # noqa: E402
-from biovl_core.align.refine import refine_in_group  # noqa: E402
+from biovl_core.align.refine import refine_in_group, segment_times  # noqa: E402
 from biovl_core.metrics import miou  # noqa: E402
 from biovl_core.synthetic import EXPERIMENTS, make_lab_group  # noqa: E402
 from biovl_core.synthetic.frames_at import frames_at  # noqa: E402
+
+
+def _frames_in(r: Any, seg: float, seed: int, segments: np.ndarray, per: int) -> tuple:
+    """The generator's frames at the centres of ``per`` parts of each segment (inside the
+    recording), fresh noise from ``seed``: (times, frames)."""
+    t = segment_times(segments, seg, per)
+    t = t[t < r.duration_s]
+    return t, frames_at(r.draws, t, seed=seed)
 
 
 def end_error(spans: list, gt: list) -> list[float]:
@@ -71,7 +80,7 @@ def evaluate(seeds: list[int], grid: list[tuple[int, float]], **knobs: float) ->
                         labels,
                         i,
                         k,
-                        partial(frames_at, r.draws, seed=1000 * seed + i),
+                        partial(_frames_in, r, seg, 1000 * seed + i),
                         seg,
                         r.duration_s,
                         per,

@@ -109,22 +109,24 @@ def test_change_points_stop_half_way_into_a_one_segment_step(seed: int) -> None:
     assert spans[0][1] == 12.5 and spans[1][1] >= 12.5, spans  # type: ignore[index]
 
 
-def test_refine_in_group_asks_only_for_times_inside_the_recording() -> None:
+def test_refine_in_group_asks_for_the_segments_beside_each_change_and_uses_shown_times() -> None:
     looks, bg = _looks(np.random.default_rng(3), 2)
-    asked: list[np.ndarray] = []
+    asked: list[tuple[list[int], int]] = []
 
-    def embed_at(times: np.ndarray) -> np.ndarray:
-        asked.append(times)
-        return _frames(times, [(0.0, 36.0), (36.0, 38.0)], looks, bg, noise=0.1)
+    def frames_in(segments: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
+        asked.append((segments.tolist(), per))
+        # what a keyframe rule shows: times off the parts' centres, handed back in any order
+        times = np.array([30.4, 31.6, 33.1, 34.0, 35.2, 35.9, 36.6, 37.4])[::-1]
+        return times, _frames(times, [(0.0, 36.0), (36.0, 38.0)], looks, bg, noise=0.1)
 
     own = np.array([0] * 7 + [1])  # 38 s: the last segment (35-40 s) is short
     others = [np.vstack([looks[0]] * 4 + [looks[1]] * 4), np.vstack([looks[0]] * 3 + [looks[1]])]
     frames = [f + np.random.default_rng(9).normal(0, 0.05, f.shape) for f in others]
     frames.append(np.vstack([looks[0]] * 7 + [looks[1]]))
     labels = [np.array([0] * 4 + [1] * 4), np.array([0, 0, 0, 1]), own]
-    spans, moved = refine_in_group(frames, labels, 2, 2, embed_at, SEG, 38.0)
-    assert asked and asked[0].max() < 38.0 and asked[0].min() > 30.0
-    assert moved == 1 and 35.0 < spans[0][1] <= 37.0 and spans[1] == (spans[0][1], 38.0), spans
+    spans, moved = refine_in_group(frames, labels, 2, 2, frames_in, SEG, 38.0)
+    assert asked == [([6, 7], 4)]
+    assert moved == 1 and spans == [(0.0, (35.9 + 36.6) / 2), ((35.9 + 36.6) / 2, 38.0)], spans
 
 
 def test_refined_group_spans_beat_the_grid_on_a_generated_lab() -> None:

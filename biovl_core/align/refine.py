@@ -5,7 +5,7 @@ from biovl_core.align.refine import boundary_times, refine_spans
 times = boundary_times(labels, segment_seconds=5.0, per_segment=4)      # what to decode
 spans = refine_spans(labels, k, looks, background, times, frames_at_times, 5.0, duration_s)
 # or, in a group (what the pipeline does): looks from the other recordings, decoding by callback
-spans, moved = refine_in_group(frames, labels, i, k, embed_at, 5.0, duration_s)
+spans, moved = refine_in_group(frames, labels, i, k, frames_in, 5.0, duration_s)
 ```
 
 An alignment on the grid puts every change of step (or step to background) on a segment edge
@@ -56,14 +56,27 @@ def change_points(labels: np.ndarray) -> list[ChangePoint]:
     return [ChangePoint(int(i), int(lab[i - 1]), int(lab[i])) for i in edges]
 
 
+def boundary_segments(labels: np.ndarray) -> np.ndarray:
+    """Sorted, distinct indices of the segments beside a change point (both sides of each)."""
+    return np.array(
+        sorted({s for cp in change_points(labels) for s in (cp.edge - 1, cp.edge)}), dtype=np.int64
+    )
+
+
+def segment_times(
+    segments: np.ndarray, segment_seconds: float, per_segment: int = PER_SEGMENT
+) -> np.ndarray:
+    """The centres of ``per_segment`` equal parts of each of ``segments`` (s), in order."""
+    seg = float(segment_seconds)
+    offsets = (np.arange(per_segment) + 0.5) * seg / per_segment
+    return (np.asarray(segments, dtype=np.float64)[:, None] * seg + offsets).ravel()
+
+
 def boundary_times(
     labels: np.ndarray, segment_seconds: float, per_segment: int = PER_SEGMENT
 ) -> np.ndarray:
     """Sorted, distinct times (s) to sample: ``per_segment`` per segment beside each change."""
-    seg = float(segment_seconds)
-    offsets = (np.arange(per_segment) + 0.5) * seg / per_segment
-    segments = sorted({s for cp in change_points(labels) for s in (cp.edge - 1, cp.edge)})
-    return np.array([s * seg + o for s in segments for o in offsets], dtype=np.float64)
+    return segment_times(boundary_segments(labels), segment_seconds, per_segment)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -184,12 +197,17 @@ def looks_from_others(
     return sums, bg
 
 
+FramesIn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``frames_in(segments, per_segment)``: ``per_segment`` frames inside each of ``segments``
+(indices), embedded like the segments: (the times they show [M] s, embeddings [M, D])."""
+
+
 def refine_in_group(
     frames: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     i: int,
     k: int,
-    embed_at: Callable[[np.ndarray], np.ndarray],
+    frames_in: FramesIn,
     segment_seconds: float,
     duration_s: float,
     per_segment: int = PER_SEGMENT,
@@ -199,20 +217,27 @@ def refine_in_group(
     looks, and how many change points moved.
 
     ``frames[j]`` [N_j, D] and ``labels[j]`` [N_j] are every group member's segment embeddings
-    and grid labels; ``embed_at(times)`` returns recording ``i``'s frames at ``times`` [M] s,
-    embedded like its segments, [M, D]. Times at or past ``duration_s`` are not asked for.
+    and grid labels; ``frames_in`` gives recording ``i``'s frames inside the segments beside
+    its change points (``FramesIn``; the pipeline decodes them by its frame rule).
     """
     lab = np.asarray(labels[i])
     points = change_points(lab)
-    times = boundary_times(lab, segment_seconds, per_segment)
-    times = times[times < float(duration_s)]
     grid = [cp.edge * float(segment_seconds) for cp in points]
     moved = grid
-    if points and times.size:
-        sub = centred(embed_at(times), np.asarray(frames[i]).mean(axis=0))
+    if points:
+        times, sub = frames_in(boundary_segments(lab), per_segment)
+        order = np.argsort(np.asarray(times, dtype=np.float64), kind="stable")
+        times, sub = np.asarray(times, dtype=np.float64)[order], np.asarray(sub)[order]
         looks, bg = looks_from_others(frames, labels, i, k)
         moved = refine_change_points(
-            points, looks, bg, times, sub, segment_seconds, min_gain, lab.shape[0]
+            points,
+            looks,
+            bg,
+            times,
+            centred(sub, np.asarray(frames[i]).mean(axis=0)),
+            segment_seconds,
+            min_gain,
+            lab.shape[0],
         )
     n_moved = sum(m != g for m, g in zip(moved, grid, strict=True))
     return _spans_at(lab, k, points, moved, segment_seconds, duration_s), n_moved
