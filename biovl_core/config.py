@@ -48,8 +48,10 @@ class PipelineConfig:
     backend: str = "auto"  # "auto" | "numpy" | "numba" | "cupy"
     # Group alignments only (``biovl_core.group_stage``): each change of step moves off the
     # segment grid where frames inside the two segments beside it say so (docs/QUALITY.md
-    # "Boundaries finer than the grid"). Costs 8 more frames decoded at their exact times and
-    # embedded per change point (about 16 per step; k copies each for k-frame embedders).
+    # "Boundaries finer than the grid"). Costs 4 more frames decoded and embedded in each
+    # segment beside a change point (8 per change point, about 16 per step), picked by the
+    # frame rule above, so each costs about what a segment's frame costs (k-frame embedders
+    # embed k copies of each).
     refine_boundaries: bool = True
     cache_dir: str | None = None  # embedding cache folder; None disables caching
 
