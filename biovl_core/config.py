@@ -46,7 +46,21 @@ class PipelineConfig:
     method: str = "default"  # "default" | "uniform" | "nw" | "drop_dtw" | ...
     method_params: dict[str, Any] = field(default_factory=dict)
     backend: str = "auto"  # "auto" | "numpy" | "numba" | "cupy"
+    # Group alignments only (``biovl_core.group_stage``): each change of step moves off the
+    # segment grid where frames inside the two segments beside it say so (docs/QUALITY.md
+    # "Boundaries finer than the grid"). Costs 4 more frames decoded and embedded in each
+    # segment beside a change point (8 per change point, about 16 per step), picked by the
+    # frame rule above, so each costs about what a segment's frame costs (k-frame embedders
+    # embed k copies of each).
+    refine_boundaries: bool = True
     cache_dir: str | None = None  # embedding cache folder; None disables caching
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.refine_boundaries, bool):
+            raise ValueError(
+                f"refine_boundaries must be true or false, got {self.refine_boundaries!r}; "
+                "set it in the pipeline configuration as a boolean"
+            )
 
     def sampling_key(self) -> str:
         """The frame rule as cache keys record it: "exact", or "keyframe:<tolerance>"."""

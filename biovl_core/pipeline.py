@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,12 +21,9 @@ import numpy as np
 
 from biovl_core import __version__
 from biovl_core.align import (
-    TEXT_METHOD,
     Alignment,
     GroupContext,
-    GroupMember,
     align,
-    coalign,
     deviation_report,
     step_ranges,
 )
@@ -33,8 +31,9 @@ from biovl_core.align import resolve_method as method_spec
 from biovl_core.config import PipelineConfig
 from biovl_core.deadline import Deadline
 from biovl_core.embed import Embedder, EmbeddingCache, load_embedder
+from biovl_core.group_stage import align_in_group, refine_group_spans
 from biovl_core.protocol import Protocol
-from biovl_core.result import AlignmentResult
+from biovl_core.result import AlignmentResult, Span
 from biovl_core.segment_fit import resolve_method
 from biovl_core.video import (
     FrameSampler,
@@ -142,6 +141,7 @@ def embed_video(
     deadline: Deadline | None = None,
     decode_stats: dict[str, float] | None = None,
     meanwhile: Callable[[], object] | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> np.ndarray:
     """Segment embeddings float32 [N, D], decoding in bounded-memory batches of segments.
 
@@ -149,15 +149,16 @@ def embed_video(
     Decoder deployment); ``info`` and ``plan`` are the probe and sample plan the caller already
     made. ``deadline`` is checked after every batch; ``decode_stats`` receives what decoding
     cost, where the sampler counts it (``DECODE_STATS``); ``meanwhile`` runs while the first
-    batch decodes.
+    batch decodes. ``timestamps`` [N, k] s: decode these instead of the sample plan's.
     """
     timings = {} if timings is None else timings
     own_sampler = sampler is None
     with timed(timings, "probe"):
-        info = info or probe(video_path)
-        plan = plan or sample_plan_for(video_path, info, cfg, embedder.frames_per_segment)
+        if timestamps is None:
+            info = info or probe(video_path)
+            plan = plan or sample_plan_for(video_path, info, cfg, embedder.frames_per_segment)
         sampler = sampler or get_sampler(cfg.decoder)
-    stamps = plan.timestamps
+    stamps = plan.timestamps if timestamps is None else np.asarray(timestamps, np.float64)
     chunks: list[np.ndarray] = []
     # a sampler that decodes and embeds in one GPU actor yields embeddings, not frames
     fused = bool(getattr(sampler, "yields_embeddings", False))
@@ -185,6 +186,34 @@ def embed_video(
         if own_sampler and hasattr(sampler, "close"):
             sampler.close()
     return np.concatenate(chunks, axis=0)
+
+
+def frames_in_segments(
+    video_path: str | Path,
+    segments: np.ndarray,
+    per_segment: int,
+    embedder: Embedder,
+    cfg: PipelineConfig,
+    *,
+    sampler: FrameSampler | None = None,
+    deadline: Deadline | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``per_segment`` frames inside each of ``segments`` (indices), chosen by the configured
+    frame rule for ``per_segment`` samples per segment (``sample_plan_for``: the keyframe nearest
+    each part's centre within reach, else the exact time), decoded and embedded with the
+    segments' sampler, size and embedder, each as a segment of ``frames_per_segment`` copies.
+    Returns (the times the frames show [M] s, embeddings float32 [M, D])."""
+    plan = sample_plan_for(video_path, probe(video_path), cfg, per_segment)
+    segs = np.asarray(segments, dtype=np.int64)
+    segs = segs[(segs >= 0) & (segs < plan.timestamps.shape[0])]
+    stamps, shown = plan.timestamps[segs].ravel(), plan.frame_times[segs].ravel()
+    copies = np.repeat(stamps[:, None], max(1, embedder.frames_per_segment), axis=1)
+    if not len(copies):
+        return shown, np.zeros((0, embedder.dim), dtype=np.float32)
+    emb = embed_video(
+        video_path, embedder, cfg, sampler=sampler, deadline=deadline, timestamps=copies
+    )
+    return shown, emb
 
 
 def recording_similarity(
@@ -286,9 +315,12 @@ def align_video(
     ``embedder``, ``sampler`` and ``align_fn`` replace the configured stages (the service
     passes stand-ins that call its Embedder, Decoder and Aligner deployments). ``group``: the
     other recordings of this protocol (``services/groups.py``); with the default method and
-    members whose embeddings are cached, ``coalign`` replaces ``align_fn``. ``video_sha256``:
-    the file's hash where known (never read again for it). ``cfg.job_deadline_s`` bounds the
-    whole run, checked between batches (`biovl_core.deadline`).
+    members whose embeddings are cached, ``coalign`` replaces ``align_fn``, and with
+    ``cfg.refine_boundaries`` the group alignment's change points move off the segment grid
+    (``group_stage.refine_group_spans``; ``timings["refine"]``, ``group["refined"]``: how
+    many change points moved). ``video_sha256``: the file's hash where known (never read
+    again for it). ``cfg.job_deadline_s`` bounds the whole run, checked between batches
+    (`biovl_core.deadline`).
     """
     cfg = cfg or PipelineConfig()
     deadline = Deadline(cfg.job_deadline_s, video_path)
@@ -309,10 +341,24 @@ def align_video(
     timings = {**load_timings, **rec.timings}
     method = resolve_method(cfg)
     params = aligner_params(method, cfg.method_params, protocol.steps)
-    alignment, group_info = None, None
+    alignment, group_info, peers, spans = None, None, None, None
     if group is not None:  # co-alignment runs here, never on a remote aligner: its own stage
         with timed(timings, "group_align"):
-            alignment, group_info = align_in_group(rec, group, cfg, embedder, method)
+            alignment, group_info, peers = align_in_group(rec, group, cfg, embedder, method)
+    if alignment is not None and peers is not None and cfg.refine_boundaries:
+        with timed(timings, "refine"):  # change points off the grid (group_stage)
+            frames_in = partial(
+                frames_in_segments,
+                video_path,
+                embedder=embedder,
+                cfg=cfg,
+                sampler=sampler,
+                deadline=deadline,
+            )
+            spans, moved = refine_group_spans(
+                peers, len(alignment.spans), frames_in, cfg.segment_seconds, rec.duration_s
+            )
+        group_info = {**(group_info or {}), "refined": moved}
     with timed(timings, "align"):
         if alignment is None:
             alignment = align_fn(
@@ -348,44 +394,8 @@ def align_video(
         group=group_info,
         frame_times=rec.frame_times,
         decode=rec.decode,
+        spans=spans,
     )
-
-
-def align_in_group(
-    rec: RecordingSimilarity,
-    group: GroupContext | None,
-    cfg: PipelineConfig,
-    embedder: Embedder,
-    method: str,
-) -> tuple[Alignment | None, dict[str, Any] | None]:
-    """(alignment, group info) of a recording with its group's cached embeddings; the alignment
-    is None (align alone) without a group, with another method than the group's text method,
-    or when no member's embeddings are in the cache."""
-    if group is None:
-        return None, None
-    used: list[GroupMember] = []
-    frames: list[np.ndarray] = []
-    if method == TEXT_METHOD and cfg.cache_dir and rec.frames is not None:
-        cache = EmbeddingCache(cfg.cache_dir)
-        key, fps = embedder.cache_key(), embedder.frames_per_segment
-        for member in group.members:
-            if member.video_sha256 == rec.video_sha256:
-                continue  # the same video cannot confirm itself
-            emb = cache.get(member.video_sha256, key, cfg.segment_seconds, fps, cfg.sampling_key())
-            if emb is not None and emb.shape[1] == rec.frames.shape[1]:
-                used.append(member)
-                frames.append(emb)
-    if not used:
-        return None, group.info(used, applied=False)
-    durations = [f.shape[0] * cfg.segment_seconds for f in frames] + [rec.duration_s]
-    alignment = coalign(
-        [*frames, rec.frames],
-        rec.texts,
-        [m.annotation for m in used] + [None],
-        durations,
-        cfg.segment_seconds,
-    )[-1]
-    return alignment, group.info(used, applied=alignment.method != TEXT_METHOD)
 
 
 def alignment_result(
@@ -407,14 +417,17 @@ def alignment_result(
     group: dict[str, Any] | None = None,
     frame_times: np.ndarray | list[list[float]] | None = None,
     decode: dict[str, float] | None = None,
+    spans: list[Span] | None = None,
 ) -> AlignmentResult:
     """The ``AlignmentResult`` of one recording; ``align_video`` and ``biovl realign`` both
     build theirs here, so a re-aligned result has exactly the fields of a fresh one.
     ``notes`` / ``step_lines``: the protocol's notes and source line per step;
-    ``frame_times``: the time of every embedded frame, [N, k] seconds."""
+    ``frame_times``: the time of every embedded frame, [N, k] seconds; ``spans``: the spans
+    reported instead of the alignment's grid spans (refined boundaries); the deviation report
+    stays on the grid spans (docs/QUALITY.md "Boundaries finer than the grid")."""
     return AlignmentResult(
         steps=list(steps),
-        spans=list(alignment.spans),
+        spans=list(alignment.spans if spans is None else spans),
         step_scores=step_scores(similarity, alignment.labels),
         labels=np.asarray(alignment.labels),
         similarity=similarity,

@@ -6,8 +6,9 @@ at ``boundary_times`` inside the segments beside each change point (``synthetic.
 what is active at that time, fresh noise), centred like the segments (the recording's mean
 segment frame removed), and ``refine_spans`` moves each change point against the step looks
 learned from the other five recordings (mean centred frame per step label, and of the
-background). Columns: mIoU % on the grid, refined, and the truth snapped to segments (the
-grid's ceiling); and the mean absolute error (s) of the performed steps' ends.
+background): ``refine.refine_in_group``, what the pipeline runs after a group alignment.
+Columns: mIoU % on the grid, refined, and the truth snapped to segments (the grid's ceiling);
+and the mean absolute error (s) of the performed steps' ends.
 
     python scripts/eval_refine.py --seeds 0-9                       # development: choose
     python scripts/eval_refine.py --seeds 100-109                   # held-out
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,30 +31,18 @@ from eval_group import RECORDINGS, SCORED, parse_seeds  # noqa: E402
 
 from biovl_core.align import align_group  # noqa: E402
 from biovl_core.align.group import segment_labels, spans_of_labels  # noqa: E402
-from biovl_core.align.refine import boundary_times, refine_spans  # noqa: E402
+from biovl_core.align.refine import refine_in_group, segment_times  # noqa: E402
 from biovl_core.metrics import miou  # noqa: E402
 from biovl_core.synthetic import EXPERIMENTS, make_lab_group  # noqa: E402
 from biovl_core.synthetic.frames_at import frames_at  # noqa: E402
 
 
-def _centred(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Rows with ``mean`` removed, re-normalised."""
-    y = x.astype(np.float64) - mean
-    return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-
-
-def looks_from_others(frames: list[np.ndarray], labels: list[np.ndarray], i: int, k: int):
-    """Per step (and the background) the mean centred frame of the other recordings."""
-    d = frames[0].shape[1]
-    sums, bg = np.zeros((k, d)), np.zeros(d)
-    for j, (f, lab) in enumerate(zip(frames, labels, strict=True)):
-        if j == i:
-            continue
-        x = _centred(f, f.mean(axis=0))
-        for s in range(k):
-            sums[s] += x[lab == s].sum(axis=0)
-        bg += x[lab < 0].sum(axis=0)
-    return sums, bg
+def _frames_in(r: Any, seg: float, seed: int, segments: np.ndarray, per: int) -> tuple:
+    """The generator's frames at the centres of ``per`` parts of each segment (inside the
+    recording), fresh noise from ``seed``: (times, frames)."""
+    t = segment_times(segments, seg, per)
+    t = t[t < r.duration_s]
+    return t, frames_at(r.draws, t, seed=seed)
 
 
 def end_error(spans: list, gt: list) -> list[float]:
@@ -83,13 +74,17 @@ def evaluate(seeds: list[int], grid: list[tuple[int, float]], **knobs: float) ->
                 rows["grid"].append(miou(a.spans, r.gt_spans))
                 rows["snapped"].append(miou(truth, r.gt_spans))
                 errs["grid"] += end_error(a.spans, r.gt_spans)
-                looks, bg = looks_from_others(lab.frames, labels, i, k)
-                mean = r.frames.mean(axis=0)
                 for per, gain in grid:
-                    times = boundary_times(a.labels, seg, per)
-                    sub = _centred(frames_at(r.draws, times, seed=1000 * seed + i), mean)
-                    spans = refine_spans(
-                        a.labels, k, looks, bg, times, sub, seg, r.duration_s, gain
+                    spans, _ = refine_in_group(
+                        lab.frames,
+                        labels,
+                        i,
+                        k,
+                        partial(_frames_in, r, seg, 1000 * seed + i),
+                        seg,
+                        r.duration_s,
+                        per,
+                        gain,
                     )
                     rows[str((per, gain))].append(miou(spans, r.gt_spans))
                     errs[str((per, gain))] += end_error(spans, r.gt_spans)

@@ -81,6 +81,7 @@ STAGES = (
     "embed_text",
     "align",
     "group_align",
+    "refine",
     "write",
     "total",
     "queue_wait",

@@ -96,6 +96,7 @@ LABEL_VALUES: dict[tuple[str, str], set[str]] = {
         "embed_text",
         "align",
         "group_align",
+        "refine",
         "write",
         "total",
         "queue_wait",

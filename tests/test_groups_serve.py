@@ -77,7 +77,9 @@ def test_serve_worker_aligns_with_the_corrected_group(
             put = client.put(url, json=[list(s) for s in truth])
             assert put.status_code == 200 and put.json()["version"] == 1, put.text
             second = _done(client, other)
-            assert second["group"] == {
+            info = dict(second["group"])
+            assert isinstance(info.pop("refined"), int)  # change points moved off the grid
+            assert info == {
                 "protocol_key": first["group"]["protocol_key"],
                 "recordings": 1,
                 "annotated": 1,

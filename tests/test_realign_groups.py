@@ -16,6 +16,7 @@ from biovl_core.synthetic import make_recording
 from services.archive import Archive
 from services.realign import realign_archive
 from services.realign.cli import main as realign_main
+from services.realign.groups import refined_on_same_grid
 from services.settings import ServiceSettings
 from tests.service_fixtures import (  # noqa: F401  (fixtures)
     AUTH_A,
@@ -86,10 +87,14 @@ def test_group_pass_writes_where_spans_change_then_nothing(template, tmp_path, r
     flat = [x for span in _spans(payload) for x in span]
     assert flat == pytest.approx([x for span in template["truth"] for x in span])  # its truth
     assert payload["service"]["worker"] == "realign-group"
+    refined = [before[j][1]["group"].get("refined") for j in others]
+    assert all(isinstance(n, int) for n in refined) and max(refined) >= 1, refined
     for job_id in others:
         v, p = after[job_id]
         grew = v > before[job_id][0]
         assert grew == (_spans(p) != _spans(before[job_id][1])), job_id
+        # the worker refined its boundaries off the grid: only new grid labels replace them
+        assert grew == (p["labels"] != before[job_id][1]["labels"]), job_id
         if grew:
             assert p["group"]["corrections"] == 1 and p["group"]["recordings"] == 2
     assert after[template["ids"][3]] == before[template["ids"][3]]  # lab-b untouched
@@ -123,3 +128,13 @@ def test_cli_groups_flag_prints_the_pass(template, tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert code == 0, out
     assert "groups: 1 co-aligned (3 recordings)" in out
+
+
+def test_a_refined_version_stands_while_its_grid_labels_do() -> None:
+    # the group pass decodes no frames: it never puts a refined version back on the grid
+    latest = {"labels": [0, 0, 1, -1], "group": {"used": True, "refined": 2}}
+    assert refined_on_same_grid(latest, {"labels": [0, 0, 1, -1], "group": {"used": True}})
+    assert not refined_on_same_grid(latest, {"labels": [0, 1, 1, -1]})  # the grid moved
+    on_grid = {**latest, "group": {"used": True}}  # aligned before refinement, or switched off
+    assert not refined_on_same_grid(on_grid, {"labels": [0, 0, 1, -1]})
+    assert not refined_on_same_grid({"labels": [0, 0, 1, -1]}, {"labels": [0, 0, 1, -1]})

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from biovl_core.align import align_group
-from biovl_core.align.refine import boundary_times, change_points, refine_spans
+from biovl_core.align.refine import (
+    boundary_times,
+    change_points,
+    refine_in_group,
+    refine_spans,
+)
 from biovl_core.metrics import miou
 from biovl_core.synthetic import make_lab_group
 from biovl_core.synthetic.frames_at import frames_at
@@ -87,6 +92,41 @@ def test_spans_keep_their_order_when_the_frames_pull_across_a_neighbour() -> Non
     spans = refine_spans(labels, 3, looks, bg, times, frames, SEG, 25.0)
     ends = [x for span in spans for x in span]  # type: ignore[union-attr]
     assert ends == sorted(ends) and all(b >= a for a, b in spans)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_change_points_stop_half_way_into_a_one_segment_step(seed: int) -> None:
+    # step 1 is barely seen: both its change points are pulled into its one segment; each
+    # moves at most half way into it, so neither passes the other
+    looks, bg = _looks(np.random.default_rng(seed), 3)
+    labels = np.array([0, 0, 1, 2, 2])
+    truth = [(0.0, 14.4), (14.4, 14.5), (14.5, 25.0)]
+    times = boundary_times(labels, SEG, per_segment=8)
+    frames = _frames(times, truth, looks, bg, noise=0.3)
+    spans = refine_spans(labels, 3, looks, bg, times, frames, SEG, 25.0)
+    ends = [x for span in spans for x in span]  # type: ignore[union-attr]
+    assert ends == sorted(ends), spans
+    assert spans[0][1] == 12.5 and spans[1][1] >= 12.5, spans  # type: ignore[index]
+
+
+def test_refine_in_group_asks_for_the_segments_beside_each_change_and_uses_shown_times() -> None:
+    looks, bg = _looks(np.random.default_rng(3), 2)
+    asked: list[tuple[list[int], int]] = []
+
+    def frames_in(segments: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
+        asked.append((segments.tolist(), per))
+        # what a keyframe rule shows: times off the parts' centres, handed back in any order
+        times = np.array([30.4, 31.6, 33.1, 34.0, 35.2, 35.9, 36.6, 37.4])[::-1]
+        return times, _frames(times, [(0.0, 36.0), (36.0, 38.0)], looks, bg, noise=0.1)
+
+    own = np.array([0] * 7 + [1])  # 38 s: the last segment (35-40 s) is short
+    others = [np.vstack([looks[0]] * 4 + [looks[1]] * 4), np.vstack([looks[0]] * 3 + [looks[1]])]
+    frames = [f + np.random.default_rng(9).normal(0, 0.05, f.shape) for f in others]
+    frames.append(np.vstack([looks[0]] * 7 + [looks[1]]))
+    labels = [np.array([0] * 4 + [1] * 4), np.array([0, 0, 0, 1]), own]
+    spans, moved = refine_in_group(frames, labels, 2, 2, frames_in, SEG, 38.0)
+    assert asked == [([6, 7], 4)]
+    assert moved == 1 and spans == [(0.0, (35.9 + 36.6) / 2), ((35.9 + 36.6) / 2, 38.0)], spans
 
 
 def test_refined_group_spans_beat_the_grid_on_a_generated_lab() -> None:

@@ -4,6 +4,8 @@
 from biovl_core.align.refine import boundary_times, refine_spans
 times = boundary_times(labels, segment_seconds=5.0, per_segment=4)      # what to decode
 spans = refine_spans(labels, k, looks, background, times, frames_at_times, 5.0, duration_s)
+# or, in a group (what the pipeline does): looks from the other recordings, decoding by callback
+spans, moved = refine_in_group(frames, labels, i, k, frames_in, 5.0, duration_s)
 ```
 
 An alignment on the grid puts every change of step (or step to background) on a segment edge
@@ -15,14 +17,17 @@ change point to the split of those frames that best separates the look before (t
 the background look) from the look after: the score of a split is the summed cosine of the
 frames before it to the look before plus of the frames after it to the look after. A change
 point moves only when the best split beats the grid edge by more than ``min_gain`` (summed
-cosine); with frames that show neither look it stays on the grid. Each change point stays
-inside its own window and between its neighbours, so spans keep their order and never
-overlap; steps not performed stay None. docs/QUALITY.md "Boundaries finer than the grid"
-has what it buys on the lab generator.
+cosine); with frames that show neither look it stays on the grid. Each change point moves at
+most half way into the run of segments on either side, so spans keep their order and never
+overlap, and the first and last runs keep half their grid length; steps not performed stay
+None. In a group, ``refine_in_group`` takes the looks from the other recordings
+(``looks_from_others``) and centres the new frames like the segments (``centred``).
+docs/QUALITY.md "Boundaries finer than the grid" has what it buys on the lab generator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,14 +56,27 @@ def change_points(labels: np.ndarray) -> list[ChangePoint]:
     return [ChangePoint(int(i), int(lab[i - 1]), int(lab[i])) for i in edges]
 
 
+def boundary_segments(labels: np.ndarray) -> np.ndarray:
+    """Sorted, distinct indices of the segments beside a change point (both sides of each)."""
+    return np.array(
+        sorted({s for cp in change_points(labels) for s in (cp.edge - 1, cp.edge)}), dtype=np.int64
+    )
+
+
+def segment_times(
+    segments: np.ndarray, segment_seconds: float, per_segment: int = PER_SEGMENT
+) -> np.ndarray:
+    """The centres of ``per_segment`` equal parts of each of ``segments`` (s), in order."""
+    seg = float(segment_seconds)
+    offsets = (np.arange(per_segment) + 0.5) * seg / per_segment
+    return (np.asarray(segments, dtype=np.float64)[:, None] * seg + offsets).ravel()
+
+
 def boundary_times(
     labels: np.ndarray, segment_seconds: float, per_segment: int = PER_SEGMENT
 ) -> np.ndarray:
     """Sorted, distinct times (s) to sample: ``per_segment`` per segment beside each change."""
-    seg = float(segment_seconds)
-    offsets = (np.arange(per_segment) + 0.5) * seg / per_segment
-    segments = sorted({s for cp in change_points(labels) for s in (cp.edge - 1, cp.edge)})
-    return np.array([s * seg + o for s in segments for o in offsets], dtype=np.float64)
+    return segment_times(boundary_segments(labels), segment_seconds, per_segment)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -75,8 +93,11 @@ def refine_change_points(
     frames: np.ndarray,
     segment_seconds: float,
     min_gain: float = MIN_GAIN,
+    n_segments: int | None = None,
 ) -> list[float]:
-    """Per change point its refined time (s); see the module doc."""
+    """Per change point its refined time (s); see the module doc. A change point moves at most
+    one segment, and at most half way into the run of segments beside it (the recording's
+    ``n_segments`` bound the last run), so no change point passes its neighbour."""
     seg = float(segment_seconds)
     t = np.asarray(times, dtype=np.float64)
     f = _unit(np.asarray(frames, dtype=np.float64))
@@ -85,11 +106,10 @@ def refine_change_points(
     out: list[float] = []
     for j, cp in enumerate(points):
         grid = cp.edge * seg
-        lo, hi = grid - seg, grid + seg
-        if j > 0:  # never past the previous change point's grid edge
-            lo = max(lo, points[j - 1].edge * seg)
-        if j + 1 < len(points):
-            hi = min(hi, points[j + 1].edge * seg)
+        first = points[j - 1].edge if j > 0 else 0
+        last = points[j + 1].edge if j + 1 < len(points) else n_segments
+        lo = max(grid - seg, (first + cp.edge) * seg / 2.0)
+        hi = grid + seg if last is None else min(grid + seg, (cp.edge + last) * seg / 2.0)
         inside = (t > lo) & (t < hi)
         look_a = idle if cp.before == BACKGROUND else unit_looks[cp.before]
         look_b = idle if cp.after == BACKGROUND else unit_looks[cp.after]
@@ -123,18 +143,101 @@ def refine_spans(
     lab = np.asarray(labels)
     points = change_points(lab)
     moved = refine_change_points(
-        points, looks, background, times, frames, segment_seconds, min_gain
+        points, looks, background, times, frames, segment_seconds, min_gain, lab.shape[0]
     )
+    return _spans_at(lab, k, points, moved, segment_seconds, duration_s)
+
+
+def _spans_at(
+    labels: np.ndarray,
+    k: int,
+    points: list[ChangePoint],
+    moved: list[float],
+    segment_seconds: float,
+    duration_s: float,
+) -> list[Span]:
+    """K spans from grid ``labels`` with each change point at its ``moved`` time (s), both
+    ends clipped to ``duration_s``; steps without a segment are None."""
     at_edge = {cp.edge: x for cp, x in zip(points, moved, strict=True)}
-    seg = float(segment_seconds)
+    seg, dur = float(segment_seconds), float(duration_s)
     spans: list[Span] = []
     for s in range(k):
-        cols = np.flatnonzero(lab == s)
+        cols = np.flatnonzero(labels == s)
         if cols.size == 0:
             spans.append(None)
             continue
         a, b = int(cols[0]), int(cols[-1]) + 1
-        start = at_edge.get(a, a * seg)
-        end = min(at_edge.get(b, b * seg), float(duration_s))
+        start = min(at_edge.get(a, a * seg), dur)
+        end = min(at_edge.get(b, b * seg), dur)
         spans.append((float(start), float(max(end, start))))
     return spans
+
+
+def centred(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows with ``mean`` (the recording's mean segment frame) removed, re-normalised: how
+    ``biovl_core.align.group`` centres a recording's segments, applied to any frames of it."""
+    return _unit(np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64))
+
+
+def looks_from_others(
+    frames: Sequence[np.ndarray], labels: Sequence[np.ndarray], i: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step [K, D] (and the background [D]) the summed centred segment frames of every
+    recording but ``i`` under its labels (``refine_spans`` only needs their directions)."""
+    d = frames[0].shape[1]
+    sums, bg = np.zeros((k, d)), np.zeros(d)
+    for j, (f, lab) in enumerate(zip(frames, labels, strict=True)):
+        if j == i:
+            continue
+        x = centred(f, f.mean(axis=0))
+        lab = np.asarray(lab)
+        for s in range(k):
+            sums[s] += x[lab == s].sum(axis=0)
+        bg += x[lab < 0].sum(axis=0)
+    return sums, bg
+
+
+FramesIn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``frames_in(segments, per_segment)``: ``per_segment`` frames inside each of ``segments``
+(indices), embedded like the segments: (the times they show [M] s, embeddings [M, D])."""
+
+
+def refine_in_group(
+    frames: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    i: int,
+    k: int,
+    frames_in: FramesIn,
+    segment_seconds: float,
+    duration_s: float,
+    per_segment: int = PER_SEGMENT,
+    min_gain: float = MIN_GAIN,
+) -> tuple[list[Span], int]:
+    """Recording ``i``'s spans with its change points refined against the other recordings'
+    looks, and how many change points moved.
+
+    ``frames[j]`` [N_j, D] and ``labels[j]`` [N_j] are every group member's segment embeddings
+    and grid labels; ``frames_in`` gives recording ``i``'s frames inside the segments beside
+    its change points (``FramesIn``; the pipeline decodes them by its frame rule).
+    """
+    lab = np.asarray(labels[i])
+    points = change_points(lab)
+    grid = [cp.edge * float(segment_seconds) for cp in points]
+    moved = grid
+    if points:
+        times, sub = frames_in(boundary_segments(lab), per_segment)
+        order = np.argsort(np.asarray(times, dtype=np.float64), kind="stable")
+        times, sub = np.asarray(times, dtype=np.float64)[order], np.asarray(sub)[order]
+        looks, bg = looks_from_others(frames, labels, i, k)
+        moved = refine_change_points(
+            points,
+            looks,
+            bg,
+            times,
+            centred(sub, np.asarray(frames[i]).mean(axis=0)),
+            segment_seconds,
+            min_gain,
+            lab.shape[0],
+        )
+    n_moved = sum(m != g for m, g in zip(moved, grid, strict=True))
+    return _spans_at(lab, k, points, moved, segment_seconds, duration_s), n_moved

@@ -1,6 +1,7 @@
 """The group pass of ``biovl realign --groups``: every (lab, protocol) group co-aligned at once
 (``biovl_core.group.coalign`` over its members' cached embeddings and annotations), a new
-version written only where a recording's spans change.
+version written only where a recording's spans change (a version whose boundaries the worker
+refined off the grid stands while its grid labels do: ``refined_on_same_grid``).
 
 It runs after the per-recording pass, which leaves every recording with current embeddings in
 the cache. Under Ray the rows are grouped by Ray Data (``groupby("group").map_groups``: one
@@ -202,7 +203,8 @@ def write_coaligned(row: dict[str, Any], model_key: str) -> RecordingOutcome:
         rec.reason = "taken"  # a newer version appeared meanwhile; the next night looks again
         return rec
     payload = json.loads(str(row["payload"]))
-    rec.spans_changed = spans_changed(latest[1], payload)
+    same = refined_on_same_grid(latest[1], payload)
+    rec.spans_changed = 0 if same else spans_changed(latest[1], payload)
     if not rec.spans_changed:
         rec.reason = "unchanged"
         return rec
@@ -220,6 +222,14 @@ def write_coaligned(row: dict[str, Any], model_key: str) -> RecordingOutcome:
     rec.version = jf.write_result(payload, str(row["csv"]), str(row["vtt"]))
     rec.outcome, rec.reason, rec.miou = "done", "group", payload.get("miou")
     return rec
+
+
+def refined_on_same_grid(latest: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """The latest version's boundaries were refined off the grid (the worker's
+    ``PipelineConfig.refine_boundaries``) on the grid labels this pass finds again: it stands,
+    since this pass decodes no frames to refine with and would only put the grid back."""
+    refined = (latest.get("group") or {}).get("refined") is not None
+    return refined and latest.get("labels") == payload.get("labels")
 
 
 def write_stage(batch: Batch, model_key: str = "") -> Batch:
