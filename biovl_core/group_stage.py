@@ -82,9 +82,10 @@ def refine_group_spans(
     frames_in: FramesIn,
     segment_seconds: float,
     duration_s: float,
-) -> tuple[list[Span], int]:
-    """The new recording's K spans with its change points refined (``refine.refine_in_group``)
-    and how many moved; ``frames_in`` decodes and embeds its frames inside given segments."""
+) -> tuple[list[Span], int, list[int]]:
+    """The new recording's K spans with its change points refined (``refine.refine_in_group``),
+    how many moved and the skipped steps its frames show after all (``hidden_steps``);
+    ``frames_in`` decodes and embeds its frames inside given segments."""
     last = len(peers.frames) - 1
     return refine_in_group(
         peers.frames, peers.labels, last, k, frames_in, segment_seconds, duration_s

@@ -355,10 +355,10 @@ def align_video(
                 sampler=sampler,
                 deadline=deadline,
             )
-            spans, moved = refine_group_spans(
+            spans, moved, hidden = refine_group_spans(
                 peers, len(alignment.spans), frames_in, cfg.segment_seconds, rec.duration_s
             )
-        group_info = {**(group_info or {}), "refined": moved}
+        group_info = {**(group_info or {}), "refined": moved, "hidden_steps": hidden}
     with timed(timings, "align"):
         if alignment is None:
             alignment = align_fn(
@@ -460,6 +460,7 @@ def alignment_result(
             segment_seconds,
             alignment.labels,
             alignment.segment_fit,
+            seen=[s for s, span in enumerate(spans or []) if span is not None],
         ),
         lab_steps=step_ranges(alignment.priors),
     )

@@ -194,11 +194,14 @@ HEADER = (
 HARD = {"noise": 0.9, "variation": 0.7, "text_tie": 0.35}  # noisier frames, looser step looks
 REGULAR = {"step_pace_sd": 0.7, "duration_sd": 0.3}  # each step its own pace, repeated closely
 # The group method as it was before issue 22: no duration or skip priors, no adjacent-swap
-# search, no veto of unrecognised steps, skipped steps placed anywhere at a gain of 32.
+# search, no veto or relocation of unrecognised steps, skipped steps placed anywhere at a
+# gain of 32.
 BEFORE_22 = {
     "duration_weight": 0.0,
     "skip_prior_weight": 0.0,
     "min_step_fit": float("-inf"),
+    "max_step_fit": float("-inf"),
+    "relocate_fit": float("inf"),
     "swap_gain": float("inf"),
     "place_gain": 32.0,
 }

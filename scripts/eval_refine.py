@@ -37,7 +37,7 @@ from biovl_core.synthetic import EXPERIMENTS, make_lab_group  # noqa: E402
 from biovl_core.synthetic.frames_at import frames_at  # noqa: E402
 
 
-def _frames_in(r: Any, seg: float, seed: int, segments: np.ndarray, per: int) -> tuple:
+def frames_in_draws(r: Any, seg: float, seed: int, segments: np.ndarray, per: int) -> tuple:
     """The generator's frames at the centres of ``per`` parts of each segment (inside the
     recording), fresh noise from ``seed``: (times, frames)."""
     t = segment_times(segments, seg, per)
@@ -75,12 +75,12 @@ def evaluate(seeds: list[int], grid: list[tuple[int, float]], **knobs: float) ->
                 rows["snapped"].append(miou(truth, r.gt_spans))
                 errs["grid"] += end_error(a.spans, r.gt_spans)
                 for per, gain in grid:
-                    spans, _ = refine_in_group(
+                    spans, _, _ = refine_in_group(
                         lab.frames,
                         labels,
                         i,
                         k,
-                        partial(_frames_in, r, seg, 1000 * seed + i),
+                        partial(frames_in_draws, r, seg, 1000 * seed + i),
                         seg,
                         r.duration_s,
                         per,

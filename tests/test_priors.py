@@ -154,7 +154,8 @@ def test_skip_scores_follow_the_lab_skip_rate() -> None:
 def test_a_step_the_others_do_not_recognise_is_vetoed() -> None:
     lab = make_lab_group("pcr", 4, seed=2)
     ann = [lab.recordings[0].gt_spans, None, None, None]
-    never = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=-math.inf)
+    off = {"min_step_fit": -math.inf, "max_step_fit": -math.inf}  # every bar -inf
+    never = align_group(lab.frames, lab.texts, ann, SEG, **off)
     no_move = {"relocate_fit": math.inf}  # step_check: veto only, never relocate
     always = align_group(lab.frames, lab.texts, ann, SEG, min_step_fit=1e9, **no_move)
     assert always[0].spans == never[0].spans  # an annotation is never vetoed

@@ -124,9 +124,10 @@ def test_refine_in_group_asks_for_the_segments_beside_each_change_and_uses_shown
     frames = [f + np.random.default_rng(9).normal(0, 0.05, f.shape) for f in others]
     frames.append(np.vstack([looks[0]] * 7 + [looks[1]]))
     labels = [np.array([0] * 4 + [1] * 4), np.array([0, 0, 0, 1]), own]
-    spans, moved = refine_in_group(frames, labels, 2, 2, frames_in, SEG, 38.0)
+    spans, moved, hidden = refine_in_group(frames, labels, 2, 2, frames_in, SEG, 38.0)
     assert asked == [([6, 7], 4)]
-    assert moved == 1 and spans == [(0.0, (35.9 + 36.6) / 2), ((35.9 + 36.6) / 2, 38.0)], spans
+    assert moved == 1 and hidden == []
+    assert spans == [(0.0, (35.9 + 36.6) / 2), ((35.9 + 36.6) / 2, 38.0)], spans
 
 
 def test_refined_group_spans_beat_the_grid_on_a_generated_lab() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from biovl_core.align.group import GROUP_DEFAULTS
-from biovl_core.align.step_check import check_steps
+from biovl_core.align.step_check import check_steps, veto_bars
 
 P = {**GROUP_DEFAULTS}
 TEMP = 3.0
@@ -73,3 +73,13 @@ def test_a_swap_is_vetoed_but_never_relocated() -> None:
     labels = np.array([1, 1, 0, 0, -1, -1, -1, -1, 2, 2])
     out, conf = check_steps(labels.copy(), match, drop, skip, None, llr, P, TEMP)
     assert list(out) == [-1, -1, 0, 0, -1, -1, -1, -1, 2, 2] and set(conf) == {1}
+
+
+def test_a_steps_bar_follows_how_well_the_others_fit_their_own_runs() -> None:
+    others = np.array([[9.0, 2.0, np.nan], [7.0, 3.0, np.nan], [8.0, np.nan, np.nan]])
+    bars = veto_bars(others, P)  # medians 8 and 2.5, less fit_drop 6, within [-1.5, 0.5]
+    assert bars.tolist() == [0.5, -1.5, 0.5]  # a step nobody did gets the top bar
+    always = veto_bars(others, {**P, "min_step_fit": 1e9})
+    assert (always == 1e9).all()
+    never = veto_bars(others, {**P, "min_step_fit": -math.inf, "max_step_fit": -math.inf})
+    assert (never == -math.inf).all()

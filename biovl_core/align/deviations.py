@@ -32,7 +32,7 @@ planted at 3x the step's usual duration in the lab).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -186,13 +186,16 @@ def deviation_report(
     segment_seconds: float,
     labels: np.ndarray | None = None,
     segment_fit: np.ndarray | None = None,
+    seen: Collection[int] = (),
 ) -> list[dict[str, Any]]:
-    """Every deviation of one recording from its lab's usual (module doc), in step order."""
+    """Every deviation of one recording from its lab's usual (module doc), in step order.
+    ``seen``: steps with a span after all (frames inside the segments show a step the grid
+    skipped, ``biovl_core.align.hidden_steps``); they are not said to be not performed."""
     k = len(spans)
     conf = np.ones(k) if confidence is None else np.clip(np.asarray(confidence, float), 0, 1)
     out: list[dict[str, Any]] = []
     for s, span in enumerate(spans):
-        if span is None:
+        if span is None and s not in seen:
             entry: dict[str, Any] = {"kind": "not_performed", "step": s, "confidence": _r(conf[s])}
             if priors is not None and priors.steps[s].evidence > 0:
                 entry["lab_skip_rate"] = _r(priors.steps[s].skip_rate)

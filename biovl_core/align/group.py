@@ -45,8 +45,9 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    the log-odds of the lab's skip rate against the prior's (an optional step is skipped more
    readily, one never skipped less). With no other recording there is nothing to learn and nothing
    changes. Last (``biovl_core.align.step_check``), a step skipped or whose run looks on
-   average less like the other recordings' step than ``min_step_fit`` (its mean exemplar
-   log-likelihood ratio) is decoded again where its exemplars put it (``relocate_fit``,
+   average less like the other recordings' step than its bar (its mean exemplar
+   log-likelihood ratio against the others' own fit less ``fit_drop``, between
+   ``min_step_fit`` and ``max_step_fit``) is decoded again where its exemplars put it (``relocate_fit``,
    ``relocate_margin``) or, failing that, judged not performed: the text alone put it
    there, on an off-protocol action or a look-alike (only when the others weigh at least
    ``MIN_VETO_EVIDENCE``: one unannotated partner is too noisy a judge). Each result keeps
@@ -67,10 +68,10 @@ from biovl_core.align import kernel_skip
 from biovl_core.align.api import align_batch
 from biovl_core.align.deviations import segment_fit
 from biovl_core.align.methods import signal_strength, standardize
-from biovl_core.align.order_search import decode
+from biovl_core.align.order_search import decode, run_fit
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
-from biovl_core.align.step_check import check_steps
+from biovl_core.align.step_check import check_steps, veto_bars
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
 
@@ -93,7 +94,9 @@ GROUP_DEFAULTS: dict[str, float] = {
     "repeat_gain": 8.0,  # a swap must also beat "done again" by this (order_search)
     "swap_fit": 0.0,  # and each swapped run's mean exemplar llr must reach this
     "skip_prior_weight": 0.5,
-    "min_step_fit": -1.5,
+    "min_step_fit": -1.5,  # step_check: the lowest bar a step's run fit must reach
+    "max_step_fit": 0.5,  # the highest
+    "fit_drop": 6.0,  # between them: the others' own fit to the step less this
     "relocate_fit": 3.0,  # step_check: a relocated run's exemplar fit, at least
     "relocate_margin": 6.0,  # and how much better than what held its segments
 }
@@ -145,7 +148,7 @@ def _group_params(params: dict[str, Any]) -> dict[str, float]:
         raise BioVLError(f"align_group does not take {unknown}; accepted: {sorted(GROUP_DEFAULTS)}")
     full = {**GROUP_DEFAULTS, **params}
     for name, value in full.items():
-        if name in ("min_step_fit", "swap_fit"):  # any number; -inf = never veto
+        if name in ("min_step_fit", "max_step_fit", "swap_fit"):  # any number; -inf: no veto
             if not (isinstance(value, int | float) and value < math.inf):
                 raise BioVLError(f"align_group: {name} must be a number, got {value!r}")
             continue
@@ -319,10 +322,15 @@ def align_group(
                 terms[i] = (skip + skip_scores(priors, p["skip_prior_weight"]), length)
                 decoded[i] = decode(scores[i], terms[i][0], p, temp, length, step_llr[i])
     taught = source_weight * teaching  # the check needs exemplars from more than one alignment
+    own_fit = {
+        j: [run_fit(lab, step_llr[j], s) for s in range(k)] for j, (lab, _) in decoded.items()
+    }
     for i, (labels, placed) in list(decoded.items()):
         if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
+            others = [[np.nan if f is None else f for f in own_fit[j]] for j in own_fit if j != i]
+            bars = veto_bars(np.array(others, dtype=np.float64).reshape(-1, k), p)
             match, drop, _ = scores[i]
-            labels, judged = check_steps(labels, match, drop, *terms[i], full_llr[i], p, temp)
+            labels, judged = check_steps(labels, match, drop, *terms[i], full_llr[i], p, temp, bars)
             decoded[i] = (labels, {**placed, **judged})
     final = _history(gt, decoded, k, seg, p["annotated_weight"])
 

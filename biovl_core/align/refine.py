@@ -5,7 +5,7 @@ from biovl_core.align.refine import boundary_times, refine_spans
 times = boundary_times(labels, segment_seconds=5.0, per_segment=4)      # what to decode
 spans = refine_spans(labels, k, looks, background, times, frames_at_times, 5.0, duration_s)
 # or, in a group (what the pipeline does): looks from the other recordings, decoding by callback
-spans, moved = refine_in_group(frames, labels, i, k, frames_in, 5.0, duration_s)
+spans, moved, found = refine_in_group(frames, labels, i, k, frames_in, 5.0, duration_s)
 ```
 
 An alignment on the grid puts every change of step (or step to background) on a segment edge
@@ -21,7 +21,9 @@ cosine); with frames that show neither look it stays on the grid. Each change po
 most half way into the run of segments on either side, so spans keep their order and never
 overlap, and the first and last runs keep half their grid length; steps not performed stay
 None. In a group, ``refine_in_group`` takes the looks from the other recordings
-(``looks_from_others``) and centres the new frames like the segments (``centred``).
+(``looks_from_others``) and centres the new frames like the segments (``centred``); it also
+samples between a skipped step's neighbours and gives the step a span where those frames show
+it (``biovl_core.align.hidden_steps``: a step shorter than a segment).
 docs/QUALITY.md "Boundaries finer than the grid" has what it buys on the lab generator.
 """
 
@@ -32,6 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from biovl_core.align.hidden_steps import (
+    MIN_HIDDEN_GAIN,
+    find_hidden,
+    hidden_windows,
+    insert_hidden,
+)
 from biovl_core.result import Span
 
 PER_SEGMENT = 4  # frames sampled in each of the two segments beside a change point
@@ -212,32 +220,37 @@ def refine_in_group(
     duration_s: float,
     per_segment: int = PER_SEGMENT,
     min_gain: float = MIN_GAIN,
-) -> tuple[list[Span], int]:
+    min_hidden_gain: float = MIN_HIDDEN_GAIN,
+) -> tuple[list[Span], int, list[int]]:
     """Recording ``i``'s spans with its change points refined against the other recordings'
-    looks, and how many change points moved.
+    looks, how many change points moved, and the skipped steps the frames show after all
+    (``biovl_core.align.hidden_steps``; they get their span, ``inf`` gain = never).
 
     ``frames[j]`` [N_j, D] and ``labels[j]`` [N_j] are every group member's segment embeddings
     and grid labels; ``frames_in`` gives recording ``i``'s frames inside the segments beside
-    its change points (``FramesIn``; the pipeline decodes them by its frame rule).
+    its change points and between a skipped step's neighbours (``FramesIn``; the pipeline
+    decodes them by its frame rule).
     """
     lab = np.asarray(labels[i])
     points = change_points(lab)
     grid = [cp.edge * float(segment_seconds) for cp in points]
-    moved = grid
-    if points:
-        times, sub = frames_in(boundary_segments(lab), per_segment)
+    moved, found = grid, {}
+    windows = hidden_windows(lab, k) if min_hidden_gain < np.inf else {}
+    wanted = sorted(
+        {*boundary_segments(lab).tolist(), *(int(j) for w in windows.values() for j in w)}
+    )
+    if wanted:
+        times, sub = frames_in(np.array(wanted, dtype=np.int64), per_segment)
         order = np.argsort(np.asarray(times, dtype=np.float64), kind="stable")
         times, sub = np.asarray(times, dtype=np.float64)[order], np.asarray(sub)[order]
         looks, bg = looks_from_others(frames, labels, i, k)
+        sub = centred(sub, np.asarray(frames[i]).mean(axis=0))
         moved = refine_change_points(
-            points,
-            looks,
-            bg,
-            times,
-            centred(sub, np.asarray(frames[i]).mean(axis=0)),
-            segment_seconds,
-            min_gain,
-            lab.shape[0],
+            points, looks, bg, times, sub, segment_seconds, min_gain, lab.shape[0]
         )
+        if windows:
+            found = find_hidden(lab, k, looks, bg, times, sub, segment_seconds, min_hidden_gain)
     n_moved = sum(m != g for m, g in zip(moved, grid, strict=True))
-    return _spans_at(lab, k, points, moved, segment_seconds, duration_s), n_moved
+    spans = _spans_at(lab, k, points, moved, segment_seconds, duration_s)
+    clipped = {s: (min(a, duration_s), min(b, duration_s)) for s, (a, b) in found.items()}
+    return insert_hidden(spans, clipped), n_moved, sorted(found)

@@ -5,14 +5,17 @@ exemplars together chose the labels; this looks again at each step with the exem
 (``llr`` [K + 1, N]: each segment's exemplar log-likelihood ratio per step, and last of the
 background, as ``group._exemplar_llr`` gives them).
 
+- Each step's bar is the others' own fit to it, less ``fit_drop`` (a step the lab's runs
+  fit only loosely is held to less), kept between ``min_step_fit`` and ``max_step_fit``
+  (``veto_bars``).
 - A step the decode skipped, or whose run looks on average less like the others' step than
-  ``min_step_fit``, is first *relocated*: decoded again in protocol order with its match row
+  its bar, is first *relocated*: decoded again in protocol order with its match row
   weighted ``exemplar_weight`` more towards its exemplars, it must be done (and so must every
   step done now). The new labels are kept when the step's new run fits its exemplars by at
   least ``relocate_fit`` and beats what held those segments (another step's fit, or the
   background's) by ``relocate_margin`` on average: the text put the step in the wrong place,
   or a neighbour's run swallowed it (issue 22: most false skips were one or the other).
-- A step that cannot be relocated and fits below ``min_step_fit`` is judged not performed
+- A step that cannot be relocated and fits below its bar is judged not performed
   (the *veto*): the text alone put it there, on an off-protocol action or a look-alike.
 
 Labels with steps out of protocol order (a swap) are only vetoed, never relocated: the
@@ -71,6 +74,18 @@ def relocate(
     return new, min(margin - p["relocate_margin"], fit - p["relocate_fit"])
 
 
+def veto_bars(others_fit: np.ndarray, p: dict[str, float]) -> np.ndarray:
+    """Per step the fit its run must reach (module doc) from ``others_fit`` [G, K]: each other
+    recording's fit to its own run of the step (NaN: no run)."""
+    k = others_fit.shape[1]
+    seen = np.isfinite(others_fit).any(axis=0)
+    typical = np.full(k, p["max_step_fit"] + p["fit_drop"])  # nobody did it: the top bar
+    if seen.any():
+        typical[seen] = np.nanmedian(others_fit[:, seen], axis=0)
+    low = p["min_step_fit"]  # -inf with max_step_fit -inf: never veto; a huge one: always
+    return np.clip(typical - p["fit_drop"], low, max(p["max_step_fit"], low))
+
+
 def check_steps(
     labels: np.ndarray,
     match: np.ndarray,
@@ -80,15 +95,18 @@ def check_steps(
     llr: np.ndarray,
     p: dict[str, float],
     temp: float,
+    bars: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, float]]:
     """Labels after relocating and vetoing steps (module doc), and the confidence of each step
-    relocated (a logistic of its margin) or vetoed (of how far its fit falls short)."""
+    relocated (a logistic of its margin) or vetoed (of how far its fit falls short).
+    ``bars``: each step's fit to reach (``veto_bars``); ``min_step_fit`` for all when None."""
     k = match.shape[0]
+    bar = np.full(k, p["min_step_fit"]) if bars is None else np.asarray(bars, dtype=np.float64)
     out: dict[int, float] = {}
     in_order = bool(np.all(np.diff(labels[labels >= 0]) >= 0))
     for s in range(k):
         fit = run_fit(labels, llr, s)
-        if fit is not None and fit >= p["min_step_fit"]:
+        if fit is not None and fit >= bar[s]:
             continue
         moved = relocate(labels, match, drop, skip, length, llr, s, p) if in_order else None
         if moved is not None:
@@ -96,5 +114,5 @@ def check_steps(
             out[s] = 1.0 / (1.0 + math.exp(-won / temp))
         elif fit is not None:
             labels = np.where(labels == s, -1, labels)
-            out[s] = 1.0 / (1.0 + math.exp(fit - p["min_step_fit"]))
+            out[s] = 1.0 / (1.0 + math.exp(fit - bar[s]))
     return labels, out
