@@ -126,6 +126,6 @@ def test_refined_change_points_are_closer_to_the_truth(group_run: dict) -> None:
     assert ends == sorted(ends) and ends[0] == 0.0 and ends[-1] == on.duration_s
     pairs = zip(on.spans[:-1], on.spans[1:], strict=True)
     assert all(a[1] <= b[0] for a, b in pairs)  # type: ignore[index]
-    assert on.deviations == off.deviations
+    assert on.deviations == off.deviations and on.group["hidden_steps"] == []  # none skipped
     # The result JSON says so: an optional field of ``group``.
     assert alignment_to_dict(on)["group"]["refined"] == on.group["refined"]

@@ -301,6 +301,7 @@ def align_group(
         for i in [j for j in range(g) if gt[j] is not None]:
             llr, fit[i] = _exemplar_llr(total - weights[i] * sums[i], x[i], text_params)
             seg_fit[i] = segment_fit(total - weights[i] * sums[i], x[i])
+            step_llr[i] = llr[:k]
         reference = float(np.median(fit))
         agreement = fit / reference if reference > 0 else np.zeros(g)
         teaching = (agreement >= p["min_agreement"]) | np.array([a is not None for a in gt])
@@ -322,9 +323,10 @@ def align_group(
                 terms[i] = (skip + skip_scores(priors, p["skip_prior_weight"]), length)
                 decoded[i] = decode(scores[i], terms[i][0], p, temp, length, step_llr[i])
     taught = source_weight * teaching  # the check needs exemplars from more than one alignment
-    own_fit = {
-        j: [run_fit(lab, step_llr[j], s) for s in range(k)] for j, (lab, _) in decoded.items()
-    }
+    # each recording's fit to its own runs (an annotated one's: its annotation's) sets the bars
+    runs = {j: lab for j, (lab, _) in decoded.items()}
+    runs.update({j: labelled[j] for j in step_llr if gt[j] is not None})
+    own_fit = {j: [run_fit(lab, step_llr[j], s) for s in range(k)] for j, lab in runs.items()}
     for i, (labels, placed) in list(decoded.items()):
         if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
             others = [[np.nan if f is None else f for f in own_fit[j]] for j in own_fit if j != i]
