@@ -54,3 +54,15 @@ def test_another_order_may_not_skip_a_step_protocol_order_does() -> None:
     skip = np.full(4, -2.0)
     labels, placed = decode(_scores(match), skip, P, TEMP)
     assert (labels == 3).any() and placed == {}
+
+
+def test_a_swap_across_a_skipped_step_is_found_within_reach() -> None:
+    # Step 2 (segments 0-1) before step 0 (2-3); step 1 not done; step 3 last (4-5).
+    match = np.full((4, 6), -5.0)
+    match[2, 0:2] = match[0, 2:4] = match[3, 4:6] = 5.0
+    skip = np.full(4, -2.0)
+    adjacent = {**P, "swap_reach": 1.0}
+    labels, placed = decode(_scores(match), skip, adjacent, TEMP)
+    assert not (labels == 2).any() or not (labels == 0).any()  # one of them is lost
+    labels, placed = decode(_scores(match), skip, P, TEMP)
+    assert list(labels) == [2, 2, 0, 0, 3, 3] and set(placed) == {0, 2}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from biovl_core.align.group import GROUP_DEFAULTS
-from biovl_core.align.step_check import check_steps, veto_bars
+from biovl_core.align.step_check import StepProblem, check_steps, veto_bars
 
 P = {**GROUP_DEFAULTS}
 TEMP = 3.0
@@ -31,11 +31,13 @@ def test_a_run_in_the_wrong_place_moves_where_the_exemplars_put_it() -> None:
     llr[0, 0:2] = llr[2, 8:10] = 6.0
     llr[1, 6:8] = 8.0
     labels = np.array([0, 0, -1, -1, 1, 1, -1, -1, 2, 2])
-    out, conf = check_steps(labels.copy(), match, drop, skip, None, llr, P, TEMP)
+    out, conf = check_steps(labels.copy(), StepProblem(match, drop, skip, None, llr), P, TEMP)
     assert list(out) == [0, 0, -1, -1, -1, -1, 1, 1, 2, 2]
     assert 0.5 < conf[1] <= 1.0
     never = {**P, "relocate_fit": math.inf}  # the veto alone: step 1 is judged not performed
-    vetoed, conf = check_steps(labels.copy(), match, drop, skip, None, llr, never, TEMP)
+    vetoed, conf = check_steps(
+        labels.copy(), StepProblem(match, drop, skip, None, llr), never, TEMP
+    )
     assert list(vetoed) == [0, 0, -1, -1, -1, -1, -1, -1, 2, 2] and conf[1] > 0.5
 
 
@@ -46,7 +48,7 @@ def test_a_skipped_step_its_exemplars_find_is_done() -> None:
     llr[0, 0:2] = llr[2, 8:10] = 6.0
     llr[1, 3:6] = 7.0
     labels = np.array([0, 0, -1, -1, -1, -1, -1, -1, 2, 2])
-    out, conf = check_steps(labels.copy(), match, drop, skip, None, llr, P, TEMP)
+    out, conf = check_steps(labels.copy(), StepProblem(match, drop, skip, None, llr), P, TEMP)
     assert list(out) == [0, 0, -1, 1, 1, 1, -1, -1, 2, 2] and set(conf) == {1}
 
 
@@ -57,10 +59,10 @@ def test_a_look_alike_neighbour_keeps_its_run_and_a_true_skip_stays_a_skip() -> 
     llr[0, 0:2] = 6.0
     llr[1, 5:9] = llr[2, 5:9] = 6.0
     labels = np.array([0, 0, -1, -1, -1, 2, 2, 2, 2, -1])
-    out, conf = check_steps(labels.copy(), match, drop, skip, None, llr, P, TEMP)
+    out, conf = check_steps(labels.copy(), StepProblem(match, drop, skip, None, llr), P, TEMP)
     assert list(out) == list(labels) and conf == {}
     loose = {**P, "relocate_margin": -math.inf}  # without the margin step 1 takes its place
-    out, _ = check_steps(labels.copy(), match, drop, skip, None, llr, loose, TEMP)
+    out, _ = check_steps(labels.copy(), StepProblem(match, drop, skip, None, llr), loose, TEMP)
     assert (out == 1).any()
 
 
@@ -71,7 +73,7 @@ def test_a_swap_is_vetoed_but_never_relocated() -> None:
     llr[1, 5:7] = 8.0
     llr[0, 2:4] = llr[2, 8:10] = 6.0
     labels = np.array([1, 1, 0, 0, -1, -1, -1, -1, 2, 2])
-    out, conf = check_steps(labels.copy(), match, drop, skip, None, llr, P, TEMP)
+    out, conf = check_steps(labels.copy(), StepProblem(match, drop, skip, None, llr), P, TEMP)
     assert list(out) == [-1, -1, 0, 0, -1, -1, -1, -1, 2, 2] and set(conf) == {1}
 
 

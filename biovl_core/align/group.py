@@ -30,8 +30,8 @@ Method (an EM over the group; docs/QUALITY.md "Group alignment" has the evaluati
    the best exemplar cosine) against the group's median. Below ``min_agreement`` it is of
    something else: it stops teaching the others and is aligned from text alone.
 5. Final (``biovl_core.align.order_search``): the best labeling with skips
-   (``kernel_skip.solve_skip``), in protocol order or with two adjacent steps swapped when
-   that gains more than ``swap_gain``, beats the step done again (``repeat_gain``) and both
+   (``kernel_skip.solve_skip``), in protocol order or with two steps swapped (adjacent, or
+   across one skipped step: ``swap_reach``) when that gains more than ``swap_gain``, beats the step done again (``repeat_gain``) and both
    swapped runs look like the others' steps (``swap_fit``); a skipped step
    is placed out of order elsewhere only above ``place_gain`` (default never: far
    placements were mostly wrong once swaps are searched). Confidence: the posterior mass of
@@ -71,7 +71,7 @@ from biovl_core.align.methods import signal_strength, standardize
 from biovl_core.align.order_search import decode, run_fit
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
 from biovl_core.align.registry import Alignment, objective, resolve_method
-from biovl_core.align.step_check import check_steps, veto_bars
+from biovl_core.align.step_check import StepProblem, check_steps, veto_bars
 from biovl_core.errors import BioVLError
 from biovl_core.result import Span
 
@@ -93,6 +93,7 @@ GROUP_DEFAULTS: dict[str, float] = {
     "swap_gain": 8.0,  # 16 before the repeat and fit checks (order_search)
     "repeat_gain": 8.0,  # a swap must also beat "done again" by this (order_search)
     "swap_fit": 0.0,  # and each swapped run's mean exemplar llr must reach this
+    "swap_reach": 2.0,  # 1: adjacent steps swap; 2: also across one skipped step (dev 0-19)
     "skip_prior_weight": 0.5,
     "min_step_fit": -1.5,  # step_check: the lowest bar a step's run fit must reach
     "max_step_fit": 0.5,  # the highest
@@ -331,8 +332,8 @@ def align_group(
         if taught.sum() - taught[i] >= MIN_VETO_EVIDENCE:
             others = [[np.nan if f is None else f for f in own_fit[j]] for j in own_fit if j != i]
             bars = veto_bars(np.array(others, dtype=np.float64).reshape(-1, k), p)
-            match, drop, _ = scores[i]
-            labels, judged = check_steps(labels, match, drop, *terms[i], full_llr[i], p, temp, bars)
+            problem = StepProblem(scores[i][0], scores[i][1], *terms[i], full_llr[i])
+            labels, judged = check_steps(labels, problem, p, temp, bars)
             decoded[i] = (labels, {**placed, **judged})
     final = _history(gt, decoded, k, seg, p["annotated_weight"])
 

@@ -1,4 +1,4 @@
-"""The group's final decode: the best labels in protocol order, or with one adjacent swap.
+"""The group's final decode: the best labels in protocol order, or with one swap.
 
 ``decode`` is step 5 of ``biovl_core.align.group`` (its module doc). Each order is solved with
 ``kernel_skip.solve_skip`` (or ``kernel_duration.solve_duration`` when run-length scores are
@@ -12,6 +12,10 @@ wins by ``repeat_gain`` over protocol order, its labels (first time) are kept. L
 swapped step's run must look like the other recordings' step: its mean exemplar
 log-likelihood ratio (``fit``, when given) at least ``swap_fit``; otherwise the swap was a
 skipped step given a run next to its neighbour (the other false swaps of issue 22).
+With ``swap_reach`` 2 a swap may also jump one step, which is then skipped: ``a + 2`` before
+``a`` with ``a + 1`` not done (a lab that skips a step and swaps its neighbours; a third of the
+swaps missed on the development labs). Another order may never skip a step protocol order does
+(it would take that step's place), except the step a swap jumps.
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ def decode(
     fit: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, float]]:
     """Best labels with skips (with run-length scores ``length`` when given), in protocol
-    order, with a repeat, or with two adjacent steps swapped (module doc); skipped steps then
-    placed out of order. Also the confidence of swapped and placed steps."""
+    order, with a repeat, or with two steps swapped (adjacent, or across one skipped step:
+    ``swap_reach``; module doc); skipped steps then placed out of order. Also the confidence
+    of swapped and placed steps."""
     match, drop, _ = scores
     k = match.shape[0]
 
@@ -91,13 +96,18 @@ def decode(
         keep = (lab >= 0) & first[np.maximum(lab, 0)]
         return np.where(keep, order[np.maximum(lab, 0)], -1), float(v)
 
-    def repeat(a: int) -> tuple[np.ndarray, float]:
-        """Order ``.., a, a + 1, a, ..``: ``a`` and ``a + 1`` done (and every step protocol
-        order does), the second time free to leave out."""
-        order = np.concatenate([np.arange(a + 2), [a], np.arange(a + 2, k)])
-        own = kept.copy()
+    def exchanged(a: int, b: int) -> np.ndarray:
+        """Protocol order with ``a`` and ``b`` exchanged, the steps between them left out."""
+        return np.concatenate([np.arange(a), [b, a], np.arange(b + 1, k)])
+
+    def repeat(a: int, b: int) -> tuple[np.ndarray, float]:
+        """Order ``.., a, b, a, ..``: ``a`` and ``b`` done (and every step protocol order
+        does; those between them left out), the second ``a`` free to leave out."""
+        order = np.concatenate([np.arange(a + 1), [b, a], np.arange(b + 1, k)])
+        own = kept[order].copy()
         own[a] = own[a + 1] = -math.inf
-        return solve(order, np.concatenate([own[: a + 2], [0.0], own[a + 2 :]]))
+        own[a + 2] = 0.0
+        return solve(order, own)
 
     def fits(lab: np.ndarray, s: int) -> bool:
         """Step ``s`` has a run that looks enough like the others' ``s`` (``swap_fit``)."""
@@ -109,20 +119,20 @@ def decode(
     labels, plain = solve(np.arange(k), skip)
     # Another order may not skip a step protocol order does: it would take that step's place.
     kept = np.where(np.isin(np.arange(k), labels[labels >= 0]), -math.inf, skip)
-    best, swapped, ceiling = plain + p["swap_gain"], -1, math.inf
-    for a in range(k - 1) if p["swap_gain"] < math.inf else ():
-        order = np.arange(k)
-        order[a], order[a + 1] = a + 1, a
+    best, swapped, ceiling = plain + p["swap_gain"], None, math.inf
+    reach = int(p["swap_reach"]) if p["swap_gain"] < math.inf else 0
+    for a, b in [(a, a + d) for d in range(1, reach + 1) for a in range(k - d)]:
+        order = exchanged(a, b)
         lab, v = solve(order, kept[order])
-        if not (v > best and fits(lab, a) and fits(lab, a + 1)):
+        if not (v > best and fits(lab, a) and fits(lab, b)):
             continue
-        rep_lab, rep = repeat(a) if p["repeat_gain"] < math.inf else (labels, -math.inf)
+        rep_lab, rep = repeat(a, b) if p["repeat_gain"] < math.inf else (labels, -math.inf)
         if rep <= v + p["repeat_gain"]:
-            labels, best, swapped, ceiling = lab, v, a, v + p["repeat_gain"] - rep
-        elif swapped < 0:
+            labels, best, swapped, ceiling = lab, v, (a, b), v + p["repeat_gain"] - rep
+        elif swapped is None:
             labels = rep_lab  # done again: the first time is the step's span
     placed = place_skipped(labels, match, drop, p["place_gain"], temp)
-    if swapped >= 0:
+    if swapped is not None:
         c = _logistic(min(best - plain - p["swap_gain"], ceiling), temp)
-        placed.update({swapped: c, swapped + 1: c})
+        placed.update(dict.fromkeys(swapped, c))
     return labels, placed

@@ -25,6 +25,7 @@ protocol-order decode would undo the swap.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,18 +43,24 @@ def _solve(
     return kernel_duration.solve_duration(m, d, skip, length)[0]
 
 
+class StepProblem(NamedTuple):
+    """One recording's final decode problem: text and exemplar scores ``match`` [K, N] and
+    ``drop`` [N], step skip scores ``skip`` [K], run-length scores ``length`` (None: none),
+    and the exemplar log-likelihood ratios ``llr`` [K + 1, N] (the background's last)."""
+
+    match: np.ndarray
+    drop: np.ndarray
+    skip: np.ndarray
+    length: np.ndarray | None
+    llr: np.ndarray
+
+
 def relocate(
-    labels: np.ndarray,
-    match: np.ndarray,
-    drop: np.ndarray,
-    skip: np.ndarray,
-    length: np.ndarray | None,
-    llr: np.ndarray,
-    s: int,
-    p: dict[str, float],
+    labels: np.ndarray, problem: StepProblem, s: int, p: dict[str, float]
 ) -> tuple[np.ndarray, float] | None:
     """Labels with step ``s`` done where its exemplars put it, and the margin it won by over
     ``relocate_margin``; None when the run it gets there does not pass (module doc)."""
+    match, drop, skip, length, llr = problem
     k = match.shape[0]
     weighted = match.astype(np.float64).copy()
     weighted[s] += p["exemplar_weight"] * llr[s]
@@ -88,11 +95,7 @@ def veto_bars(others_fit: np.ndarray, p: dict[str, float]) -> np.ndarray:
 
 def check_steps(
     labels: np.ndarray,
-    match: np.ndarray,
-    drop: np.ndarray,
-    skip: np.ndarray,
-    length: np.ndarray | None,
-    llr: np.ndarray,
+    problem: StepProblem,
     p: dict[str, float],
     temp: float,
     bars: np.ndarray | None = None,
@@ -100,15 +103,15 @@ def check_steps(
     """Labels after relocating and vetoing steps (module doc), and the confidence of each step
     relocated (a logistic of its margin) or vetoed (of how far its fit falls short).
     ``bars``: each step's fit to reach (``veto_bars``); ``min_step_fit`` for all when None."""
-    k = match.shape[0]
+    k = problem.match.shape[0]
     bar = np.full(k, p["min_step_fit"]) if bars is None else np.asarray(bars, dtype=np.float64)
     out: dict[int, float] = {}
     in_order = bool(np.all(np.diff(labels[labels >= 0]) >= 0))
     for s in range(k):
-        fit = run_fit(labels, llr, s)
+        fit = run_fit(labels, problem.llr, s)
         if fit is not None and fit >= bar[s]:
             continue
-        moved = relocate(labels, match, drop, skip, length, llr, s, p) if in_order else None
+        moved = relocate(labels, problem, s, p) if in_order else None
         if moved is not None:
             labels, won = moved
             out[s] = 1.0 / (1.0 + math.exp(-won / temp))
