@@ -78,9 +78,10 @@ def test_a_swap_is_vetoed_but_never_relocated() -> None:
 
 
 def test_a_steps_bar_follows_how_well_the_others_fit_their_own_runs() -> None:
-    others = np.array([[9.0, 2.0, np.nan], [7.0, 3.0, np.nan], [8.0, np.nan, np.nan]])
-    bars = veto_bars(others, P)  # medians 8 and 2.5, less fit_drop 6, within [-1.5, 0.5]
-    assert bars.tolist() == [0.5, -1.5, 0.5]  # a step nobody did gets the top bar
+    others = np.array([[9.0, 2.0, 1.0], [7.0, 3.0, np.nan], [8.0, 2.0, np.nan]])
+    bars = veto_bars(others, P)  # medians 8 and 2, less fit_drop 6, within [-1.5, 0.5]
+    assert bars.tolist() == [0.5, -1.5, -1.5]  # step 2: one judge only, the lowest bar
+    assert veto_bars(others + 5.0, P).tolist() == [0.5, 0.5, -1.5]
     always = veto_bars(others, {**P, "min_step_fit": 1e9})
     assert (always == 1e9).all()
     never = veto_bars(others, {**P, "min_step_fit": -math.inf, "max_step_fit": -math.inf})

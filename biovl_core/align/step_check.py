@@ -7,7 +7,8 @@ background, as ``group._exemplar_llr`` gives them).
 
 - Each step's bar is the others' own fit to it, less ``fit_drop`` (a step the lab's runs
   fit only loosely is held to less), kept between ``min_step_fit`` and ``max_step_fit``
-  (``veto_bars``).
+  (``veto_bars``); ``min_step_fit`` where fewer than ``MIN_BAR_EVIDENCE`` others did it (in
+  a pair, one recording's exemplars are too noisy to hold the other to more).
 - A step the decode skipped, or whose run looks on average less like the others' step than
   its bar, is first *relocated*: decoded again in protocol order with its match row
   weighted ``exemplar_weight`` more towards its exemplars, it must be done (and so must every
@@ -41,6 +42,9 @@ def _solve(
     if length is None:
         return kernel_skip.solve_skip(m, d, skip)[0]
     return kernel_duration.solve_duration(m, d, skip, length)[0]
+
+
+MIN_BAR_EVIDENCE = 3  # other recordings with a run of the step before its bar may rise
 
 
 class StepProblem(NamedTuple):
@@ -85,12 +89,13 @@ def veto_bars(others_fit: np.ndarray, p: dict[str, float]) -> np.ndarray:
     """Per step the fit its run must reach (module doc) from ``others_fit`` [G, K]: each other
     recording's fit to its own run of the step (NaN: no run)."""
     k = others_fit.shape[1]
-    seen = np.isfinite(others_fit).any(axis=0)
-    typical = np.full(k, p["max_step_fit"] + p["fit_drop"])  # nobody did it: the top bar
-    if seen.any():
-        typical[seen] = np.nanmedian(others_fit[:, seen], axis=0)
     low = p["min_step_fit"]  # -inf with max_step_fit -inf: never veto; a huge one: always
-    return np.clip(typical - p["fit_drop"], low, max(p["max_step_fit"], low))
+    seen = np.isfinite(others_fit).sum(axis=0) >= MIN_BAR_EVIDENCE
+    bars = np.full(k, low)  # too few judges (a pair): the lowest bar
+    if seen.any():
+        typical = np.nanmedian(others_fit[:, seen], axis=0)
+        bars[seen] = np.clip(typical - p["fit_drop"], low, max(p["max_step_fit"], low))
+    return bars
 
 
 def check_steps(
