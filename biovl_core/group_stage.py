@@ -82,9 +82,10 @@ def refine_group_spans(
     frames_in: FramesIn,
     segment_seconds: float,
     duration_s: float,
-) -> tuple[list[Span], int, list[int]]:
+) -> tuple[list[Span], int, dict[int, float]]:
     """The new recording's K spans with its change points refined (``refine.refine_in_group``),
-    how many moved and the skipped steps its frames show after all (``hidden_steps``);
+    how many moved and the skipped steps its frames show after all, with their confidence
+    (``hidden_steps``);
     ``frames_in`` decodes and embeds its frames inside given segments."""
     last = len(peers.frames) - 1
     return refine_in_group(

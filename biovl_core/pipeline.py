@@ -358,7 +358,9 @@ def align_video(
             spans, moved, hidden = refine_group_spans(
                 peers, len(alignment.spans), frames_in, cfg.segment_seconds, rec.duration_s
             )
-        group_info = {**(group_info or {}), "refined": moved, "hidden_steps": hidden}
+        if alignment.confidence is not None:  # a hidden step's: how strongly its frames show it
+            alignment.confidence[list(hidden)] = list(hidden.values())
+        group_info = {**(group_info or {}), "refined": moved, "hidden_steps": sorted(hidden)}
     with timed(timings, "align"):
         if alignment is None:
             alignment = align_fn(

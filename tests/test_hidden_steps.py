@@ -43,8 +43,9 @@ def test_frames_that_show_the_step_give_it_a_span_and_frames_that_do_not_leave_i
     truth = [(0, (0.0, 8.5)), (1, (8.5, 11.5)), (2, (11.5, 20.0))]
     found = find_hidden(labels, 3, looks, bg, times, _shown(times, truth, looks, bg), SEG)
     assert list(found) == [1]
-    a, b = found[1]
+    a, b, confidence = found[1]
     assert 7.5 <= a <= 9.0 and 11.0 <= b <= 12.5, found
+    assert 0.5 < confidence < 1.0
     skipped = [(0, (0.0, 10.0)), (2, (10.0, 20.0))]  # really skipped: the frames show 0 then 2
     assert find_hidden(labels, 3, looks, bg, times, _shown(times, skipped, looks, bg), SEG) == {}
 
@@ -73,7 +74,7 @@ def test_refine_in_group_samples_the_window_and_the_report_no_longer_says_not_pe
     ]
     labels = [np.repeat([0, 1, 2], 2), np.repeat([0, 1, 2], 2), own]
     spans, _, hidden = refine_in_group(frames, labels, 2, 3, frames_in, SEG, 30.0)
-    assert asked == [[1, 2]] and hidden == [1]
+    assert asked == [[1, 2]] and list(hidden) == [1] and 0.5 < hidden[1] < 1.0
     ends = [x for span in spans for x in span]  # type: ignore[union-attr]
     assert ends == sorted(ends) and spans[1][0] < 11.5 and spans[1][1] > 8.5, spans  # type: ignore[index]
     grid = [(0.0, 10.0), None, (10.0, 30.0)]
@@ -81,4 +82,4 @@ def test_refine_in_group_samples_the_window_and_the_report_no_longer_says_not_pe
     assert [e["kind"] for e in said] == ["not_performed"]
     assert deviation_report(grid, None, None, SEG, seen=hidden) == []
     never = refine_in_group(frames, labels, 2, 3, frames_in, SEG, 30.0, min_hidden_gain=math.inf)
-    assert never[2] == [] and never[0][1] is None  # switched off: step 1 stays skipped
+    assert never[2] == {} and never[0][1] is None  # switched off: step 1 stays skipped

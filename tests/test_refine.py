@@ -126,7 +126,7 @@ def test_refine_in_group_asks_for_the_segments_beside_each_change_and_uses_shown
     labels = [np.array([0] * 4 + [1] * 4), np.array([0, 0, 0, 1]), own]
     spans, moved, hidden = refine_in_group(frames, labels, 2, 2, frames_in, SEG, 38.0)
     assert asked == [([6, 7], 4)]
-    assert moved == 1 and hidden == []
+    assert moved == 1 and hidden == {}
     assert spans == [(0.0, (35.9 + 36.6) / 2), ((35.9 + 36.6) / 2, 38.0)], spans
 
 

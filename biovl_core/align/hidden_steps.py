@@ -62,16 +62,17 @@ def find_hidden(
     frames: np.ndarray,
     segment_seconds: float,
     min_gain: float = MIN_HIDDEN_GAIN,
-) -> dict[int, tuple[float, float]]:
-    """Per skipped step the frames show, its span (s): the best run of frames in its window
-    looking more like it than its neighbours and the background (module doc). ``times`` [M]
-    and ``frames`` [M, D] (centred like the segments) must include the windows' frames."""
+) -> dict[int, tuple[float, float, float]]:
+    """Per skipped step the frames show, its span (s) and a confidence: the best run of frames
+    in its window looking more like it than its neighbours and the background (module doc),
+    and ``gain / (gain + min_gain)`` of its summed advantage (above 0.5, towards 1). ``times``
+    [M] and ``frames`` [M, D] (centred like the segments) must include the windows' frames."""
     lab = np.asarray(labels)
     t = np.asarray(times, dtype=np.float64)
     f = _unit(np.asarray(frames, dtype=np.float64))
     unit_looks, idle = _unit(np.asarray(looks, dtype=np.float64)), _unit(np.asarray(background))
     seg = float(segment_seconds)
-    found: dict[int, tuple[float, float]] = {}
+    found: dict[int, tuple[float, float, float]] = {}
     for s, window in hidden_windows(lab, k).items():
         inside = (t >= window[0] * seg) & (t < (window[-1] + 1) * seg)
         if not inside.any() or not np.linalg.norm(looks[s]) > 0:
@@ -82,7 +83,8 @@ def find_hidden(
         gain, first, last = _best_run(advantage)
         if gain > min_gain:
             half = (ts[1] - ts[0]) / 2.0 if ts.size > 1 else seg / 2.0
-            found[s] = (float(max(ts[first] - half, 0.0)), float(ts[last] + half))
+            start, end = float(max(ts[first] - half, 0.0)), float(ts[last] + half)
+            found[s] = (start, end, gain / (gain + min_gain))
     return found
 
 

@@ -221,10 +221,11 @@ def refine_in_group(
     per_segment: int = PER_SEGMENT,
     min_gain: float = MIN_GAIN,
     min_hidden_gain: float = MIN_HIDDEN_GAIN,
-) -> tuple[list[Span], int, list[int]]:
+) -> tuple[list[Span], int, dict[int, float]]:
     """Recording ``i``'s spans with its change points refined against the other recordings'
-    looks, how many change points moved, and the skipped steps the frames show after all
-    (``biovl_core.align.hidden_steps``; they get their span, ``inf`` gain = never).
+    looks, how many change points moved, and the skipped steps the frames show after all with
+    their confidence (``biovl_core.align.hidden_steps``; they get their span; ``inf`` gain:
+    never).
 
     ``frames[j]`` [N_j, D] and ``labels[j]`` [N_j] are every group member's segment embeddings
     and grid labels; ``frames_in`` gives recording ``i``'s frames inside the segments beside
@@ -252,5 +253,5 @@ def refine_in_group(
             found = find_hidden(lab, k, looks, bg, times, sub, segment_seconds, min_hidden_gain)
     n_moved = sum(m != g for m, g in zip(moved, grid, strict=True))
     spans = _spans_at(lab, k, points, moved, segment_seconds, duration_s)
-    clipped = {s: (min(a, duration_s), min(b, duration_s)) for s, (a, b) in found.items()}
-    return insert_hidden(spans, clipped), n_moved, sorted(found)
+    clipped = {s: (min(a, duration_s), min(b, duration_s)) for s, (a, b, _) in found.items()}
+    return insert_hidden(spans, clipped), n_moved, {s: c for s, (_, _, c) in found.items()}
