@@ -34,6 +34,8 @@ def test_a_skipped_steps_window_runs_between_its_performed_neighbours() -> None:
         3: [5, 6],
     }
     assert hidden_windows(np.full(4, -1), 2) == {}  # nothing performed: nothing to look between
+    long_gap = np.array([0] + [-1] * 5 + [2])  # 7 segments between: the step had room on the grid
+    assert hidden_windows(long_gap, 3) == {}
 
 
 def test_frames_that_show_the_step_give_it_a_span_and_frames_that_do_not_leave_it_skipped() -> None:
