@@ -8,7 +8,12 @@ import math
 import numpy as np
 
 from biovl_core.align.deviations import deviation_report
-from biovl_core.align.hidden_steps import find_hidden, hidden_windows, insert_hidden
+from biovl_core.align.hidden_steps import (
+    MAX_WINDOW_SEGMENTS,
+    find_hidden,
+    hidden_windows,
+    insert_hidden,
+)
 from biovl_core.align.refine import refine_in_group, segment_times
 
 SEG = 5.0
@@ -34,7 +39,7 @@ def test_a_skipped_steps_window_runs_between_its_performed_neighbours() -> None:
         3: [5, 6],
     }
     assert hidden_windows(np.full(4, -1), 2) == {}  # nothing performed: nothing to look between
-    long_gap = np.array([0] + [-1] * 5 + [2])  # 7 segments between: the step had room on the grid
+    long_gap = np.array([0] + [-1] * MAX_WINDOW_SEGMENTS + [2])  # the step had room on the grid
     assert hidden_windows(long_gap, 3) == {}
 
 
