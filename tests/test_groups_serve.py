@@ -79,6 +79,8 @@ def test_serve_worker_aligns_with_the_corrected_group(
             second = _done(client, other)
             info = dict(second["group"])
             assert isinstance(info.pop("refined"), int)  # change points moved off the grid
+            hidden = info.pop("hidden_steps")  # skipped steps the frames inside showed after all
+            assert isinstance(hidden, list) and all(0 <= s < len(steps) for s in hidden)
             assert info == {
                 "protocol_key": first["group"]["protocol_key"],
                 "recordings": 1,
