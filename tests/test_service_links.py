@@ -95,7 +95,7 @@ def test_expired_altered_and_misdirected_links_get_403(make_env: Any, recording:
     second = _job_with_links(env, recording, protocol="1. Add water.\n2. Mix.\n")
     link = first["links"]["video"]
     sig = parse_qs(urlsplit(link).query)["sig"][0]
-    other_sig = ("0" if sig[-1] != "0" else "1") + sig[1:]
+    other_sig = ("0" if sig[0] != "0" else "1") + sig[1:]  # its first character changed
     exp = int(parse_qs(urlsplit(link).query)["exp"][0])
     an_hour_ago = time.time() - 3600 - env.settings.link_ttl_s
     expired = LinkSigner(_secret_of(env), env.settings.link_ttl_s, clock=lambda: an_hour_ago)
