@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from biovl_core.align.order_search import best_run
 from biovl_core.result import Span
 
 MIN_HIDDEN_GAIN = 0.5  # summed cosine advantage of the run (dev seeds 0-9; docs/QUALITY.md)
@@ -83,24 +84,12 @@ def find_hidden(
         ts, fs = t[inside], f[inside]
         rivals = [idle] + [unit_looks[r] for r in _neighbours(lab, s, k) if r >= 0]
         advantage = fs @ unit_looks[s] - np.max(np.stack([fs @ v for v in rivals]), axis=0)
-        gain, first, last = _best_run(advantage)
+        gain, first, last = best_run(advantage)
         if gain > min_gain:
             half = (ts[1] - ts[0]) / 2.0 if ts.size > 1 else seg / 2.0
             start, end = float(max(ts[first] - half, 0.0)), float(ts[last] + half)
             found[s] = (start, end, gain / (gain + min_gain))
     return found
-
-
-def _best_run(values: np.ndarray) -> tuple[float, int, int]:
-    """The largest sum of a contiguous run of ``values`` and its first and last index."""
-    best, run, start, first, last = -np.inf, 0.0, 0, 0, 0
-    for j, v in enumerate(values):
-        if run <= 0.0:
-            run, start = 0.0, j
-        run += float(v)
-        if run > best:
-            best, first, last = run, start, j
-    return best, first, last
 
 
 def insert_hidden(spans: list[Span], found: dict[int, tuple[float, float]]) -> list[Span]:

@@ -27,6 +27,38 @@ import numpy as np
 from biovl_core.align import kernel_duration, kernel_skip
 
 
+def best_run(values: np.ndarray) -> tuple[float, int, int]:
+    """The largest sum of a contiguous run of ``values`` (Kadane) and its first and last
+    index; the earliest such run on ties."""
+    best, run, start, first, last = -math.inf, 0.0, 0, 0, 0
+    for j, v in enumerate(values):
+        if run <= 0.0:
+            run, start = 0.0, j
+        run += float(v)
+        if run > best:
+            best, first, last = run, start, j
+    return best, first, last
+
+
+def solve_order(
+    match: np.ndarray,
+    drop: np.ndarray,
+    skip: np.ndarray,
+    length: np.ndarray | None,
+    order: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """Best labels (step indices; a step's later times in ``order`` -1) with the steps done
+    in ``order`` (with run-length scores ``length`` when given), and the optimum."""
+    m, d = np.asarray(match[order], dtype=np.float64), np.asarray(drop, dtype=np.float64)
+    if length is None:
+        lab, v = kernel_skip.solve_skip(m, d, skip)
+    else:
+        lab, v = kernel_duration.solve_duration(m, d, skip, length[order])
+    first = np.array([s not in order[:i] for i, s in enumerate(order)])
+    keep = (lab >= 0) & first[np.maximum(lab, 0)]
+    return np.where(keep, order[np.maximum(lab, 0)], -1), float(v)
+
+
 def place_skipped(
     labels: np.ndarray, match: np.ndarray, drop: np.ndarray, min_gain: float, temp: float
 ) -> dict[int, float]:
@@ -37,19 +69,16 @@ def place_skipped(
     """
     k = match.shape[0]
     placed: dict[int, float] = {}
+    if min_gain == math.inf:  # never (the default): no run can gain more
+        return placed
     missing = [s for s in range(k) if not (labels == s).any()]
     while missing:
         best = (min_gain, -1, 0, 0)
         free = labels < 0
         for s in missing:
-            gain = np.where(free, match[s] - drop, -np.inf)
-            run, start = 0.0, 0
-            for j in range(gain.shape[0]):
-                if run <= 0.0:
-                    run, start = 0.0, j
-                run += gain[j]
-                if run > best[0]:
-                    best = (run, s, start, j)
+            run, first, last = best_run(np.where(free, match[s] - drop, -np.inf))
+            if run > best[0]:
+                best = (run, s, first, last)
         g, s, a, b = best
         if s < 0:
             break
@@ -88,13 +117,7 @@ def decode(
 
     def solve(order: np.ndarray, step_skip: np.ndarray) -> tuple[np.ndarray, float]:
         """Labels (step indices; a repeat's segments -1) of the best labeling in ``order``."""
-        if length is None:
-            lab, v = kernel_skip.solve_skip(match[order], drop, step_skip)
-        else:
-            lab, v = kernel_duration.solve_duration(match[order], drop, step_skip, length[order])
-        first = np.array([s not in order[:i] for i, s in enumerate(order)])
-        keep = (lab >= 0) & first[np.maximum(lab, 0)]
-        return np.where(keep, order[np.maximum(lab, 0)], -1), float(v)
+        return solve_order(match, drop, step_skip, length, order)
 
     def exchanged(a: int, b: int) -> np.ndarray:
         """Protocol order with ``a`` and ``b`` exchanged, the steps between them left out."""

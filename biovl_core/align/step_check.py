@@ -30,19 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from biovl_core.align import kernel_duration, kernel_skip
-from biovl_core.align.order_search import run_fit
-
-
-def _solve(
-    match: np.ndarray, drop: np.ndarray, skip: np.ndarray, length: np.ndarray | None
-) -> np.ndarray:
-    """Best labels in protocol order (with run-length scores ``length`` when given)."""
-    m, d = match.astype(np.float64), drop.astype(np.float64)
-    if length is None:
-        return kernel_skip.solve_skip(m, d, skip)[0]
-    return kernel_duration.solve_duration(m, d, skip, length)[0]
-
+from biovl_core.align.order_search import run_fit, solve_order
 
 MIN_BAR_EVIDENCE = 3  # other recordings with a run of the step before its bar may rise
 
@@ -71,7 +59,7 @@ def relocate(
     done = np.isin(np.arange(k), labels[labels >= 0])
     must = np.where(done, -math.inf, skip)
     must[s] = -math.inf
-    new = _solve(weighted, drop, must, length)
+    new = solve_order(weighted, drop, must, length, np.arange(k))[0]
     cols = np.flatnonzero(new == s)
     fit = float(llr[s, cols].mean())
     held = labels[cols]
