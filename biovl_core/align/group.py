@@ -70,6 +70,7 @@ from biovl_core.align.deviations import segment_fit
 from biovl_core.align.methods import signal_strength, standardize
 from biovl_core.align.order_search import decode, run_fit
 from biovl_core.align.priors import HistoryRecord, duration_scores, group_priors, skip_scores
+from biovl_core.align.refine import centred
 from biovl_core.align.registry import Alignment, objective, resolve_method
 from biovl_core.align.step_check import StepProblem, check_steps, veto_bars
 from biovl_core.errors import BioVLError
@@ -187,13 +188,6 @@ def _with_background(q: np.ndarray) -> np.ndarray:
     return np.vstack([q, np.clip(1.0 - q.sum(axis=0, keepdims=True), 0.0, 1.0)])
 
 
-def _centred(frames: np.ndarray) -> np.ndarray:
-    """Frames less the recording's mean frame, rows re-normalised (zero rows stay zero)."""
-    x = frames.astype(np.float64) - frames.mean(axis=0, keepdims=True)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 def _exemplar_llr(
     prototypes: np.ndarray, x: np.ndarray, text_params: dict[str, Any]
 ) -> tuple[np.ndarray, float]:
@@ -276,7 +270,7 @@ def align_group(
             m, d = problems[i].match.astype(np.float64), problems[i].drop.astype(np.float64)
             soft.append(kernel_skip.posterior(m, d, no_skip, temp)[0])
     source_weight = np.array([p["annotated_weight"] if a is not None else 1.0 for a in gt])
-    x = [_centred(f) for f in feats]
+    x = [centred(f, f.mean(axis=0)) for f in feats]
     scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     seg_fit: dict[int, np.ndarray] = {}
     step_llr: dict[int, np.ndarray] = {}

@@ -26,8 +26,8 @@ MIN_HIDDEN_GAIN = 0.5  # summed cosine advantage of the run (dev seeds 0-9; docs
 MAX_WINDOW_SEGMENTS = 8  # dev seeds 0-9: 4 lost most of what it finds; 8 and 16 kept it
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero); ``refine`` scales its frames here too."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -73,8 +73,11 @@ def find_hidden(
     [M] and ``frames`` [M, D] (centred like the segments) must include the windows' frames."""
     lab = np.asarray(labels)
     t = np.asarray(times, dtype=np.float64)
-    f = _unit(np.asarray(frames, dtype=np.float64))
-    unit_looks, idle = _unit(np.asarray(looks, dtype=np.float64)), _unit(np.asarray(background))
+    f = unit_rows(np.asarray(frames, dtype=np.float64))
+    unit_looks, idle = (
+        unit_rows(np.asarray(looks, dtype=np.float64)),
+        unit_rows(np.asarray(background)),
+    )
     seg = float(segment_seconds)
     found: dict[int, tuple[float, float, float]] = {}
     for s, window in hidden_windows(lab, k).items():

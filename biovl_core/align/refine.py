@@ -39,6 +39,7 @@ from biovl_core.align.hidden_steps import (
     find_hidden,
     hidden_windows,
     insert_hidden,
+    unit_rows,
 )
 from biovl_core.result import Span
 
@@ -87,12 +88,6 @@ def boundary_times(
     return segment_times(boundary_segments(labels), segment_seconds, per_segment)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 def refine_change_points(
     points: list[ChangePoint],
     looks: np.ndarray,
@@ -108,9 +103,9 @@ def refine_change_points(
     ``n_segments`` bound the last run), so no change point passes its neighbour."""
     seg = float(segment_seconds)
     t = np.asarray(times, dtype=np.float64)
-    f = _unit(np.asarray(frames, dtype=np.float64))
-    unit_looks = _unit(np.asarray(looks, dtype=np.float64))
-    idle = None if background is None else _unit(np.asarray(background, dtype=np.float64))
+    f = unit_rows(np.asarray(frames, dtype=np.float64))
+    unit_looks = unit_rows(np.asarray(looks, dtype=np.float64))
+    idle = None if background is None else unit_rows(np.asarray(background, dtype=np.float64))
     out: list[float] = []
     for j, cp in enumerate(points):
         grid = cp.edge * seg
@@ -184,7 +179,7 @@ def _spans_at(
 def centred(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Rows with ``mean`` (the recording's mean segment frame) removed, re-normalised: how
     ``biovl_core.align.group`` centres a recording's segments, applied to any frames of it."""
-    return _unit(np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64))
+    return unit_rows(np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64))
 
 
 def looks_from_others(
